@@ -1,0 +1,1 @@
+"""Database events you can trust for SQLAlchemy."""
