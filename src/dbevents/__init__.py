@@ -1,1 +1,69 @@
-"""Database events you can trust for SQLAlchemy."""
+"""Database events you can trust for SQLAlchemy.
+
+Model callbacks on every write path, and one net, savepoint-correct change set
+per committed transaction, delivered to sinks.
+"""
+
+from . import sqlite
+from .callbacks import (
+    after_commit,
+    after_delete,
+    after_destroy,
+    after_insert,
+    after_save,
+    after_update,
+    before_commit,
+    before_delete,
+    before_destroy,
+    before_insert,
+    before_save,
+    before_update,
+)
+from .changes import Change, ChangeSet, Op
+from .context import acting_as, current_actor
+from .delivery import Sink, TransactionalSink
+from .events import Events
+from .exceptions import (
+    AbortError,
+    ConfigurationError,
+    DbEventsError,
+    DbEventsWarning,
+    LoadError,
+    SinkError,
+)
+from .registry import Handler
+from .rowset import RowSet
+from .sinks.memory import MemorySink
+
+__all__ = [
+    "AbortError",
+    "Change",
+    "ChangeSet",
+    "ConfigurationError",
+    "DbEventsError",
+    "DbEventsWarning",
+    "Events",
+    "Handler",
+    "LoadError",
+    "MemorySink",
+    "Op",
+    "RowSet",
+    "Sink",
+    "SinkError",
+    "TransactionalSink",
+    "acting_as",
+    "after_commit",
+    "after_delete",
+    "after_destroy",
+    "after_insert",
+    "after_save",
+    "after_update",
+    "before_commit",
+    "before_delete",
+    "before_destroy",
+    "before_insert",
+    "before_save",
+    "before_update",
+    "current_actor",
+    "sqlite",
+]

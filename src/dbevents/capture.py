@@ -1,0 +1,152 @@
+"""Net change buffers: one per root transaction or SAVEPOINT, merged per row.
+
+Records are plain values taken at flush (or statement) time.  A buffer belongs to
+the innermost root or SAVEPOINT :class:`~sqlalchemy.orm.SessionTransaction`; a
+released savepoint merges its buffer into the enclosing one, a rolled-back one
+discards it, and only the root's buffer is ever delivered.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Final, Literal, final
+
+from .changes import Change, Op
+
+__all__ = ["LEVELS", "Buffer", "CaptureLevel"]
+
+CaptureLevel = Literal["off", "keys", "new", "old+new"]
+LEVELS: Final = ("off", "keys", "new", "old+new")
+
+Row = dict[str, Any]
+Key = tuple[str, tuple[Any, ...]]
+
+
+@final
+class Entry:
+    """The net change of one row so far."""
+
+    __slots__ = ("model", "new", "old", "op")
+
+    def __init__(self, op: Op, model: type[Any] | None, old: Row | None, new: Row | None) -> None:
+        self.op = op
+        self.model = model
+        self.old = old
+        self.new = new
+
+
+@final
+class Buffer:
+    """Net changes keyed by (table, primary key), in the order rows were first changed."""
+
+    __slots__ = ("committed", "entries", "version")
+
+    def __init__(self) -> None:
+        self.entries: dict[Key, Entry] = {}
+        #: set when SQLAlchemy reports this transaction committed (or released)
+        self.committed = False
+        #: bumped on every change, so a change set built early can be checked
+        self.version = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def add(
+        self,
+        table: str,
+        pk: tuple[Any, ...],
+        op: Op,
+        model: type[Any] | None,
+        old: Row | None,
+        new: Row | None,
+    ) -> None:
+        """Fold one row change into the net result (rules in DESIGN §4)."""
+        self.version += 1
+        key = (table, pk)
+        entry = self.entries.get(key)
+        if entry is None:
+            self.entries[key] = Entry(op, model, old, new)
+            return
+        if not _merge(entry, op, old, new):
+            del self.entries[key]
+
+    def merge_into(self, parent: Buffer) -> None:
+        """Fold this (released savepoint's) buffer into its parent."""
+        for (table, pk), entry in self.entries.items():
+            parent.add(table, pk, entry.op, entry.model, entry.old, entry.new)
+
+    def changes(self) -> tuple[Change, ...]:
+        """Freeze the net result into :class:`Change` values."""
+        return tuple(_change(key, entry) for key, entry in self.entries.items())
+
+    def change(self, key: Key) -> Change:
+        """Freeze the net change of one row."""
+        return _change(key, self.entries[key])
+
+
+def _change(key: Key, entry: Entry) -> Change:
+    return Change(
+        entry.op,
+        key[0],
+        None if entry.model is None else entry.model.__name__,
+        key[1],
+        None if entry.old is None else MappingProxyType(entry.old),
+        None if entry.new is None else MappingProxyType(entry.new),
+    )
+
+
+def _merge(entry: Entry, op: Op, old: Row | None, new: Row | None) -> bool:
+    """Apply a later change to ``entry``; return False when nothing net remains."""
+    first = entry.op
+    if first is Op.INSERT:
+        if op is Op.DELETE:
+            return False  # insert + delete: never existed as far as anyone can see
+        if op is Op.UPDATE and entry.new is not None and new is not None:
+            entry.new = {**entry.new, **new}  # insert + update: insert of the final values
+        elif op is Op.INSERT:
+            entry.new = new
+        return True
+    if first is Op.UPDATE:
+        if op is Op.UPDATE:
+            entry.old = _overlay(old, entry.old)  # the first old value of each column wins
+            entry.new = _overlay(entry.new, new)
+            return _drop_unchanged(entry)
+        if op is Op.DELETE:
+            entry.op, entry.old, entry.new = Op.DELETE, _overlay(old, entry.old), None
+        return True
+    if first is Op.DELETE:
+        if op is Op.INSERT:  # the row exists before and after: an update, if anything
+            entry.op, entry.new = Op.UPDATE, new
+            if entry.old is not None and new is not None:
+                entry.old = {k: v for k, v in entry.old.items() if k in new}
+            return _drop_unchanged(entry)
+        return True
+    # LINK / UNLINK: the association row either exists or not; a repeat is a duplicate
+    # (both sides of a backref report the same row)
+    return op is first or op not in (Op.LINK, Op.UNLINK)
+
+
+def _overlay(base: Row | None, top: Row | None) -> Row | None:
+    if base is None or top is None:
+        return top if base is None else base
+    return {**base, **top}
+
+
+def _drop_unchanged(entry: Entry) -> bool:
+    """Remove columns whose value ends where it started; False if none is left."""
+    old, new = entry.old, entry.new
+    if old is None or new is None:
+        return True
+    same = [key for key, value in new.items() if key in old and _same(old[key], value)]
+    if not same:
+        return True
+    entry.old = {k: v for k, v in old.items() if k not in same}
+    entry.new = {k: v for k, v in new.items() if k not in same}
+    return bool(entry.new)
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # values whose __eq__ fails or is ambiguous: treat as changed
+        return False

@@ -1,0 +1,197 @@
+"""What a committed transaction changed: :class:`Op`, :class:`Change`, :class:`ChangeSet`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from . import codec
+
+__all__ = ["Change", "ChangeSet", "Op", "new_id"]
+
+
+class Op(enum.Enum):
+    """The kind of a row change."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+    LINK = "link"
+    UNLINK = "unlink"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The net change of one table row within one committed transaction.
+
+    ``old`` and ``new`` are keyed by column name.  INSERT and LINK carry the
+    whole row in ``new``; UPDATE carries the changed columns before (``old``) and
+    after (``new``); DELETE and UNLINK carry the row as it was in ``old``.  At the
+    ``"keys"`` capture level both are ``None``; at ``"new"``, ``old`` is.
+    """
+
+    op: Op
+    table: str
+    model: str | None
+    pk: tuple[Any, ...]
+    old: Mapping[str, Any] | None = None
+    new: Mapping[str, Any] | None = None
+
+    @property
+    def values(self) -> Mapping[str, Any]:
+        """The row values this change tells, old overlaid with new."""
+        if self.old is None:
+            return self.new or MappingProxyType({})
+        if self.new is None:
+            return self.old
+        return MappingProxyType({**self.old, **self.new})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form used by :meth:`ChangeSet.to_json`."""
+        return {
+            "op": self.op.value,
+            "table": self.table,
+            "model": self.model,
+            "pk": [codec.encode(value) for value in self.pk],
+            "old": None if self.old is None else codec.encode_row(self.old),
+            "new": None if self.new is None else codec.encode_row(self.new),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Change:
+        """Restore a change from :meth:`to_dict` output."""
+        old, new = data.get("old"), data.get("new")
+        return cls(
+            op=Op(data["op"]),
+            table=data["table"],
+            model=data.get("model"),
+            pk=tuple(codec.decode(value) for value in data["pk"]),
+            old=None if old is None else MappingProxyType(codec.decode_row(old)),
+            new=None if new is None else MappingProxyType(codec.decode_row(new)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Every net row change of one committed root transaction, in the order first made.
+
+    :ivar id: unique and sortable by time (not by commit order across processes).
+    :ivar committed_at: when the commit returned, timezone-aware UTC.
+    :ivar actor: who made the change (see :func:`dbevents.acting_as`), or ``None``.
+    """
+
+    id: str
+    committed_at: dt.datetime
+    actor: str | None
+    changes: tuple[Change, ...]
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def __iter__(self) -> Iterator[Change]:
+        return iter(self.changes)
+
+    def _with_op(self, op: Op) -> tuple[Change, ...]:
+        return tuple(change for change in self.changes if change.op is op)
+
+    @property
+    def created(self) -> tuple[Change, ...]:
+        """The INSERT changes."""
+        return self._with_op(Op.INSERT)
+
+    @property
+    def updated(self) -> tuple[Change, ...]:
+        """The UPDATE changes."""
+        return self._with_op(Op.UPDATE)
+
+    @property
+    def deleted(self) -> tuple[Change, ...]:
+        """The DELETE changes."""
+        return self._with_op(Op.DELETE)
+
+    @property
+    def linked(self) -> tuple[Change, ...]:
+        """The LINK changes (rows added to a many-to-many association)."""
+        return self._with_op(Op.LINK)
+
+    @property
+    def unlinked(self) -> tuple[Change, ...]:
+        """The UNLINK changes (rows removed from a many-to-many association)."""
+        return self._with_op(Op.UNLINK)
+
+    def for_model(self, model: type[Any] | str) -> tuple[Change, ...]:
+        """The changes of one model: a class (its mapped subclasses included) or a class name."""
+        if isinstance(model, str):
+            names = {model}
+        else:
+            names = {model.__name__}
+            stack = list(model.__subclasses__())
+            while stack:
+                sub = stack.pop()
+                names.add(sub.__name__)
+                stack.extend(sub.__subclasses__())
+        return tuple(change for change in self.changes if change.model in names)
+
+    def for_table(self, table: str) -> tuple[Change, ...]:
+        """The changes of one table, by its full name."""
+        return tuple(change for change in self.changes if change.table == table)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready form (tagged values, see :mod:`dbevents.codec`)."""
+        return {
+            "id": self.id,
+            "committed_at": self.committed_at.isoformat(),
+            "actor": self.actor,
+            "changes": [change.to_dict() for change in self.changes],
+        }
+
+    def to_json(self) -> bytes:
+        """Serialize to compact UTF-8 JSON that :meth:`from_json` restores exactly."""
+        return codec.dumps(self.to_dict()).encode()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChangeSet:
+        """Restore a change set from :meth:`to_dict` output."""
+        return cls(
+            id=data["id"],
+            committed_at=dt.datetime.fromisoformat(data["committed_at"]),
+            actor=data.get("actor"),
+            changes=tuple(Change.from_dict(item) for item in data["changes"]),
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ChangeSet:
+        """Parse what :meth:`to_json` wrote."""
+        return cls.from_dict(codec.loads(data))
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_id_lock = threading.Lock()
+_last_id = [0, 0]
+
+
+def new_id() -> str:
+    """Return a 26-character id that sorts by creation time (ULID layout).
+
+    Ids made in one process are strictly increasing, even within a millisecond.
+    """
+    with _id_lock:
+        millis = time.time_ns() // 1_000_000
+        if millis <= _last_id[0]:
+            millis, randomness = _last_id[0], _last_id[1] + 1
+        else:
+            randomness = int.from_bytes(os.urandom(10), "big") >> 1
+        _last_id[0], _last_id[1] = millis, randomness
+    value = (millis << 80) | (randomness & ((1 << 80) - 1))
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))

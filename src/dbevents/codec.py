@@ -1,0 +1,132 @@
+"""Lossless JSON for column values: the one encoding every on-disk and wire format uses.
+
+JSON holds strings, numbers, booleans, null, lists and objects.  Every other
+value a column commonly holds is written as a one-key object whose key names
+its type, so it is restored exactly without knowing the schema::
+
+    datetime  {"$datetime": "2024-05-01T12:00:00+00:00"}   date, time likewise
+    timedelta {"$timedelta": [days, seconds, microseconds]}
+    Decimal   {"$decimal": "12.50"}        UUID  {"$uuid": "..."}
+    bytes     {"$bytes": "<base64>"}       Enum  {"$enum": ["module:Class", "NAME"]}
+    a dict that looks like a tag           {"$dict": {...}}
+
+Comparisons against the database go through the column type (see ``verify``),
+so this layer never needs the schema.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import enum
+import json
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["decode", "decode_row", "dumps", "encode", "encode_row", "loads"]
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+def encode(value: Any) -> Any:
+    """Return a JSON-ready form of ``value`` that :func:`decode` turns back into it."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    encoder = _ENCODERS.get(kind)
+    if encoder is not None:
+        return encoder(value)
+    if isinstance(value, enum.Enum):
+        cls = type(value)
+        return {"$enum": [f"{cls.__module__}:{cls.__qualname__}", value.name]}
+    for base, encoder in _ENCODERS.items():
+        if isinstance(value, base):
+            return encoder(value)
+    raise TypeError(
+        f"cannot encode a value of type {kind.__qualname__} as JSON; "
+        "use a column type whose Python values are JSON, datetime, Decimal, UUID, bytes or Enum"
+    )
+
+
+def encode_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Encode every value of a column-name mapping."""
+    return {key: value if type(value) in _PLAIN else encode(value) for key, value in row.items()}
+
+
+def decode(data: Any) -> Any:
+    """Restore a value written by :func:`encode`."""
+    if type(data) is dict:
+        if len(data) == 1:
+            ((key, payload),) = data.items()
+            decoder = _DECODERS.get(key)
+            if decoder is not None:
+                return decoder(payload)
+        return {key: decode(value) for key, value in data.items()}
+    if type(data) is list:
+        return [decode(item) for item in data]
+    return data
+
+
+def decode_row(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Decode every value of a column-name mapping."""
+    return {key: value if type(value) in _PLAIN else decode(value) for key, value in data.items()}
+
+
+def dumps(data: Any) -> str:
+    """Serialize already encoded data compactly, one line, keys in insertion order."""
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON text written by :func:`dumps` (no decoding of tagged values)."""
+    return json.loads(text)
+
+
+def _encode_dict(value: dict[Any, Any]) -> Any:
+    encoded = {key: encode(item) for key, item in value.items()}
+    if len(encoded) == 1 and next(iter(encoded)) in _DECODERS:
+        return {"$dict": encoded}
+    return encoded
+
+
+def _decode_enum(payload: list[str]) -> Any:
+    path, name = payload
+    module_name, _, qualname = path.partition(":")
+    # never import from data: only classes of modules the application already loaded
+    target: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if isinstance(target, type) and issubclass(target, enum.Enum):
+        return target[name]
+    return name
+
+
+_ENCODERS: dict[type, Callable[[Any], Any]] = {
+    dt.datetime: lambda v: {"$datetime": v.isoformat()},
+    dt.date: lambda v: {"$date": v.isoformat()},
+    dt.time: lambda v: {"$time": v.isoformat()},
+    dt.timedelta: lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]},
+    decimal.Decimal: lambda v: {"$decimal": str(v)},
+    uuid.UUID: lambda v: {"$uuid": str(v)},
+    bytes: lambda v: {"$bytes": base64.b64encode(v).decode("ascii")},
+    bytearray: lambda v: {"$bytes": base64.b64encode(v).decode("ascii")},
+    memoryview: lambda v: {"$bytes": base64.b64encode(v).decode("ascii")},
+    dict: _encode_dict,
+    list: lambda v: [encode(item) for item in v],
+    tuple: lambda v: [encode(item) for item in v],
+}
+
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "$datetime": dt.datetime.fromisoformat,
+    "$date": dt.date.fromisoformat,
+    "$time": dt.time.fromisoformat,
+    "$timedelta": lambda p: dt.timedelta(days=p[0], seconds=p[1], microseconds=p[2]),
+    "$decimal": decimal.Decimal,
+    "$uuid": uuid.UUID,
+    "$bytes": base64.b64decode,
+    "$enum": _decode_enum,
+    "$dict": lambda p: {key: decode(value) for key, value in p.items()},
+}

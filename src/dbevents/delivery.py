@@ -1,0 +1,114 @@
+"""Handing a committed :class:`ChangeSet` to callbacks, listeners and sinks, each isolated."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._compat import await_in_greenlet, in_greenlet
+from .changes import ChangeSet
+
+if TYPE_CHECKING:
+    import sqlalchemy.orm as sa_orm
+
+    from .events import Events
+
+__all__ = ["Receiver", "Sink", "TransactionalSink", "deliver"]
+
+logger = logging.getLogger("dbevents")
+
+#: an ``on_commit`` listener, or a sink's ``publish``
+Receiver = Callable[[ChangeSet], Any]
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives every committed change set, after the commit.
+
+    ``publish`` runs in the committing thread, before ``commit()`` returns.  A
+    sink may also define ``close()``.  Inheriting from this class is not needed.
+    """
+
+    def publish(self, changeset: ChangeSet) -> None: ...
+
+
+@runtime_checkable
+class TransactionalSink(Protocol):
+    """A sink that also writes inside the transaction, just before COMMIT (the outbox).
+
+    ``write`` may execute SQL on the session's connection; if it raises, the
+    commit fails and nothing is committed.
+    """
+
+    def publish(self, changeset: ChangeSet) -> None: ...
+
+    def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None: ...
+
+
+def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
+    """Run model after_commit callbacks, then listeners and sinks in registration order.
+
+    Every failure is logged on the ``dbevents`` logger and passed to the
+    ``on_error`` handlers; the others still run.  ``models`` holds the mapped
+    class of each change (``None`` for association and Core-only tables).  With ``robust=False`` the
+    failures are raised together as an :class:`ExceptionGroup` at the end.
+    """
+    errors: list[Exception] = []
+    registry = events.registry
+    for change, model in zip(changeset.changes, models, strict=True):
+        if model is None:
+            continue
+        for fn, op in registry.table(model).get("after_commit"):
+            if op is None:
+                _call(events, fn, changeset, errors, model, change.op, change)
+            elif op is change.op:
+                _call(events, fn, changeset, errors, model, change)
+    for receiver in events.receivers:
+        _call(events, receiver, changeset, errors, changeset)
+    if errors and not events.robust:
+        raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
+
+
+def _call(
+    events: Events,
+    fn: Callable[..., Any],
+    changeset: ChangeSet,
+    errors: list[Exception],
+    *args: Any,
+) -> None:
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            _await(result)
+    except Exception as error:
+        errors.append(error)
+        logger.exception("dbevents: %r failed on change set %s", fn, changeset.id)
+        for handler in events.error_handlers:
+            try:
+                handler(error, fn, changeset)
+            except Exception:
+                logger.exception("dbevents: error handler %r failed", handler)
+
+
+def _await(awaitable: Any) -> None:
+    """Await an async listener: inside AsyncSession through its greenlet, else in a new loop."""
+    if in_greenlet():
+        await_in_greenlet(awaitable)
+        return
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(_as_coroutine(awaitable))
+        return
+    awaitable.close()
+    raise RuntimeError(
+        "an async on_commit listener can't be awaited from a synchronous Session commit "
+        "running inside an event loop; use AsyncSession"
+    )
+
+
+async def _as_coroutine(awaitable: Any) -> Any:
+    return await awaitable

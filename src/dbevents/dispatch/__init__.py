@@ -1,0 +1,1 @@
+"""Where writes are seen: the unit of work, statements, and connections."""

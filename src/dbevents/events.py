@@ -1,0 +1,360 @@
+"""The :class:`Events` object: one registry and configuration, installed on sessions."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, TypeVar, final
+
+import sqlalchemy as sa
+import sqlalchemy.event as sa_event
+import sqlalchemy.orm as sa_orm
+
+from . import sqlite
+from .callbacks import check_signature
+from .capture import LEVELS, CaptureLevel
+from .changes import ChangeSet, Op
+from .context import current_actor
+from .delivery import Receiver, Sink, TransactionalSink
+from .dispatch import flush
+from .exceptions import ConfigurationError, DbEventsWarning
+from .registry import Handler, Registry
+from .session import state_of
+
+__all__ = ["Events"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+ErrorHandler = Callable[[Exception, Callable[..., Any], ChangeSet], Any]
+
+
+@final
+class Events:
+    """Model callbacks and committed change sets for the sessions it is installed on.
+
+    :param sinks: receive every committed :class:`ChangeSet`, in order, after the commit.
+    :param abort: ``"skip"`` (default) skips a vetoed operation where that is safe and
+        raises :class:`AbortError` otherwise; ``"raise"`` always raises.
+    :param robust: when ``False``, failures of after-commit receivers are raised as an
+        :class:`ExceptionGroup` once all of them ran (the commit has happened).
+    :param actor: called for the actor when no :func:`acting_as` block sets one.
+    :param raw_sql: what to do about writes dbevents cannot see (``text()``, driver SQL):
+        ``"ignore"``, ``"warn"`` (default) or ``"raise"``.
+    :param capture: capture level per model (class or class name):
+        ``"off"``, ``"keys"``, ``"new"`` or ``"old+new"`` (the default).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_installed",
+        "_levels",
+        "_muted",
+        "abort",
+        "actor",
+        "capture",
+        "error_handlers",
+        "raw_sql",
+        "receivers",
+        "registry",
+        "robust",
+        "sinks",
+        "transactional_sinks",
+    )
+
+    def __init__(
+        self,
+        *,
+        sinks: Iterable[Sink] = (),
+        abort: Literal["skip", "raise"] = "skip",
+        robust: bool = True,
+        actor: Callable[[], Any] | None = None,
+        raw_sql: Literal["ignore", "warn", "raise"] = "warn",
+        capture: Mapping[type[Any] | str, CaptureLevel] | None = None,
+    ) -> None:
+        if abort not in ("skip", "raise"):
+            raise ConfigurationError(f"abort must be 'skip' or 'raise', not {abort!r}")
+        if raw_sql not in ("ignore", "warn", "raise"):
+            raise ConfigurationError(f"raw_sql must be 'ignore', 'warn' or 'raise', not {raw_sql!r}")
+        self.registry = Registry()
+        self.abort = abort
+        self.robust = robust
+        self.actor = actor
+        self.raw_sql = raw_sql
+        self.capture: dict[type[Any] | str, CaptureLevel] = {}
+        self.sinks: list[Sink] = []
+        self.transactional_sinks: list[TransactionalSink] = []
+        #: on_commit listeners and sinks' publish methods, in registration order
+        self.receivers: list[Receiver] = []
+        self.error_handlers: list[ErrorHandler] = []
+        self._installed: list[Any] = []
+        self._levels: dict[sa_orm.Mapper[Any], CaptureLevel] = {}
+        self._muted: ContextVar[bool] = ContextVar(f"dbevents.muted.{id(self)}", default=False)
+        for model, level in (capture or {}).items():
+            self.set_capture_level(model, level)
+        for sink in sinks:
+            self.add_sink(sink)
+
+    def __repr__(self) -> str:
+        return f"<Events sinks={len(self.sinks)} installed={len(self._installed)}>"
+
+    # -- installing ------------------------------------------------------------------------
+
+    def install(self, target: T) -> T:
+        """Listen on the sessions ``target`` makes; installing twice is a no-op.
+
+        :param target: a :class:`~sqlalchemy.orm.Session` subclass or instance, a
+            :class:`~sqlalchemy.orm.sessionmaker`, a :class:`~sqlalchemy.orm.scoped_session`
+            (such as Flask-SQLAlchemy's ``db.session``), or an ``async_sessionmaker`` made
+            with its own ``sync_session_class``.  Sessions of other classes are never touched.
+        :returns: ``target``, so it can be used as a decorator or inline.
+        """
+        session_target = _session_target(target)
+        if any(existing is session_target for existing in self._installed):
+            return target
+        for name, fn in self._listeners():
+            sa_event.listen(session_target, name, fn)
+        self._installed.append(session_target)
+        flush.listen_mappers()
+        bind = _known_bind(target)
+        if bind is not None:
+            _warn_unconfigured_sqlite(bind)
+        return target
+
+    def uninstall(self, target: Any) -> None:
+        """Stop listening on ``target``'s sessions (installed with :meth:`install`)."""
+        session_target = _session_target(target)
+        for index, existing in enumerate(self._installed):
+            if existing is session_target:
+                for name, fn in self._listeners():
+                    sa_event.remove(session_target, name, fn)
+                del self._installed[index]
+                return
+
+    def _listeners(self) -> list[tuple[str, Callable[..., Any]]]:
+        return [
+            ("before_flush", self._before_flush),
+            ("after_flush", self._after_flush),
+            ("after_flush_postexec", self._after_flush_postexec),
+            ("before_commit", self._before_commit),
+            ("after_commit", self._after_commit),
+            ("after_transaction_end", self._after_transaction_end),
+            ("after_begin", self._after_begin),
+        ]
+
+    def _before_flush(self, session: sa_orm.Session, context: Any, instances: Any) -> None:
+        flush.before_flush(state_of(session, self), session)
+
+    def _after_flush(self, session: sa_orm.Session, context: Any) -> None:
+        flush.after_flush(state_of(session, self), session)
+
+    def _after_flush_postexec(self, session: sa_orm.Session, context: Any) -> None:
+        flush.after_flush_postexec(state_of(session, self), session)
+
+    def _before_commit(self, session: sa_orm.Session) -> None:
+        state_of(session, self).before_commit(session)
+
+    def _after_commit(self, session: sa_orm.Session) -> None:
+        state_of(session, self).after_commit(session)
+
+    def _after_transaction_end(self, session: sa_orm.Session, transaction: Any) -> None:
+        state_of(session, self).after_transaction_end(session, transaction)
+
+    def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
+        _warn_unconfigured_sqlite(connection.engine)
+
+    # -- registering -----------------------------------------------------------------------
+
+    def listens_for(
+        self, model: type[Any], event: str, *, propagate: bool = True, op: Op | None = None
+    ) -> Callable[[F], F]:
+        """Register a function as a callback of ``model`` (and its subclasses).
+
+        The function takes the same arguments as the decorator of the same name,
+        the model class first.  Raises :class:`ConfigurationError` at once for an
+        unknown event, an unmapped class or a signature that does not fit.
+
+        :param propagate: also run for subclasses of ``model`` (the default).
+        :param op: with ``"after_commit"``, run only for changes of this kind, as
+            ``fn(model, change)`` (like ``@after_commit.operation(op)``).
+        """
+        _require_mapped(model)
+        if op is not None and event != "after_commit":
+            raise ConfigurationError(f"op= filters after_commit callbacks only, not {event!r}")
+        check_signature(lambda *args: None, event)  # an unknown event fails before decoration
+
+        def decorator(fn: F) -> F:
+            check_signature(fn, event, op)
+            self.registry.add(model, event, fn, op=op, propagate=propagate)
+            return fn
+
+        return decorator
+
+    def on_commit(self, fn: F) -> F:
+        """Register ``fn(changeset)`` to run after every committed transaction.
+
+        Listeners and sinks run in registration order.  ``async def`` listeners are
+        awaited (before ``await session.commit()`` returns, under AsyncSession).
+        """
+        if not callable(fn):
+            raise ConfigurationError(f"on_commit takes a callable, not {fn!r}")
+        self.receivers.append(fn)
+        return fn
+
+    def on_error(self, fn: F) -> F:
+        """Register ``fn(error, receiver, changeset)``, called when an after-commit receiver fails."""
+        self.error_handlers.append(fn)
+        return fn
+
+    def add_sink(self, sink: Sink) -> Sink:
+        """Add a sink after the receivers already registered."""
+        if not isinstance(sink, Sink):
+            raise ConfigurationError(f"{sink!r} is not a sink: it has no publish(changeset) method")
+        self.sinks.append(sink)
+        self.receivers.append(sink.publish)
+        if isinstance(sink, TransactionalSink):
+            self.transactional_sinks.append(sink)
+        return sink
+
+    def autodiscover(self, package: str) -> list[str]:
+        """Import every module of ``package`` (recursively), so their registrations run.
+
+        :returns: the names of the modules imported.
+        """
+        root = importlib.import_module(package)
+        names = [package]
+        for info in pkgutil.walk_packages(getattr(root, "__path__", []), prefix=f"{package}."):
+            importlib.import_module(info.name)
+            names.append(info.name)
+        return names
+
+    def handlers(self, *models: type[Any]) -> list[Handler]:
+        """List the callbacks registered for ``models`` (default: every mapped class)."""
+        targets = models or tuple(_mapped_classes())
+        return [handler for model in targets for handler in self.registry.handlers(model)]
+
+    # -- capture levels, mute, actor -------------------------------------------------------
+
+    def set_capture_level(self, model: type[Any] | str, level: CaptureLevel) -> None:
+        """Set how much of ``model``'s changes is captured: off, keys, new or old+new."""
+        if level not in LEVELS:
+            raise ConfigurationError(f"capture level must be one of {LEVELS}, not {level!r}")
+        if not isinstance(model, str):
+            _require_mapped(model)
+        self.capture[model] = level
+        self._levels.clear()
+
+    def level_of(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
+        """The capture level of a mapper's rows."""
+        level = self._levels.get(mapper)
+        if level is None:
+            level = self._levels[mapper] = self._resolve_level(mapper.class_)
+        return level
+
+    def _resolve_level(self, model: type[Any]) -> CaptureLevel:
+        for klass in model.__mro__:
+            for key in (klass, klass.__name__):
+                if key in self.capture:
+                    return self.capture[key]
+        level = getattr(model, "__dbevents_capture__", "old+new")
+        if level not in LEVELS:
+            raise ConfigurationError(
+                f"{model.__name__}.__dbevents_capture__ must be one of {LEVELS}, not {level!r}",
+                model=model,
+            )
+        return level  # type: ignore[no-any-return]
+
+    def wants_old_values(self, mapper: sa_orm.Mapper[Any]) -> bool:
+        """Whether old values must be known: for capture, or for callbacks to skip no-ops."""
+        return self.level_of(mapper) == "old+new" or self.registry.table(mapper.class_).writes
+
+    @contextmanager
+    def muted(self) -> Iterator[None]:
+        """Turn callbacks and capture off for writes made inside the block.
+
+        Only the current thread or asyncio task is affected.  Change sets of work
+        done before the block are still delivered when it commits.
+        """
+        token = self._muted.set(True)
+        try:
+            yield
+        finally:
+            self._muted.reset(token)
+
+    @property
+    def is_muted(self) -> bool:
+        """Whether the current context is inside :meth:`muted`."""
+        return self._muted.get()
+
+    def current_actor(self) -> str | None:
+        """The actor for a change set: :func:`acting_as`, else the ``actor`` callable."""
+        actor = current_actor()
+        if actor is None and self.actor is not None:
+            actor = self.actor()
+        return None if actor is None else str(actor)
+
+
+def _session_target(target: Any) -> Any:
+    """The Session class (or instance) whose events to listen to."""
+    if isinstance(target, sa_orm.scoped_session):
+        target = target.session_factory
+    if isinstance(target, sa_orm.sessionmaker):
+        return target.class_
+    sync_class = getattr(target, "sync_session_class", None)
+    if sync_class is None and hasattr(target, "kw") and hasattr(target, "class_"):
+        sync_class = target.kw.get("sync_session_class")  # an async_sessionmaker
+        if sync_class is None:
+            raise ConfigurationError(
+                "an async_sessionmaker shares the plain Session class with every other "
+                "session; make it with async_sessionmaker(..., sync_session_class=MySession) "
+                "and install on that"
+            )
+    if sync_class is not None:
+        return sync_class
+    if isinstance(target, type) and issubclass(target, sa_orm.Session):
+        return target
+    if isinstance(target, sa_orm.Session):
+        return target
+    raise ConfigurationError(
+        f"cannot install on {target!r}: expected a Session subclass or instance, "
+        "a sessionmaker, a scoped_session or an async_sessionmaker"
+    )
+
+
+def _known_bind(target: Any) -> Any:
+    if isinstance(target, sa_orm.scoped_session):
+        target = target.session_factory
+    kw = getattr(target, "kw", None)
+    bind = kw.get("bind") if isinstance(kw, dict) else getattr(target, "bind", None)
+    return getattr(bind, "sync_engine", bind)
+
+
+def _warn_unconfigured_sqlite(bind: Any) -> None:
+    engine = getattr(bind, "engine", bind)
+    if not isinstance(engine, sa.Engine) or engine.dialect.name != "sqlite":
+        return
+    if sqlite.is_configured(engine) or engine.__dict__.get("dbevents.sqlite_warned"):
+        return
+    engine.__dict__["dbevents.sqlite_warned"] = True
+    warnings.warn(
+        f"{engine.url!r}: with the sqlite3 driver's default transaction handling a released "
+        "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it",
+        DbEventsWarning,
+        stacklevel=3,
+    )
+
+
+def _require_mapped(model: Any) -> None:
+    mapper = sa.inspect(model, raiseerr=False) if isinstance(model, type) else None
+    if not isinstance(mapper, sa_orm.Mapper):
+        raise ConfigurationError(f"{model!r} is not a mapped class", model=model)
+
+
+def _mapped_classes() -> Iterator[type[Any]]:
+    from ._compat import all_mappers
+
+    for mapper in sorted(all_mappers(), key=lambda m: m.class_.__qualname__):
+        yield mapper.class_

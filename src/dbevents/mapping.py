@@ -1,0 +1,160 @@
+"""What dbevents needs to know about a mapper or a table, computed once and cached.
+
+Changes are per table row and keyed by column name, while objects are keyed by
+attribute; these specs translate between the two without asking SQLAlchemy's
+inspection API on every row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, final
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+__all__ = ["MapperSpec", "TableSpec", "mapper_spec", "table_spec"]
+
+_MISSING: Any = object()
+
+
+@final
+class TableSpec:
+    """A table's full name, its key columns and its column names, in table order."""
+
+    __slots__ = ("columns", "link", "model", "name", "pk", "table")
+
+    def __init__(self, table: sa.Table) -> None:
+        self.table = table
+        self.name: str = table.fullname
+        self.columns = tuple(column.name for column in table.columns)
+        primary = tuple(column.name for column in table.primary_key.columns)
+        #: a table without a primary key is keyed by all of its columns
+        self.pk = primary or self.columns
+        #: the single mapped class of this table, if there is one (set lazily)
+        self.model: str | None = None
+        #: an association (``secondary``) table: rows are LINK/UNLINK, not INSERT/DELETE
+        self.link = False
+
+
+@final
+class TablePart:
+    """One table of a mapper: which attribute holds each column."""
+
+    __slots__ = ("columns", "pk", "spec")
+
+    def __init__(self, spec: TableSpec, mapper: sa_orm.Mapper[Any]) -> None:
+        self.spec = spec
+        #: (column name, attribute key or None when the mapper does not map it)
+        self.columns: tuple[tuple[str, str | None], ...] = tuple(
+            (column.name, _attribute_key(mapper, column)) for column in spec.table.columns
+        )
+        by_name = dict(self.columns)
+        self.pk: tuple[tuple[str, str | None], ...] = tuple(
+            (name, by_name[name]) for name in spec.pk
+        )
+
+
+@final
+class MapperSpec:
+    """A mapped class: its tables, attribute ↔ column map, and what the flush may change."""
+
+    __slots__ = (
+        "column_keys",
+        "columns_of_key",
+        "generated_keys",
+        "many_to_one",
+        "mapper",
+        "model",
+        "name",
+        "parts",
+        "scalar_defaults",
+    )
+
+    def __init__(self, mapper: sa_orm.Mapper[Any]) -> None:
+        self.mapper = mapper
+        self.model: type[Any] = mapper.class_
+        self.name: str = mapper.class_.__name__
+        tables = [t for t in mapper.tables if isinstance(t, sa.Table)]
+        self.parts = tuple(TablePart(table_spec(t), mapper) for t in _base_first(tables))
+        columns_of_key: dict[str, list[tuple[int, str]]] = {}
+        for index, part in enumerate(self.parts):
+            for name, key in part.columns:
+                if key is not None:
+                    columns_of_key.setdefault(key, []).append((index, name))
+        #: attribute key -> [(part index, column name)], for every column attribute
+        self.columns_of_key = {key: tuple(cols) for key, cols in columns_of_key.items()}
+        self.column_keys = frozenset(self.columns_of_key)
+        #: attributes the database or SQLAlchemy may set during an UPDATE without history
+        generated: set[str] = set()
+        defaults: dict[str, Any] = {}
+        for prop in mapper.column_attrs:
+            for column in prop.columns:
+                if not isinstance(column, sa.Column):
+                    continue
+                if column.onupdate is not None or column.server_onupdate is not None:
+                    generated.add(prop.key)
+                default = column.default
+                if (
+                    isinstance(default, sa.ColumnDefault)
+                    and default.is_scalar
+                    and prop.key not in defaults
+                ):
+                    defaults[prop.key] = default.arg
+        if mapper.version_id_col is not None:
+            generated.add(mapper.get_property_by_column(mapper.version_id_col).key)
+        self.generated_keys = frozenset(generated)
+        #: scalar Python-side defaults, shown to before_insert callbacks
+        self.scalar_defaults = defaults
+        #: many-to-one relationship key -> ((local attribute, remote attribute), ...)
+        self.many_to_one: dict[str, tuple[tuple[str, str], ...]] = {}
+        for rel in mapper.relationships:
+            if rel.direction is sa_orm.MANYTOONE and rel.secondary is None:
+                pairs = []
+                for remote, local in rel.synchronize_pairs:
+                    local_key = _attribute_key(mapper, local)
+                    remote_key = _attribute_key(rel.mapper, remote)
+                    if local_key and remote_key:
+                        pairs.append((local_key, remote_key))
+                self.many_to_one[rel.key] = tuple(pairs)
+        for rel in mapper.relationships:
+            if rel.secondary is not None and isinstance(rel.secondary, sa.Table):
+                table_spec(rel.secondary).link = True
+
+    def rows_of(self, values: dict[str, Any]) -> list[dict[str, Any]]:
+        """Split attribute values into one column-name row per table (missing: skipped)."""
+        return [
+            {name: values[key] for name, key in part.columns if key is not None and key in values}
+            for part in self.parts
+        ]
+
+
+_mapper_specs: dict[sa_orm.Mapper[Any], MapperSpec] = {}
+_table_specs: dict[sa.Table, TableSpec] = {}
+
+
+def mapper_spec(mapper: sa_orm.Mapper[Any]) -> MapperSpec:
+    """Return the cached spec of ``mapper``."""
+    spec = _mapper_specs.get(mapper)
+    if spec is None:
+        spec = _mapper_specs[mapper] = MapperSpec(mapper)
+    return spec
+
+
+def table_spec(table: sa.Table) -> TableSpec:
+    """Return the cached spec of ``table``."""
+    spec = _table_specs.get(table)
+    if spec is None:
+        spec = _table_specs[table] = TableSpec(table)
+    return spec
+
+
+def _attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> str | None:
+    try:
+        return mapper.get_property_by_column(column).key
+    except sa_orm.exc.UnmappedColumnError:
+        return None
+
+
+def _base_first(tables: list[sa.Table]) -> list[sa.Table]:
+    # joined inheritance: the base table first, the order rows are inserted in
+    return list(sa.schema.sort_tables(tables))

@@ -1,0 +1,154 @@
+"""Per-session state and the transaction lifecycle: buffers, savepoints, commit, delivery.
+
+SQLAlchemy fires ``after_commit`` when a SAVEPOINT is released and
+``after_rollback`` when one is rolled back, so neither can be trusted alone.
+Each root or SAVEPOINT transaction gets its own buffer; ``after_commit`` marks
+the one that committed, and ``after_transaction_end`` then merges it into its
+parent (a savepoint), delivers it (the root), or drops it (never marked).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any, Final, final
+
+import sqlalchemy.orm as sa_orm
+
+from .capture import Buffer
+from .changes import ChangeSet, new_id
+from .delivery import deliver
+
+if TYPE_CHECKING:
+    from .dispatch.flush import FlushState
+    from .events import Events
+
+__all__ = ["STATE_KEY", "SessionState", "state_of"]
+
+#: ``session.info`` key holding ``{Events: SessionState}``
+STATE_KEY: Final = "dbevents.state"
+_MAX_COMMIT_ROUNDS: Final = 100
+
+logger = logging.getLogger("dbevents")
+
+Transaction = sa_orm.SessionTransaction
+
+
+@final
+class SessionState:
+    """What one :class:`Events` tracks for one session."""
+
+    __slots__ = ("buffers", "events", "flush", "prepared")
+
+    def __init__(self, events: Events) -> None:
+        self.events = events
+        self.buffers: dict[Transaction, Buffer] = {}
+        #: the flush in progress, if any
+        self.flush: FlushState | None = None
+        #: (change set, buffer version) built in the root's before_commit
+        self.prepared: tuple[ChangeSet, int] | None = None
+
+    def buffer(self, session: sa_orm.Session) -> Buffer:
+        """The buffer of the innermost root or SAVEPOINT transaction, begun if need be."""
+        transaction = session.get_nested_transaction() or session.get_transaction()
+        assert transaction is not None, "rows are only recorded inside a transaction"
+        buffer = self.buffers.get(transaction)
+        if buffer is None:
+            buffer = self.buffers[transaction] = Buffer()
+        return buffer
+
+    # -- transaction events ----------------------------------------------------------------
+
+    def before_commit(self, session: sa_orm.Session) -> None:
+        """Root only: flush, run before_commit callbacks, stage in-transaction sinks."""
+        if session.in_nested_transaction():
+            return
+        # flush first: the net change set must be complete before anyone looks at it
+        session.flush()
+        root = session.get_transaction()
+        buffer = self.buffers.get(root) if root is not None else None
+        if not buffer:
+            self.prepared = None
+            return
+        self._run_before_commit(session, buffer)
+        changeset = self._changeset(buffer)
+        self.prepared = (changeset, buffer.version)
+        for sink in self.events.transactional_sinks:
+            sink.write(session, changeset)
+
+    def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer) -> None:
+        registry = self.events.registry
+        done: set[Any] = set()
+        for _ in range(_MAX_COMMIT_ROUNDS):
+            ran = False
+            for key in [key for key in buffer.entries if key not in done]:
+                done.add(key)
+                model = buffer.entries[key].model if key in buffer.entries else None
+                callbacks = registry.table(model).get("before_commit") if model else ()
+                for fn, _ in callbacks:
+                    change = buffer.change(key)
+                    fn(model, change.op, change)
+                    ran = True
+            if not ran:
+                return
+            session.flush()  # what the callbacks changed joins this transaction
+        raise RuntimeError("before_commit callbacks keep changing rows; gave up after 100 rounds")
+
+    def after_commit(self, session: sa_orm.Session) -> None:
+        """Mark the transaction that committed: the innermost savepoint, else the root."""
+        transaction = session.get_nested_transaction() or session.get_transaction()
+        buffer = self.buffers.get(transaction) if transaction is not None else None
+        if buffer is not None:
+            buffer.committed = True
+
+    def after_transaction_end(self, session: sa_orm.Session, transaction: Transaction) -> None:
+        """Merge a released savepoint, deliver a committed root, drop anything else."""
+        buffer = self.buffers.pop(transaction, None)
+        if transaction.parent is None:
+            prepared, self.prepared = self.prepared, None
+            self.buffers.clear()
+        if buffer is None or not buffer.committed or not buffer:
+            return
+        if transaction.nested:
+            buffer.merge_into(self._enclosing_buffer(transaction))
+            return
+        if prepared is not None and prepared[1] == buffer.version:
+            changeset = prepared[0]
+        else:
+            if prepared is not None and self.events.transactional_sinks:
+                logger.warning(
+                    "rows changed after before_commit (by another before_commit listener?); "
+                    "the in-transaction sinks did not see them"
+                )
+            changeset = self._changeset(buffer, prepared[0] if prepared else None)
+        models = [entry.model for entry in buffer.entries.values()]
+        deliver(self.events, changeset, models)
+
+    def _enclosing_buffer(self, transaction: Transaction) -> Buffer:
+        parent = transaction.parent
+        while parent is not None and not (parent.nested or parent.parent is None):
+            parent = parent.parent
+        assert parent is not None
+        buffer = self.buffers.get(parent)
+        if buffer is None:
+            buffer = self.buffers[parent] = Buffer()
+        return buffer
+
+    def _changeset(self, buffer: Buffer, previous: ChangeSet | None = None) -> ChangeSet:
+        return ChangeSet(
+            id=previous.id if previous else new_id(),
+            committed_at=previous.committed_at if previous else dt.datetime.now(dt.UTC),
+            actor=self.events.current_actor(),
+            changes=buffer.changes(),
+        )
+
+
+def state_of(session: sa_orm.Session, events: Events) -> SessionState:
+    """Return (creating it) the state ``events`` keeps for ``session``."""
+    states: dict[Events, SessionState] | None = session.info.get(STATE_KEY)
+    if states is None:
+        states = session.info[STATE_KEY] = {}
+    state = states.get(events)
+    if state is None:
+        state = states[events] = SessionState(events)
+    return state

@@ -1,0 +1,36 @@
+"""Helpers to assert what your code committed.
+
+::
+
+    from dbevents.testing import capture
+
+    def test_signup(events, session):
+        with capture(events) as changesets:
+            signup(session, "ada@example.com")
+        assert changesets[0].created[0].new["email"] == "ada@example.com"
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from .changes import ChangeSet
+from .events import Events
+
+__all__ = ["capture"]
+
+
+@contextmanager
+def capture(events: Events) -> Iterator[list[ChangeSet]]:
+    """Collect every change set ``events`` delivers while the block runs.
+
+    The list fills as transactions commit, so it can be inspected inside the
+    block too.  The listener is removed on exit.
+    """
+    received: list[ChangeSet] = []
+    events.on_commit(received.append)
+    try:
+        yield received
+    finally:
+        events.receivers.remove(received.append)
