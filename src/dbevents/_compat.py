@@ -18,7 +18,9 @@ __all__ = [
     "all_mappers",
     "await_in_greenlet",
     "committed_state",
+    "explicit_returning",
     "in_greenlet",
+    "flush_running",
     "sa_version",
 ]
 
@@ -61,3 +63,18 @@ def all_mappers() -> list[sa_orm.Mapper[Any]]:
     from sqlalchemy.orm import mapperlib
 
     return [mapper for reg in mapperlib._all_registries() for mapper in reg.mappers]
+
+
+def flush_running(flush_context: Any) -> bool:
+    """Whether a flush (not a legacy bulk operation) is writing right now.
+
+    Private: ``UOWTransaction.transaction``, the flush's subtransaction, set only
+    once the flush found work; a failed flush leaves it closed.
+    """
+    transaction = getattr(flush_context, "transaction", None)
+    return transaction is not None and bool(transaction.is_active)
+
+
+def explicit_returning(statement: Any) -> bool:
+    """Whether a DML statement has a RETURNING clause of its own (private: ``_returning``)."""
+    return bool(getattr(statement, "_returning", ()))

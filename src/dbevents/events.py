@@ -21,7 +21,9 @@ from .changes import ChangeSet, Op
 from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
 from .dispatch import flush
+from .dispatch.connection import bind_connection
 from .exceptions import ConfigurationError, DbEventsWarning
+from .mapping import TableSpec
 from .registry import Handler, Registry
 from .session import state_of
 
@@ -44,7 +46,7 @@ class Events:
     :param actor: called for the actor when no :func:`acting_as` block sets one.
     :param raw_sql: what to do about writes dbevents cannot see (``text()``, driver SQL):
         ``"ignore"``, ``"warn"`` (default) or ``"raise"``.
-    :param capture: capture level per model (class or class name):
+    :param capture: capture level per model (class or class name) or table name:
         ``"off"``, ``"keys"``, ``"new"`` or ``"old+new"`` (the default).
     """
 
@@ -146,7 +148,7 @@ class Events:
         ]
 
     def _before_flush(self, session: sa_orm.Session, context: Any, instances: Any) -> None:
-        flush.before_flush(state_of(session, self), session)
+        flush.before_flush(state_of(session, self), session, context)
 
     def _after_flush(self, session: sa_orm.Session, context: Any) -> None:
         flush.after_flush(state_of(session, self), session)
@@ -165,6 +167,7 @@ class Events:
 
     def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
         _warn_unconfigured_sqlite(connection.engine)
+        bind_connection(session, connection)
 
     # -- registering -----------------------------------------------------------------------
 
@@ -266,6 +269,13 @@ class Events:
                 model=model,
             )
         return level  # type: ignore[no-any-return]
+
+    def level_of_table(self, spec: TableSpec) -> CaptureLevel:
+        """The capture level of a table's rows: its model's, else the table's own setting."""
+        model = spec.mapped_class()
+        if model is not None:
+            return self.level_of(sa.inspect(model))
+        return self.capture.get(spec.name, "old+new")
 
     def wants_old_values(self, mapper: sa_orm.Mapper[Any]) -> bool:
         """Whether old values must be known: for capture, or for callbacks to skip no-ops."""

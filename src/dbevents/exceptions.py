@@ -6,7 +6,8 @@
      ├── ConfigurationError (also ValueError)   bad registration or options, raised at once
      ├── AbortError                            a veto that cannot be honoured by skipping
      ├── LoadError (also ValueError)           bad input to load(), nothing was written
-     └── SinkError                             a sink could not publish (raised by sinks)
+     ├── SinkError                             a sink could not publish (raised by sinks)
+     └── UncapturedWriteError                  raw SQL wrote rows dbevents cannot see
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "DbEventsWarning",
     "LoadError",
     "SinkError",
+    "UncapturedWriteError",
 ]
 
 
@@ -95,6 +97,10 @@ class SinkError(DbEventsError):
     def __init__(self, message: str, *, sink: Any = None) -> None:
         super().__init__(message)
         self.sink = sink
+
+
+class UncapturedWriteError(DbEventsError):
+    """A write dbevents cannot capture (``text()`` or driver SQL) ran under ``raw_sql="raise"``."""
 
 
 class DbEventsWarning(UserWarning):

@@ -21,7 +21,7 @@ _MISSING: Any = object()
 class TableSpec:
     """A table's full name, its key columns and its column names, in table order."""
 
-    __slots__ = ("columns", "link", "model", "name", "pk", "table")
+    __slots__ = ("_link", "_model", "columns", "name", "pk", "table")
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
@@ -30,10 +30,35 @@ class TableSpec:
         primary = tuple(column.name for column in table.primary_key.columns)
         #: a table without a primary key is keyed by all of its columns
         self.pk = primary or self.columns
-        #: the single mapped class of this table, if there is one (set lazily)
-        self.model: str | None = None
-        #: an association (``secondary``) table: rows are LINK/UNLINK, not INSERT/DELETE
-        self.link = False
+        self._model: Any = _MISSING
+        self._link = False
+
+    @property
+    def link(self) -> bool:
+        """Whether this is a many-to-many (``secondary``) table: rows are LINK/UNLINK."""
+        self._resolve()
+        return self._link
+
+    def mapped_class(self) -> type[Any] | None:
+        """The class mapped to this table (the base of an inheritance chain), if any."""
+        self._resolve()
+        return self._model  # type: ignore[no-any-return]
+
+    def _resolve(self) -> None:
+        if self._model is not _MISSING:
+            return
+        from ._compat import all_mappers
+
+        owners = []
+        link = False
+        for mapper in all_mappers():
+            if mapper.local_table is self.table and (
+                mapper.inherits is None or mapper.inherits.local_table is not self.table
+            ):
+                owners.append(mapper.class_)
+            link = link or any(rel.secondary is self.table for rel in mapper.relationships)
+        self._model = owners[0] if len(owners) == 1 else None
+        self._link = link and not owners
 
 
 @final
@@ -116,9 +141,6 @@ class MapperSpec:
                     if local_key and remote_key:
                         pairs.append((local_key, remote_key))
                 self.many_to_one[rel.key] = tuple(pairs)
-        for rel in mapper.relationships:
-            if rel.secondary is not None and isinstance(rel.secondary, sa.Table):
-                table_spec(rel.secondary).link = True
 
     def rows_of(self, values: dict[str, Any]) -> list[dict[str, Any]]:
         """Split attribute values into one column-name row per table (missing: skipped)."""

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from .._compat import NO_VALUE, committed_state
+from .._compat import NO_VALUE, committed_state, flush_running
 from ..capture import Buffer, Row
 from ..changes import Op
 from ..exceptions import AbortError, ConfigurationError
@@ -44,21 +44,39 @@ _FETCH_CHUNK: Final = 500
 class FlushState:
     """What one flush of one session has seen so far, for one :class:`Events`."""
 
-    __slots__ = ("_buffer", "events", "generated_old", "incomplete", "seen", "session", "st", "written")
+    __slots__ = (
+        "_buffer",
+        "context",
+        "events",
+        "generated_old",
+        "incomplete",
+        "seen",
+        "session",
+        "st",
+        "written",
+    )
 
-    def __init__(self, st: SessionState, session: sa_orm.Session) -> None:
+    def __init__(self, st: SessionState, session: sa_orm.Session, context: Any) -> None:
         self.st = st
+        #: SQLAlchemy's UOWTransaction of this flush
+        self.context = context
         self.events = st.events
         self.session = session
         self._buffer: Buffer | None = None
         #: states whose before_* callbacks already ran in before_flush
         self.seen: set[State] = set()
-        #: (op, state, fields) for the after_* callbacks, in the order rows were written
-        self.written: list[tuple[Op, State, dict[str, Any]]] = []
+        #: (op, state, object, fields) for the after_* callbacks, in the order rows were
+        #: written; the object is held so that it outlives the flush
+        self.written: list[tuple[Op, State, object, dict[str, Any]]] = []
         #: rows recorded with some values the database generated: filled after the flush
         self.incomplete: list[tuple[MapperSpec, State, Row, TablePart]] = []
         #: values of onupdate / version columns before the UPDATE overwrote them
         self.generated_old: dict[State, dict[str, Any]] = {}
+
+    @property
+    def running(self) -> bool:
+        """Whether this flush is writing now (mapper events, many-to-many statements)."""
+        return flush_running(self.context)
 
     @property
     def buffer(self) -> Buffer:
@@ -71,13 +89,13 @@ class FlushState:
 # -- before_flush ---------------------------------------------------------------------------
 
 
-def before_flush(st: SessionState, session: sa_orm.Session) -> None:
+def before_flush(st: SessionState, session: sa_orm.Session, context: Any) -> None:
     """Run before_* callbacks, apply vetoes, and load old values that are not loaded."""
     events = st.events
     if events.is_muted:
         st.flush = None
         return
-    fs = st.flush = FlushState(st, session)
+    fs = st.flush = FlushState(st, session, context)
     _load_old_values(session, events, _changed_states(session))
     vetoes: list[tuple[str, State, Callable[..., Any]]] = []
     ran = True
@@ -455,7 +473,7 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     fs.incomplete.append((spec, state, row, part))
         if fs.events.registry.table(spec.model).writes:
             fields = {key: values[key] for key in spec.column_keys if key in values}
-            fs.written.append((Op.INSERT, state, fields))
+            fs.written.append((Op.INSERT, state, state.obj(), fields))
 
 
 def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
@@ -481,7 +499,8 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if level != "off":
             _record_update(fs, spec, state, level, olds, news)
         if fs.events.registry.table(spec.model).writes:
-            fs.written.append((Op.UPDATE, state, {k: v for k, v in fields.items() if v is not NO_VALUE}))
+            known = {k: v for k, v in fields.items() if v is not NO_VALUE}
+            fs.written.append((Op.UPDATE, state, state.obj(), known))
 
 
 def _changed_keys(
@@ -566,7 +585,7 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 fs.buffer.add(part.spec.name, pk, Op.DELETE, spec.model,
                               row if level == "old+new" else None, None)
         if fs.events.registry.table(spec.model).writes:
-            fs.written.append((Op.DELETE, state, {}))
+            fs.written.append((Op.DELETE, state, state.obj(), {}))
 
 
 def _row_of(part: TablePart, values: dict[str, Any]) -> tuple[Row, bool]:
@@ -626,10 +645,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     if fs is None or not fs.written:
         return
     registry = fs.events.registry
-    for op, state, fields in fs.written:
-        obj = state.obj()
-        if obj is None:
-            continue
+    for op, state, obj, fields in fs.written:
         model = type(obj)
         table = registry.table(model)
         if op is Op.INSERT:

@@ -1,0 +1,381 @@
+"""Capture of Core statements on a session's connections.
+
+The unit of work writes many-to-many rows with Core statements, legacy
+``bulk_*`` methods do too, and so does code that calls
+``session.connection().execute(...)``.  All of them pass through the
+connection's ``before_execute`` / ``after_execute`` events, which are listened
+to once per engine; a connection is attributed to the session that began it
+(``after_begin``), and connections of sessions no :class:`Events` is installed
+on are left alone.
+
+INSERT and UPDATE take the rows as stored through ``return_defaults()`` (the
+caller's result keeps its type and ``rowcount``); UPDATE and DELETE read the
+affected rows first (``FOR UPDATE`` where the database has it).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, final
+
+import sqlalchemy as sa
+import sqlalchemy.event as sa_event
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.sql import operators
+
+from .._compat import explicit_returning
+from ..changes import Op
+from ..exceptions import DbEventsWarning, UncapturedWriteError
+from ..mapping import TableSpec, table_spec
+from ..session import STATE_KEY
+
+if TYPE_CHECKING:
+    from ..session import SessionState
+
+__all__ = ["CAPTURED", "SKIP_CAPTURE", "bind_connection", "read_rows", "record_rows"]
+
+#: execution option: this statement is dbevents' own bookkeeping (the outbox)
+SKIP_CAPTURE: Final = "dbevents_skip_capture"
+#: execution option: the statement layer already captured this statement
+CAPTURED: Final = "dbevents_captured"
+_CHUNK: Final = 500
+_LISTENING: Final = "dbevents.listening"
+
+Row = dict[str, Any]
+
+_owners: weakref.WeakKeyDictionary[sa.Connection, weakref.ref[sa_orm.Session]] = (
+    weakref.WeakKeyDictionary()
+)
+_plans: weakref.WeakKeyDictionary[sa.Connection, list[_Plan]] = weakref.WeakKeyDictionary()
+
+_WRITE_SQL = re.compile(
+    r"^\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:WITH\b.*?\b)?"
+    r"(INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|TRUNCATE)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def bind_connection(session: sa_orm.Session, connection: sa.Connection) -> None:
+    """Attribute ``connection`` to ``session`` and make sure its engine is listened to."""
+    _owners[connection] = weakref.ref(session)
+    engine = connection.engine
+    if not engine.__dict__.get(_LISTENING):
+        engine.__dict__[_LISTENING] = True
+        sa_event.listen(engine, "before_execute", _before_execute, retval=True)
+        sa_event.listen(engine, "after_execute", _after_execute)
+        sa_event.listen(engine, "before_cursor_execute", _before_cursor_execute)
+        sa_event.listen(engine, "handle_error", _handle_error)
+
+
+def _capturing(connection: sa.Connection) -> tuple[sa_orm.Session | None, list[SessionState]]:
+    ref = _owners.get(connection)
+    session = ref() if ref is not None else None
+    if session is None:
+        return None, []
+    states = session.info.get(STATE_KEY)
+    if not states:
+        return session, []
+    return session, [st for st in states.values() if not st.events.is_muted]
+
+
+@final
+class _Plan:
+    """What to do after one statement ran."""
+
+    __slots__ = ("before", "op", "session", "spec", "statement", "states")
+
+    def __init__(
+        self,
+        statement: Any,
+        op: Op,
+        spec: TableSpec,
+        session: sa_orm.Session,
+        states: list[SessionState],
+        before: dict[tuple[Any, ...], Row] | None,
+    ) -> None:
+        self.statement = statement
+        self.session = session
+        self.op = op
+        self.spec = spec
+        self.states = states
+        #: UPDATE / DELETE: the affected rows as they were, by primary key
+        self.before = before
+
+
+def _before_execute(
+    connection: sa.Connection,
+    statement: Any,
+    multiparams: list[dict[str, Any]],
+    params: dict[str, Any],
+    execution_options: Mapping[str, Any],
+) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
+    session, states = _capturing(connection)
+    if session is None or not states:
+        return statement, multiparams, params
+    if execution_options.get(SKIP_CAPTURE) or execution_options.get(CAPTURED):
+        return statement, multiparams, params
+    if isinstance(statement, sa.TextClause):
+        _raw_write(states, statement.text)
+        return statement, multiparams, params
+    if not isinstance(statement, sa.Insert | sa.Update | sa.Delete):
+        return statement, multiparams, params
+    table = statement.table
+    if not isinstance(table, sa.Table):
+        return statement, multiparams, params
+    spec = table_spec(table)
+    if not spec.link and any(st.flush is not None and st.flush.running for st in states):
+        return statement, multiparams, params  # the flush's own rows: mapper events have them
+    parameters = multiparams or [params]
+    dialect = connection.dialect
+    before = None
+    if isinstance(statement, sa.Insert):
+        op = Op.LINK if spec.link else Op.INSERT
+        if not explicit_returning(statement) and (
+            dialect.insert_executemany_returning if len(parameters) > 1 else dialect.insert_returning
+        ):
+            statement = statement.return_defaults(supplemental_cols=list(table.columns))
+    else:
+        before = read_rows(connection, spec, statement.whereclause, parameters)
+        if isinstance(statement, sa.Update):
+            op = Op.UPDATE
+            if before and not explicit_returning(statement) and dialect.update_returning:
+                statement = statement.return_defaults(supplemental_cols=list(table.columns))
+        else:
+            op = Op.UNLINK if spec.link else Op.DELETE
+    _plans.setdefault(connection, []).append(_Plan(statement, op, spec, session, states, before))
+    return statement, multiparams, params
+
+
+def _after_execute(
+    connection: sa.Connection,
+    statement: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+    result: sa.CursorResult[Any],
+) -> None:
+    plans = _plans.get(connection)
+    if not plans or plans[-1].statement is not statement:
+        return
+    plan = plans.pop()
+    spec = plan.spec
+    if plan.op in (Op.INSERT, Op.LINK):
+        after = _inserted_rows(spec, result)
+        record_rows(plan.session, plan.states, spec, plan.op, None, after)
+    elif plan.op is Op.UPDATE:
+        if not plan.before:
+            return
+        after = _returned_rows(spec, result)
+        if after is None:
+            after = read_rows(connection, spec, None, [], pks=list(plan.before))
+        record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, after)
+    else:
+        record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
+
+
+def _handle_error(context: Any) -> None:
+    # statements on one connection run one at a time: a failure voids what is pending
+    if context.connection is not None:
+        _plans.pop(context.connection, None)
+
+
+def _before_cursor_execute(
+    connection: sa.Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    if context is not None and context.compiled is not None:
+        return
+    _, states = _capturing(connection)  # driver-level SQL: exec_driver_sql()
+    if states:
+        _raw_write(states, statement)
+
+
+def _raw_write(states: list[SessionState], sql: str) -> None:
+    if not _WRITE_SQL.match(sql):
+        return
+    policies = {st.events.raw_sql for st in states}
+    message = (
+        f"dbevents cannot see what this SQL writes, so no callbacks ran and nothing was "
+        f"captured: {sql.strip()[:200]!r}; use a Core or ORM statement, or mute the block "
+        'on purpose (Events(raw_sql="ignore") silences this)'
+    )
+    if "raise" in policies:
+        raise UncapturedWriteError(message)
+    if "warn" in policies:
+        warnings.warn(message, DbEventsWarning, stacklevel=2)
+
+
+# -- reading and recording rows ----------------------------------------------------------------
+
+
+def read_rows(
+    connection: sa.Connection,
+    spec: TableSpec,
+    where: Any,
+    parameters: Sequence[Mapping[str, Any]],
+    *,
+    pks: Sequence[tuple[Any, ...]] | None = None,
+) -> dict[tuple[Any, ...], Row]:
+    """The rows a WHERE clause selects (locked on databases that can), by primary key."""
+    table = spec.table
+    lock = connection.dialect.name != "sqlite"
+    if pks is None:
+        criteria = _equality_criteria(table, where)
+        if criteria is not None and parameters and all(
+            all(key in p for key in criteria.values()) for p in parameters
+        ):
+            # the unit of work's many-to-many DELETE: one row per parameter set
+            values = [tuple(p[key] for key in criteria.values()) for p in parameters]
+            columns = [table.c[name] for name in criteria]
+            if set(criteria) == set(spec.columns):
+                return {_pk_of(spec, dict(zip(criteria, v, strict=True))): dict(
+                    zip(criteria, v, strict=True)) for v in values}
+            return _select_in(connection, spec, columns, values, lock)
+        query = sa.select(*table.columns)
+        if where is not None:
+            query = query.where(where)
+        if lock:
+            query = query.with_for_update()
+        found: dict[tuple[Any, ...], Row] = {}
+        for p in parameters or [{}]:
+            for row in connection.execute(query, dict(p)).mappings():
+                values_row = dict(row)
+                found[_pk_of(spec, values_row)] = values_row
+        return found
+    columns = [table.c[name] for name in spec.pk]
+    return _select_in(connection, spec, columns, list(pks), False)
+
+
+def _select_in(
+    connection: sa.Connection,
+    spec: TableSpec,
+    columns: list[sa.Column[Any]],
+    values: list[tuple[Any, ...]],
+    lock: bool,
+) -> dict[tuple[Any, ...], Row]:
+    found: dict[tuple[Any, ...], Row] = {}
+    for start in range(0, len(values), _CHUNK):
+        chunk = values[start : start + _CHUNK]
+        where = (
+            columns[0].in_([v[0] for v in chunk])
+            if len(columns) == 1
+            else sa.tuple_(*columns).in_(chunk)
+        )
+        query = sa.select(*spec.table.columns).where(where)
+        if lock:
+            query = query.with_for_update()
+        for row in connection.execute(query, execution_options={SKIP_CAPTURE: True}).mappings():
+            values_row = dict(row)
+            found[_pk_of(spec, values_row)] = values_row
+    return found
+
+
+def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
+    """``col = :param AND ...`` -> {column name: parameter key}, else None."""
+    if where is None:
+        return None
+    clauses = where.clauses if isinstance(where, sa.BooleanClauseList) else [where]
+    if isinstance(where, sa.BooleanClauseList) and where.operator is not operators.and_:
+        return None
+    criteria: dict[str, str] = {}
+    for clause in clauses:
+        if not isinstance(clause, sa.BinaryExpression) or clause.operator is not operators.eq:
+            return None
+        left, right = clause.left, clause.right
+        if not (isinstance(left, sa.Column) and left.table is table):
+            return None
+        if not isinstance(right, sa.BindParameter) or right.value is not None:
+            return None
+        criteria[left.name] = right.key
+    return criteria or None
+
+
+def _inserted_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
+    returned = _returned_rows(spec, result)
+    if returned is not None:
+        return list(returned.values())
+    # no RETURNING: the values sent, and the generated key where the driver tells it
+    rows = []
+    table = spec.table
+    compiled = result.context.compiled_parameters  # type: ignore[attr-defined]
+    try:
+        keys: Iterable[Any] = result.inserted_primary_key_rows
+    except sa.exc.InvalidRequestError:
+        keys = [None] * len(compiled)
+    for params, key in zip(compiled, keys, strict=False):
+        row = {c.name: params.get(c.key) for c in table.columns}
+        if key is not None:
+            for column, value in zip(table.primary_key.columns, key, strict=True):
+                if value is not None:
+                    row[column.name] = value
+        rows.append(row)
+    return rows
+
+
+def _returned_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> dict[tuple[Any, ...], Row] | None:
+    try:
+        returned = result.returned_defaults_rows
+    except sa.exc.InvalidRequestError:
+        return None
+    if returned is None:
+        return None
+    names = spec.columns
+    out: dict[tuple[Any, ...], Row] = {}
+    for record in returned:
+        row = {name: record._mapping[spec.table.c[name]] for name in names}
+        out[_pk_of(spec, row)] = row
+    return out
+
+
+def _pk_of(spec: TableSpec, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(row.get(name) for name in spec.pk)
+
+
+def record_rows(
+    session: sa_orm.Session,
+    states: Iterable[SessionState],
+    spec: TableSpec,
+    op: Op,
+    before: Mapping[tuple[Any, ...], Row] | None,
+    after: Iterable[Row] | Mapping[tuple[Any, ...], Row] | None,
+) -> None:
+    """Record row changes of one statement into each capturing session's buffer."""
+    model = spec.mapped_class()
+    for st in states:
+        level = st.events.level_of_table(spec)
+        if level == "off":
+            continue
+        buffer = st.buffer(session)
+        keep_new = level != "keys"
+        keep_old = level == "old+new"
+        if op in (Op.INSERT, Op.LINK):
+            assert after is not None
+            for row in after.values() if isinstance(after, Mapping) else after:
+                buffer.add(spec.name, _pk_of(spec, row), op, model, None, row if keep_new else None)
+        elif op is Op.UPDATE:
+            assert before is not None and isinstance(after, Mapping)
+            for pk, old in before.items():
+                new = after.get(pk)
+                if new is None:
+                    continue
+                changed = [name for name, value in new.items() if old.get(name) != value]
+                if changed:
+                    buffer.add(
+                        spec.name,
+                        pk,
+                        op,
+                        model,
+                        {n: old[n] for n in changed} if keep_old else None,
+                        {n: new[n] for n in changed} if keep_new else None,
+                    )
+        else:
+            assert before is not None
+            for pk, old in before.items():
+                buffer.add(spec.name, pk, op, model, old if keep_old else None, None)

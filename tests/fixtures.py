@@ -1,0 +1,66 @@
+"""Fixtures for tests of the library: a fresh Events installed on a fresh sessionmaker.
+
+Every test gets its own ``Events`` and its own session class, so no listener
+outlives the test that registered it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+import dbevents.testing
+from tests.models import Base
+
+
+@pytest.fixture
+def events() -> dbevents.Events:
+    """A fresh ``Events`` with a ``MemorySink``."""
+    return dbevents.Events(sinks=[dbevents.MemorySink()])
+
+
+@pytest.fixture
+def memory(events: dbevents.Events) -> dbevents.MemorySink:
+    """The ``MemorySink`` of :func:`events`."""
+    sink = events.sinks[0]
+    assert isinstance(sink, dbevents.MemorySink)
+    return sink
+
+
+@pytest.fixture
+def tables(engine: sa.Engine) -> sa.Engine:
+    """The engine, with the tables of ``tests.models`` created."""
+    Base.metadata.create_all(engine)
+    return engine
+
+
+@pytest.fixture
+def Session(  # noqa: N802 - a session factory reads best as a class name
+    events: dbevents.Events, tables: sa.Engine
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    """A sessionmaker on the test database, with :func:`events` installed."""
+    maker = sa_orm.sessionmaker(tables)
+    events.install(maker)
+    yield maker
+    events.uninstall(maker)
+
+
+@pytest.fixture
+def changesets(events: dbevents.Events) -> Iterator[list[dbevents.ChangeSet]]:
+    """Every change set delivered during the test."""
+    with dbevents.testing.capture(events) as received:
+        yield received
+
+
+def table_rows(engine: sa.Engine, table: str) -> dict[tuple[object, ...], dict[str, object]]:
+    """A table's rows read back with plain SQL, keyed by primary key (all columns if none)."""
+    meta = sa.MetaData()
+    t = sa.Table(table, meta, autoload_with=engine)
+    key = [c.name for c in t.primary_key.columns] or [c.name for c in t.columns]
+    with engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(sa.select(t)).mappings()]
+    return {tuple(r[k] for k in key): r for r in rows}
