@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 import dbevents.sqlite
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, search_path_of
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -71,17 +71,6 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-def search_path(url: str | sa.URL) -> str:
-    """The schema a PostgreSQL ``db_url`` points into (from its ``options``)."""
-    options = sa.make_url(url).query.get("options", "")
-    if isinstance(options, tuple):
-        options = " ".join(options)
-    for option in options.split():
-        if option.startswith("-csearch_path="):
-            return option.removeprefix("-csearch_path=")
-    raise ValueError(f"no search_path in {url!r}")
-
-
 @pytest.fixture
 def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database of this test's own.
@@ -97,7 +86,7 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
     server: PostgresServer = request.getfixturevalue("postgres")
     schema = f"t_{uuid4().hex}"
     server.execute(f"CREATE SCHEMA {schema}")
-    yield f"{server.url()}?options=-csearch_path%3D{schema}"
+    yield server.schema_url(schema)
     terminated = server.drop_schema(schema)
     if terminated:
         warnings.warn(
@@ -133,7 +122,7 @@ def async_engine(db_url: str) -> Iterator[AsyncEngine]:
         eng = create_async_engine(
             url.set(drivername="postgresql+asyncpg", query={}),
             poolclass=NullPool,
-            connect_args={"server_settings": {"search_path": search_path(url)}},
+            connect_args={"server_settings": {"search_path": search_path_of(db_url)}},
         )
     dbevents.sqlite.configure(eng)
     try:

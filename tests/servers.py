@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import parse_qs, urlsplit
 
 __all__ = [
     "HOST",
@@ -46,6 +47,7 @@ __all__ = [
     "find_postgres_bindir",
     "find_redis_server",
     "free_port",
+    "search_path_of",
 ]
 
 #: the only address servers listen on and clients connect to
@@ -453,6 +455,14 @@ class PostgresServer(_Server):
         scheme = f"postgresql+{driver}" if driver else "postgresql"
         return f"{scheme}://{self.user}@{self.host}:{self.port}/{database}"
 
+    def schema_url(self, schema: str, driver: str = "psycopg", database: str = "postgres") -> str:
+        """:meth:`url` with ``search_path`` set to ``schema`` (a plain identifier).
+
+        The setting travels as libpq ``options``, which psycopg understands;
+        for asyncpg, pass ``search_path_of(url)`` in ``server_settings``.
+        """
+        return f"{self.url(driver, database)}?options=-csearch_path%3D{schema}"
+
     def execute(self, *statements: str, database: str = "postgres") -> None:
         """Run SQL statements in autocommit mode, on a connection of their own."""
         import psycopg
@@ -515,6 +525,15 @@ class PostgresServer(_Server):
             conn.execute("SET lock_timeout = 0")
             conn.execute(f"DROP SCHEMA IF EXISTS {ident} CASCADE".encode())
             return [int(pid) for pid, _ in rows]
+
+
+def search_path_of(url: str) -> str:
+    """The ``search_path`` in the ``options`` of a URL made by :meth:`PostgresServer.schema_url`."""
+    for options in parse_qs(urlsplit(url).query).get("options", []):
+        for option in options.split():
+            if option.startswith("-csearch_path="):
+                return option.removeprefix("-csearch_path=")
+    raise ValueError(f"no search_path in the options of {url!r}")
 
 
 def _quote_ident(name: str) -> str:

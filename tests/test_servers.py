@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import dbevents.sqlite
-from tests.conftest import search_path
-from tests.servers import HOST, PostgresServer, RedisServer
+from tests.servers import HOST, PostgresServer, RedisServer, search_path_of
 
 # schemas of earlier test_db_url_is_isolated runs, to check they are gone
 _seen_schemas: list[str] = []
@@ -40,7 +39,7 @@ def test_postgres_answers_on_loopback_only(postgres: PostgresServer) -> None:
 
 
 @pytest.mark.parametrize("run", [1, 2])
-def test_db_url_is_isolated(run: int, backend: str, engine: sa.Engine) -> None:
+def test_db_url_is_isolated(run: int, backend: str, db_url: str, engine: sa.Engine) -> None:
     # both runs create the same table: the second fails if it sees the first's
     assert not sa.inspect(engine).has_table("isolation_marker")
     table = sa.Table(
@@ -49,11 +48,13 @@ def test_db_url_is_isolated(run: int, backend: str, engine: sa.Engine) -> None:
     table.create(engine)
     assert sa.inspect(engine).has_table("isolation_marker")
     if backend != "postgresql":
+        assert db_url.startswith("sqlite:///") and db_url.endswith("/test.db")
         assert dbevents.sqlite.is_configured(engine)
         return
+    assert db_url.startswith("postgresql+psycopg://postgres@127.0.0.1:")
     with engine.connect() as conn:
         schema = conn.scalar(sa.text("select current_schema()"))
-        assert schema == search_path(engine.url)
+        assert schema == search_path_of(db_url)
         assert isinstance(schema, str) and schema.startswith("t_")
         gone = conn.scalars(
             sa.text("select nspname from pg_namespace where nspname = any(:names)"),
@@ -83,7 +84,7 @@ def test_async_engine_sees_the_same_database(engine: sa.Engine, async_engine: As
 def test_leaked_transaction_is_terminated_at_schema_drop(postgres: PostgresServer) -> None:
     schema = "t_leak"
     postgres.execute(f"CREATE SCHEMA {schema}", f"CREATE TABLE {schema}.x (id int)")
-    eng = sa.create_engine(f"{postgres.url()}?options=-csearch_path%3D{schema}")
+    eng = sa.create_engine(postgres.schema_url(schema))
     try:
         conn = eng.connect()
         conn.execute(sa.text("insert into x values (1)"))  # holds a lock, never committed
