@@ -27,6 +27,9 @@ from sqlalchemy.pool import NullPool
 import dbevents.sqlite
 from tests.servers import PostgresServer, RedisServer, search_path_of
 
+# the library's own fixtures (events, Session, changesets, ...) live in tests/fixtures.py
+pytest_plugins = ["tests.fixtures"]
+
 BACKENDS = ["sqlite", "postgresql"]
 
 
