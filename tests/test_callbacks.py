@@ -38,6 +38,7 @@ class Stamped:
     """A mixin: its callbacks apply to every model that inherits it, and run first."""
 
     @before_insert
+    @classmethod  # typed code may say so; the decorators accept classmethods too
     def mixin_first(cls, fields: dict[str, Any]) -> None:
         calls.append(("mixin.before_insert", cls.__name__))
 
@@ -57,7 +58,7 @@ class Thing(Stamped, CBase):
     def b_insert(cls, fields: dict[str, Any]) -> bool | None:
         calls.append(("before_insert", dict(fields)))
         fields["name"] = fields["name"].strip()
-        return fields["name"] == "veto"
+        return bool(fields["name"] == "veto")
 
     @before_insert
     def b_insert_later(cls, fields: dict[str, Any]) -> None:

@@ -55,7 +55,7 @@ def await_in_greenlet(awaitable: Awaitable[T]) -> T:
     import sqlalchemy.util as sa_util
 
     waiter = getattr(sa_util, "await_", None) or sa_util.await_only
-    return waiter(awaitable)  # type: ignore[no-any-return]
+    return waiter(awaitable)  # type: ignore[no-any-return, unused-ignore]
 
 
 def all_mappers() -> list[sa_orm.Mapper[Any]]:

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal, TypeVar, final
+from typing import Any, Literal, TypeVar, cast, final
 
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
@@ -80,7 +80,9 @@ class Events:
         if abort not in ("skip", "raise"):
             raise ConfigurationError(f"abort must be 'skip' or 'raise', not {abort!r}")
         if raw_sql not in ("ignore", "warn", "raise"):
-            raise ConfigurationError(f"raw_sql must be 'ignore', 'warn' or 'raise', not {raw_sql!r}")
+            raise ConfigurationError(
+                f"raw_sql must be 'ignore', 'warn' or 'raise', not {raw_sql!r}"
+            )
         self.registry = Registry()
         self.abort = abort
         self.robust = robust
@@ -208,7 +210,7 @@ class Events:
         return fn
 
     def on_error(self, fn: F) -> F:
-        """Register ``fn(error, receiver, changeset)``, called when an after-commit receiver fails."""
+        """Register ``fn(error, receiver, changeset)``, called when a receiver fails."""
         self.error_handlers.append(fn)
         return fn
 
@@ -268,7 +270,7 @@ class Events:
                 f"{model.__name__}.__dbevents_capture__ must be one of {LEVELS}, not {level!r}",
                 model=model,
             )
-        return level  # type: ignore[no-any-return]
+        return cast(CaptureLevel, level)
 
     def level_of_table(self, spec: TableSpec) -> CaptureLevel:
         """The capture level of a table's rows: its model's, else the table's own setting."""

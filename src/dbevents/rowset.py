@@ -46,7 +46,8 @@ class RowSet(Generic[M]):
         """Primary keys of the rows, as tuples, when known (always on the unit of work)."""
         if self._pks is None and self._objects is not None:
             self._pks = tuple(
-                sa.inspect(obj).identity or () for obj in self._objects  # type: ignore[misc]
+                sa.inspect(obj).identity or ()
+                for obj in self._objects  # type: ignore[misc, unused-ignore]
             )
         return self._pks
 

@@ -37,7 +37,7 @@ def configure(engine: E) -> E:
     :returns: the same engine, for chaining.
     """
     # duck-typed: importing sqlalchemy.ext.asyncio needs greenlet, an optional extra
-    sync_engine: sa.Engine = getattr(engine, "sync_engine", engine)
+    sync_engine: sa.Engine = getattr(engine, "sync_engine", None) or engine  # type: ignore[assignment, unused-ignore]
     if sync_engine.dialect.name != "sqlite" or is_configured(sync_engine):
         return engine
     sa_event.listen(sync_engine, "connect", _disable_driver_transactions)

@@ -134,7 +134,9 @@ def _before_execute(
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         if not explicit_returning(statement) and (
-            dialect.insert_executemany_returning if len(parameters) > 1 else dialect.insert_returning
+            dialect.insert_executemany_returning
+            if len(parameters) > 1
+            else dialect.insert_returning
         ):
             statement = statement.return_defaults(supplemental_cols=list(table.columns))
     else:
@@ -163,15 +165,15 @@ def _after_execute(
     plan = plans.pop()
     spec = plan.spec
     if plan.op in (Op.INSERT, Op.LINK):
-        after = _inserted_rows(spec, result)
-        record_rows(plan.session, plan.states, spec, plan.op, None, after)
+        inserted = _inserted_rows(spec, result)
+        record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
     elif plan.op is Op.UPDATE:
         if not plan.before:
             return
-        after = _returned_rows(spec, result)
-        if after is None:
-            after = read_rows(connection, spec, None, [], pks=list(plan.before))
-        record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, after)
+        updated = _returned_rows(spec, result)
+        if updated is None:
+            updated = read_rows(connection, spec, None, [], pks=list(plan.before))
+        record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, updated)
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
 
@@ -228,15 +230,21 @@ def read_rows(
     lock = connection.dialect.name != "sqlite"
     if pks is None:
         criteria = _equality_criteria(table, where)
-        if criteria is not None and parameters and all(
-            all(key in p for key in criteria.values()) for p in parameters
+        if (
+            criteria is not None
+            and parameters
+            and all(all(key in p for key in criteria.values()) for p in parameters)
         ):
             # the unit of work's many-to-many DELETE: one row per parameter set
             values = [tuple(p[key] for key in criteria.values()) for p in parameters]
             columns = [table.c[name] for name in criteria]
             if set(criteria) == set(spec.columns):
-                return {_pk_of(spec, dict(zip(criteria, v, strict=True))): dict(
-                    zip(criteria, v, strict=True)) for v in values}
+                return {
+                    _pk_of(spec, dict(zip(criteria, v, strict=True))): dict(
+                        zip(criteria, v, strict=True)
+                    )
+                    for v in values
+                }
             return _select_in(connection, spec, columns, values, lock)
         query = sa.select(*table.columns)
         if where is not None:
@@ -304,7 +312,7 @@ def _inserted_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
     # no RETURNING: the values sent, and the generated key where the driver tells it
     rows = []
     table = spec.table
-    compiled = result.context.compiled_parameters  # type: ignore[attr-defined]
+    compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
     try:
         keys: Iterable[Any] = result.inserted_primary_key_rows
     except sa.exc.InvalidRequestError:
@@ -319,7 +327,9 @@ def _inserted_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
     return rows
 
 
-def _returned_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> dict[tuple[Any, ...], Row] | None:
+def _returned_rows(
+    spec: TableSpec, result: sa.CursorResult[Any]
+) -> dict[tuple[Any, ...], Row] | None:
     try:
         returned = result.returned_defaults_rows
     except sa.exc.InvalidRequestError:

@@ -24,7 +24,6 @@ from ..changes import Op
 from ..exceptions import AbortError, ConfigurationError
 from ..mapping import MapperSpec, TablePart, mapper_spec
 from ..rowset import RowSet
-
 from ..session import STATE_KEY
 
 if TYPE_CHECKING:
@@ -360,7 +359,7 @@ def _load_old_values(
         keys = sorted({key for _, _, ks in items for key in ks})
         found = _select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
         for state, deleted, wanted in items:
-            row = found.get(state.identity)
+            row = found.get(state.identity or ())
             if row is None:
                 continue  # gone already: the flush will report it
             for key in wanted:
@@ -379,7 +378,7 @@ def _select_by_identity(
     """Load attribute values of the rows with these identities, keyed by identity."""
     pk_columns = list(mapper.primary_key)
     pk_attrs = [mapper.get_property_by_column(c).key for c in pk_columns]
-    columns = [mapper.attrs[k].expression.label(k) for k in keys]  # type: ignore[attr-defined]
+    columns = [mapper.attrs[k].expression.label(k) for k in keys]  # type: ignore[attr-defined, unused-ignore]
     pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(pk_columns)]
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for start in range(0, len(identities), _FETCH_CHUNK):
@@ -428,9 +427,8 @@ def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, sta
             spec = mapper_spec(mapper)
             keys = [key for key in spec.column_keys if key not in state.dict]
             if keys:  # an orphan found by the flush itself, with columns not loaded
-                row = _select_by_identity(connection, mapper, keys, [state.identity]).get(
-                    state.identity
-                )
+                identity = state.identity or ()
+                row = _select_by_identity(connection, mapper, keys, [identity]).get(identity)
                 for key, value in (row or {}).items():
                     if key in keys:
                         sa_orm.attributes.set_committed_value(state.obj(), key, value)
@@ -467,7 +465,12 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 row, complete = _row_of(part, values)
                 pk = tuple(row.get(name) for name in part.spec.pk)
                 fs.buffer.add(
-                    part.spec.name, pk, Op.INSERT, spec.model, None, row if level != "keys" else None
+                    part.spec.name,
+                    pk,
+                    Op.INSERT,
+                    spec.model,
+                    None,
+                    row if level != "keys" else None,
                 )
                 if not complete:
                     fs.incomplete.append((spec, state, row, part))
@@ -550,11 +553,18 @@ def _record_update(
             # a new primary key is a different row to every consumer keyed by pk
             before = {**_row_of(part, values)[0], **old}
             old_pk = tuple(before.get(name) for name, _ in part.pk)
-            fs.buffer.add(part.spec.name, old_pk, Op.DELETE, spec.model,
-                          before if level == "old+new" else None, None)
+            fs.buffer.add(
+                part.spec.name,
+                old_pk,
+                Op.DELETE,
+                spec.model,
+                before if level == "old+new" else None,
+                None,
+            )
             row, complete = _row_of(part, values)
-            fs.buffer.add(part.spec.name, pk, Op.INSERT, spec.model,
-                          None, row if level != "keys" else None)
+            fs.buffer.add(
+                part.spec.name, pk, Op.INSERT, spec.model, None, row if level != "keys" else None
+            )
             if not complete:
                 fs.incomplete.append((spec, state, row, part))
             continue
@@ -582,8 +592,14 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             for part in spec.parts:
                 row = {k: v for k, v in _row_of(part, merged)[0].items() if v is not NO_VALUE}
                 pk = tuple(row.get(name) for name in part.spec.pk)
-                fs.buffer.add(part.spec.name, pk, Op.DELETE, spec.model,
-                              row if level == "old+new" else None, None)
+                fs.buffer.add(
+                    part.spec.name,
+                    pk,
+                    Op.DELETE,
+                    spec.model,
+                    row if level == "old+new" else None,
+                    None,
+                )
         if fs.events.registry.table(spec.model).writes:
             fs.written.append((Op.DELETE, state, state.obj(), {}))
 

@@ -1,0 +1,108 @@
+"""The net merge rules of a change buffer, without a database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from dbevents.capture import Buffer
+from dbevents.changes import Change, Op
+
+
+class Model:
+    pass
+
+
+def net(*records: tuple[Op, dict[str, Any] | None, dict[str, Any] | None]) -> list[Change]:
+    buffer = Buffer()
+    for op, old, new in records:
+        buffer.add("t", (1,), op, Model, old, new)
+    return list(buffer.changes())
+
+
+def test_insert_then_update_is_an_insert_of_the_final_values() -> None:
+    (change,) = net((Op.INSERT, None, {"id": 1, "a": 1, "b": 1}), (Op.UPDATE, {"a": 1}, {"a": 2}))
+    assert change.op is Op.INSERT and change.new == {"id": 1, "a": 2, "b": 1}
+    assert change.model == "Model"
+
+
+def test_insert_then_delete_is_nothing() -> None:
+    assert net((Op.INSERT, None, {"id": 1}), (Op.DELETE, {"id": 1}, None)) == []
+
+
+def test_update_then_update_keeps_the_first_old_and_the_last_new() -> None:
+    (change,) = net(
+        (Op.UPDATE, {"a": 1}, {"a": 2}), (Op.UPDATE, {"a": 2, "b": 5}, {"a": 3, "b": 6})
+    )
+    assert change.op is Op.UPDATE
+    assert change.old == {"a": 1, "b": 5} and change.new == {"a": 3, "b": 6}
+
+
+def test_update_back_to_the_original_value_is_nothing() -> None:
+    assert net((Op.UPDATE, {"a": 1}, {"a": 2}), (Op.UPDATE, {"a": 2}, {"a": 1})) == []
+
+
+def test_update_back_of_one_column_keeps_the_other() -> None:
+    (change,) = net(
+        (Op.UPDATE, {"a": 1, "b": 1}, {"a": 2, "b": 2}), (Op.UPDATE, {"a": 2}, {"a": 1})
+    )
+    assert change.old == {"b": 1} and change.new == {"b": 2}
+
+
+def test_update_then_delete_is_a_delete_of_the_original_row() -> None:
+    (change,) = net((Op.UPDATE, {"a": 1}, {"a": 2}), (Op.DELETE, {"id": 1, "a": 2, "b": 7}, None))
+    assert change.op is Op.DELETE and change.old == {"id": 1, "a": 1, "b": 7} and change.new is None
+
+
+def test_delete_then_insert_of_the_same_key_is_an_update() -> None:
+    (change,) = net(
+        (Op.DELETE, {"id": 1, "a": 1, "b": 1}, None), (Op.INSERT, None, {"id": 1, "a": 1, "b": 2})
+    )
+    assert change.op is Op.UPDATE and change.old == {"b": 1} and change.new == {"b": 2}
+
+
+def test_delete_then_identical_insert_is_nothing() -> None:
+    assert net((Op.DELETE, {"id": 1, "a": 1}, None), (Op.INSERT, None, {"id": 1, "a": 1})) == []
+
+
+@pytest.mark.parametrize(("first", "second"), [(Op.LINK, Op.UNLINK), (Op.UNLINK, Op.LINK)])
+def test_link_and_unlink_cancel(first: Op, second: Op) -> None:
+    assert net((first, None, {"x": 1}), (second, {"x": 1}, None)) == []
+
+
+def test_a_link_seen_from_both_sides_counts_once() -> None:
+    (change,) = net((Op.LINK, None, {"x": 1}), (Op.LINK, None, {"x": 1}))
+    assert change.op is Op.LINK
+
+
+def test_savepoint_buffer_merges_into_its_parent() -> None:
+    parent, child = Buffer(), Buffer()
+    parent.add("t", (1,), Op.INSERT, None, None, {"id": 1, "a": 1})
+    parent.add("t", (2,), Op.UPDATE, None, {"a": 1}, {"a": 2})
+    child.add("t", (1,), Op.UPDATE, None, {"a": 1}, {"a": 5})
+    child.add("t", (2,), Op.UPDATE, None, {"a": 2}, {"a": 1})
+    child.add("t", (3,), Op.DELETE, None, {"id": 3}, None)
+    child.merge_into(parent)
+    assert [(c.op, c.pk, c.new) for c in parent.changes()] == [
+        (Op.INSERT, (1,), {"id": 1, "a": 5}),
+        (Op.DELETE, (3,), None),
+    ]
+
+
+def test_order_is_the_order_rows_were_first_changed() -> None:
+    buffer = Buffer()
+    for pk in (3, 1, 2):
+        buffer.add("t", (pk,), Op.INSERT, None, None, {"id": pk})
+    buffer.add("t", (3,), Op.UPDATE, None, {"v": 0}, {"v": 1})
+    assert [c.pk for c in buffer.changes()] == [(3,), (1,), (2,)]
+
+
+def test_changes_are_frozen() -> None:
+    (change,) = net(
+        (Op.INSERT, None, {"id": 1}),
+    )
+    with pytest.raises(TypeError):
+        change.new["id"] = 2  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        change.op = Op.DELETE  # type: ignore[misc]

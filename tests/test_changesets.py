@@ -1,0 +1,507 @@
+"""Change sets from the unit of work: what is captured, savepoints, delivery."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.event as sa_event
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+from dbevents import ChangeSet, Op
+from tests.models import Address, Company, Contact, Dog, Subgroup, Tag
+
+Changes = list[tuple[str, str, tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]]
+
+
+def summary(changeset: ChangeSet) -> Changes:
+    return [
+        (
+            c.op.value,
+            c.table,
+            c.pk,
+            None if c.old is None else dict(c.old),
+            None if c.new is None else dict(c.new),
+        )
+        for c in changeset.changes
+    ]
+
+
+def test_insert_has_the_full_row_with_generated_key_and_server_default(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        company = Company(name="Acme")
+        session.add(company)
+        session.commit()
+        pk = company.id
+    (changeset,) = changesets
+    assert summary(changeset) == [
+        ("insert", "companies", (pk,), None, {"id": pk, "name": "Acme", "rating": 3})
+    ]
+    assert changeset.created[0].model == "Company"
+
+
+def test_update_has_only_the_changed_columns(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        contact = Contact(email="a@x", name="A")
+        session.add(contact)
+        session.commit()
+        contact.name = "B"
+        contact.email = "a@x"  # unchanged
+        session.commit()
+        pk = contact.id
+    assert summary(changesets[1]) == [("update", "contacts", (pk,), {"name": "A"}, {"name": "B"})]
+
+
+def test_old_values_of_expired_attributes_take_one_select_per_mapper(
+    Session: Any, changesets: list[ChangeSet], engine: sa.Engine
+) -> None:
+    with Session() as session:
+        contacts = [Contact(email=f"{i}@x", name=f"n{i}") for i in range(20)]
+        session.add_all(contacts)
+        session.commit()  # expires everything
+        selects: list[str] = []
+
+        def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("SELECT"):
+                selects.append(statement)
+
+        for c in contacts:
+            session.refresh(c)
+            session.expire(c, ["name"])  # the old name is not known any more
+        sa_event.listen(engine, "before_cursor_execute", count)
+        try:
+            for i, c in enumerate(contacts):
+                c.name = f"renamed{i}"  # sets without loading
+            assert selects == []
+            session.commit()
+        finally:
+            sa_event.remove(engine, "before_cursor_execute", count)
+    assert len(selects) == 1  # one SELECT for all 20 contacts
+    updates = changesets[-1].for_model(Contact)
+    assert len(updates) == 20
+    assert {c.old["name"] for c in updates if c.old} == {f"n{i}" for i in range(20)}
+
+
+def test_delete_has_the_row_even_when_it_was_expired(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        contact = Contact(email="gone@x", name="Gone")
+        session.add(contact)
+        session.commit()
+        pk = contact.id
+        session.delete(contact)
+        session.commit()
+    assert summary(changesets[1]) == [
+        (
+            "delete",
+            "contacts",
+            (pk,),
+            {"id": pk, "email": "gone@x", "name": "Gone", "company_id": None},
+            None,
+        )
+    ]
+
+
+def test_net_result_within_a_transaction(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        kept = Contact(email="k@x")
+        dropped = Contact(email="d@x")
+        session.add_all([kept, dropped])
+        session.flush()
+        kept.name = "Kept"
+        session.flush()
+        session.delete(dropped)
+        session.commit()
+        pk = kept.id
+    assert summary(changesets[0]) == [
+        (
+            "insert",
+            "contacts",
+            (pk,),
+            None,
+            {"id": pk, "email": "k@x", "name": "Kept", "company_id": None},
+        )
+    ]
+
+
+def test_a_transaction_with_no_net_change_delivers_nothing(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        contact = Contact(email="t@x")
+        session.add(contact)
+        session.flush()
+        session.delete(contact)
+        session.commit()
+    assert changesets == []
+
+
+def test_released_savepoint_merges_and_rolled_back_one_is_discarded(
+    Session: Any, changesets: list[ChangeSet], engine: sa.Engine
+) -> None:
+    with Session() as session:
+        session.add(Contact(email="outer@x"))
+        with session.begin_nested():
+            session.add(Contact(email="released@x"))
+        savepoint = session.begin_nested()
+        session.add(Contact(email="rolled@x"))
+        session.flush()
+        savepoint.rollback()
+        try:
+            with session.begin_nested():
+                session.add(Contact(email="raised@x"))
+                session.flush()
+                raise RuntimeError("boom")
+        except RuntimeError:
+            pass
+        session.commit()
+    emails = sorted(c.new["email"] for c in changesets[0].created if c.new)
+    assert emails == ["outer@x", "released@x"]
+    with engine.connect() as conn:
+        assert sorted(conn.scalars(sa.text("select email from contacts"))) == emails
+
+
+def test_flush_error_inside_a_savepoint_discards_only_its_part(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        session.add(Tag(namespace="a", name="1", label="first"))
+        session.commit()
+        session.add(Contact(email="kept@x"))
+        session.flush()
+        with pytest.raises(sa.exc.IntegrityError), session.begin_nested():
+            session.add(Contact(email="lost@x"))
+            session.add(Tag(namespace="a", name="1", label="duplicate"))
+            session.flush()
+        session.commit()
+    assert [c.new["email"] for c in changesets[1].created if c.new] == ["kept@x"]
+
+
+def test_rollback_and_close_deliver_nothing(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        session.add(Contact(email="r@x"))
+        session.flush()
+        session.rollback()
+        session.add(Contact(email="c@x"))
+        session.flush()
+    assert changesets == []
+
+
+def test_released_savepoint_does_not_deliver(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        with session.begin_nested():
+            session.add(Contact(email="s@x"))
+        assert changesets == []
+        session.rollback()
+    assert changesets == []
+
+
+def test_many_to_many_from_both_sides_and_parent_delete(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        contact = Contact(email="m@x")
+        group, other = Subgroup(name="g"), Subgroup(name="o")
+        contact.subgroups.append(group)  # the backref adds it to group.contacts too
+        other.contacts.append(contact)  # from the other side
+        session.add_all([contact, group, other])
+        session.commit()
+        cid, gid, oid = contact.id, group.id, other.id
+        contact.subgroups.remove(group)
+        session.commit()
+        session.delete(contact)
+        session.commit()
+    links = [c for c in changesets[0].changes if c.table == "contact_subgroup"]
+    assert sorted((c.op.value, c.pk) for c in links) == [("link", (cid, gid)), ("link", (cid, oid))]
+    assert links[0].model is None and links[0].new == {
+        "contact_id": cid,
+        "subgroup_id": links[0].pk[1],
+    }
+    assert summary(changesets[1]) == [
+        ("unlink", "contact_subgroup", (cid, gid), {"contact_id": cid, "subgroup_id": gid}, None)
+    ]
+    assert sorted((c.op.value, c.table) for c in changesets[2].changes) == [
+        ("delete", "contacts"),
+        ("unlink", "contact_subgroup"),
+    ]
+
+
+def test_link_then_unlink_in_one_transaction_is_nothing(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        contact, group = Contact(email="x@x"), Subgroup(name="g")
+        session.add_all([contact, group])
+        session.commit()
+        contact.subgroups.append(group)
+        session.flush()
+        contact.subgroups.remove(group)
+        session.commit()
+    assert len(changesets) == 1  # only the first commit
+
+
+def test_association_table_without_primary_key(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        a, b = Company(name="a"), Company(name="b")
+        a.partners.append(b)
+        session.add_all([a, b])
+        session.commit()
+        a.partners.remove(b)
+        session.commit()
+        ids = (a.id, b.id)
+    (link,) = changesets[0].linked
+    assert link.table == "company_partner" and link.pk == ids
+    (unlink,) = changesets[1].unlinked
+    assert unlink.pk == ids and unlink.old == {"company_id": ids[0], "partner_id": ids[1]}
+
+
+def test_delete_orphan_and_cascade_are_captured(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        contact = Contact(email="o@x", addresses=[Address(city="A"), Address(city="B")])
+        session.add(contact)
+        session.commit()
+        orphan = contact.addresses[0]
+        orphan_id = orphan.id
+        contact.addresses.remove(orphan)  # delete-orphan: never in session.deleted
+        session.commit()
+        contact_id = contact.id
+        session.delete(contact)  # cascades to the other address
+        session.commit()
+    assert summary(changesets[1]) == [
+        (
+            "delete",
+            "addresses",
+            (orphan_id,),
+            {"id": orphan_id, "contact_id": contact_id, "city": "A"},
+            None,
+        )
+    ]
+    assert sorted(c.table for c in changesets[2].deleted) == ["addresses", "contacts"]
+
+
+def test_joined_inheritance_yields_a_change_per_table(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        dog = Dog(name="Rex", bark="woof")
+        session.add(dog)
+        session.commit()
+        dog.bark = "WOOF"
+        session.commit()
+        pk = dog.id
+    assert summary(changesets[0]) == [
+        ("insert", "animals", (pk,), None, {"id": pk, "kind": "dog", "name": "Rex"}),
+        ("insert", "dogs", (pk,), None, {"id": pk, "bark": "woof"}),
+    ]
+    assert {c.model for c in changesets[0].changes} == {"Dog"}
+    assert summary(changesets[1]) == [("update", "dogs", (pk,), {"bark": "woof"}, {"bark": "WOOF"})]
+
+
+def test_primary_key_change_is_delete_plus_insert(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        tag = Tag(namespace="n", name="old", label="L")
+        session.add(tag)
+        session.commit()
+        tag.name = "new"
+        session.commit()
+    assert summary(changesets[1]) == [
+        ("delete", "tags", ("n", "old"), {"namespace": "n", "name": "old", "label": "L"}, None),
+        ("insert", "tags", ("n", "new"), None, {"namespace": "n", "name": "new", "label": "L"}),
+    ]
+
+
+def test_values_survive_expire_on_commit(Session: Any, changesets: list[ChangeSet]) -> None:
+    with Session(expire_on_commit=True) as session:
+        contact = Contact(email="e@x")
+        session.add(contact)
+        session.commit()
+        assert "email" not in sa.inspect(contact).dict  # expired
+    assert changesets[0].created[0].new is not None
+    assert changesets[0].created[0].new["email"] == "e@x"
+
+
+def test_mutable_values_are_copied_at_flush_time(Session: Any, engine: sa.Engine) -> None:
+    received: list[ChangeSet] = []
+
+    class Box(sa_orm.DeclarativeBase):
+        pass
+
+    class Doc(Box):
+        __tablename__ = "docs"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+        body: sa_orm.Mapped[dict[str, Any]] = sa_orm.mapped_column(sa.JSON)
+
+    Box.metadata.create_all(engine)
+    events = dbevents.Events()
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    with maker() as session:
+        body = {"a": [1]}
+        session.add(Doc(body=body))
+        session.commit()
+        body["a"].append(2)  # after the commit: must not change what was delivered
+    assert received[0].created[0].new is not None
+    assert received[0].created[0].new["body"] == {"a": [1]}
+
+
+@pytest.mark.parametrize(
+    ("level", "old", "new"),
+    [("keys", None, None), ("new", None, {"name": "B"}), ("old+new", {"name": "A"}, {"name": "B"})],
+)
+def test_capture_levels(
+    tables: sa.Engine, level: Any, old: dict[str, Any] | None, new: dict[str, Any] | None
+) -> None:
+    received: list[ChangeSet] = []
+    events = dbevents.Events(capture={Contact: level, "Company": "off"})
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        contact = Contact(email="l@x", name="A")
+        session.add_all([contact, Company(name="ignored")])
+        session.commit()
+        contact.name = "B"
+        session.commit()
+        pk = (contact.id,)
+    assert [c.table for c in received[0].changes] == ["contacts"]
+    (update,) = received[1].changes
+    assert update.op is Op.UPDATE and update.pk == pk
+    assert (update.old, update.new) == (old, new)
+
+
+def test_capture_level_off_by_class_attribute(tables: sa.Engine) -> None:
+    class Quiet(sa_orm.DeclarativeBase):
+        pass
+
+    class Log(Quiet):
+        __tablename__ = "logs"
+        __dbevents_capture__ = "off"
+        id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+
+    Quiet.metadata.create_all(tables)
+    received: list[ChangeSet] = []
+    events = dbevents.Events()
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add_all([Log(), Contact(email="x@x")])
+        session.commit()
+    assert [c.table for c in received[0].changes] == ["contacts"]
+
+
+def test_failing_receivers_are_isolated(
+    tables: sa.Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = dbevents.Events()
+    order: list[str] = []
+    errors: list[tuple[Exception, Any]] = []
+
+    @events.on_commit
+    def first(changeset: ChangeSet) -> None:
+        order.append("first")
+        raise ValueError("first failed")
+
+    memory = events.add_sink(dbevents.MemorySink())
+
+    @events.on_commit
+    def last(changeset: ChangeSet) -> None:
+        order.append("last")
+
+    events.on_error(lambda error, receiver, changeset: errors.append((error, receiver)))
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with caplog.at_level(logging.ERROR, logger="dbevents"), maker() as session:
+        session.add(Contact(email="f@x"))
+        session.commit()  # does not raise: the commit happened
+    assert order == ["first", "last"]
+    assert isinstance(memory, dbevents.MemorySink) and len(memory.changesets) == 1
+    assert [(str(e), r) for e, r in errors] == [("first failed", first)]
+    assert "first failed" in caplog.text
+
+
+def test_not_robust_raises_an_exception_group_after_all_ran(tables: sa.Engine) -> None:
+    events = dbevents.Events(robust=False)
+    ran: list[str] = []
+
+    @events.on_commit
+    def fails(cs: dbevents.ChangeSet) -> None:
+        ran.append("a")
+        raise ZeroDivisionError
+
+    events.on_commit(lambda cs: ran.append("b"))
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add(Contact(email="g@x"))
+        with pytest.raises(ExceptionGroup) as info:
+            session.commit()
+    assert ran == ["a", "b"]
+    assert info.group_contains(ZeroDivisionError)
+    with tables.connect() as conn:  # committed all the same
+        assert conn.scalar(sa.text("select count(*) from contacts")) == 1
+
+
+def test_concurrent_sessions_in_threads_do_not_leak(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    barrier = threading.Barrier(2)
+
+    def work(name: str, rollback: bool) -> None:
+        with Session() as session:
+            session.add(Company(name=name))
+            session.flush()
+            barrier.wait()
+            if rollback:
+                session.rollback()
+            else:
+                session.commit()
+
+    threads = [
+        threading.Thread(target=work, args=("kept", False)),
+        threading.Thread(target=work, args=("rolled back", True)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [[c.new["name"] for c in cs.changes if c.new] for cs in changesets] == [["kept"]]
+
+
+def test_actor_from_acting_as_and_from_a_callable(tables: sa.Engine) -> None:
+    received: list[ChangeSet] = []
+    events = dbevents.Events(actor=lambda: "system")
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        with dbevents.acting_as(42):
+            session.add(Contact(email="a@x"))
+            session.commit()
+        session.add(Contact(email="b@x"))
+        session.commit()
+    assert [cs.actor for cs in received] == ["42", "system"]
+
+
+def test_memory_sink_keeps_latest_rows(Session: Any, memory: dbevents.MemorySink) -> None:
+    with Session() as session:
+        contact = Contact(email="m@x", name="A")
+        session.add(contact)
+        session.commit()
+        contact.name = "B"
+        session.commit()
+        pk = contact.id
+        assert memory.get("contacts", pk) == {
+            "id": pk,
+            "email": "m@x",
+            "name": "B",
+            "company_id": None,
+        }
+        session.delete(contact)
+        session.commit()
+    assert memory.rows("contacts") == {}
+    assert len(memory.changesets) == 3
