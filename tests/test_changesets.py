@@ -450,13 +450,14 @@ def test_not_robust_raises_an_exception_group_after_all_ran(tables: sa.Engine) -
 def test_concurrent_sessions_in_threads_do_not_leak(
     Session: Any, changesets: list[ChangeSet]
 ) -> None:
-    barrier = threading.Barrier(2)
+    # both sessions hold pending work at once; SQLite then serialises their flushes
+    barrier = threading.Barrier(2, timeout=30)
 
     def work(name: str, rollback: bool) -> None:
         with Session() as session:
             session.add(Company(name=name))
-            session.flush()
             barrier.wait()
+            session.flush()
             if rollback:
                 session.rollback()
             else:
