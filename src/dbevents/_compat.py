@@ -18,10 +18,12 @@ __all__ = [
     "all_mappers",
     "await_in_greenlet",
     "committed_state",
+    "dml_values",
     "explicit_returning",
     "in_greenlet",
     "flush_running",
     "sa_version",
+    "with_dml_values",
 ]
 
 T = TypeVar("T")
@@ -78,3 +80,25 @@ def flush_running(flush_context: Any) -> bool:
 def explicit_returning(statement: Any) -> bool:
     """Whether a DML statement has a RETURNING clause of its own (private: ``_returning``)."""
     return bool(getattr(statement, "_returning", ()))
+
+
+def dml_values(statement: Any) -> list[tuple[Any, Any]] | None:
+    """The SET / VALUES pairs of a DML statement, in order; None when it has none.
+
+    Private: ``_values`` (2.1 keeps ordered values there too), ``_ordered_values`` (2.0).
+    """
+    values = getattr(statement, "_values", None)
+    if values is not None:
+        return list(values.items())
+    ordered = getattr(statement, "_ordered_values", None)
+    return list(ordered) if ordered is not None else None
+
+
+def with_dml_values(statement: Any, pairs: list[tuple[Any, Any]]) -> Any:
+    """A copy of ``statement`` whose SET / VALUES pairs are exactly ``pairs``."""
+    clone = statement._generate()
+    if getattr(statement, "_ordered_values", None) is not None:
+        clone._ordered_values = None
+        return clone.ordered_values(*pairs)
+    clone._values = None  # values() coerces each value, as if the caller had passed it
+    return clone.values(dict(pairs))

@@ -20,7 +20,7 @@ from .capture import LEVELS, CaptureLevel
 from .changes import ChangeSet, Op
 from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
-from .dispatch import flush
+from .dispatch import flush, statement
 from .dispatch.connection import bind_connection
 from .exceptions import ConfigurationError, DbEventsWarning
 from .mapping import TableSpec
@@ -147,6 +147,7 @@ class Events:
             ("after_commit", self._after_commit),
             ("after_transaction_end", self._after_transaction_end),
             ("after_begin", self._after_begin),
+            ("do_orm_execute", self._do_orm_execute),
         ]
 
     def _before_flush(self, session: sa_orm.Session, context: Any, instances: Any) -> None:
@@ -167,8 +168,12 @@ class Events:
     def _after_transaction_end(self, session: sa_orm.Session, transaction: Any) -> None:
         state_of(session, self).after_transaction_end(session, transaction)
 
+    def _do_orm_execute(self, orm_state: sa_orm.ORMExecuteState) -> Any:
+        return statement.do_orm_execute(state_of(orm_state.session, self), orm_state)
+
     def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
         _warn_unconfigured_sqlite(connection.engine)
+        state_of(session, self)  # the connection layer finds the installed Events through it
         bind_connection(session, connection)
 
     # -- registering -----------------------------------------------------------------------

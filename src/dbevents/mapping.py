@@ -163,7 +163,8 @@ def mapper_spec(mapper: sa_orm.Mapper[Any]) -> MapperSpec:
 
 
 def table_spec(table: sa.Table) -> TableSpec:
-    """Return the cached spec of ``table``."""
+    """Return the cached spec of ``table`` (ORM statements carry an annotated copy of it)."""
+    table = getattr(table, "_deannotate", lambda: table)()
     spec = _table_specs.get(table)
     if spec is None:
         spec = _table_specs[table] = TableSpec(table)

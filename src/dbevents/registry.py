@@ -117,3 +117,14 @@ def _where(fn: Callback, owner: type[Any]) -> str:
     except (OSError, TypeError):
         return name
     return f"{name} ({file}:{line})"
+
+
+Callbacks = tuple[tuple[Callback, Op | None], ...]
+
+
+def first_veto(callbacks: Callbacks, model: type[Any], *args: Any) -> Callback | None:
+    """Run ``callbacks`` in order until one returns ``True`` (a veto); return that one."""
+    for fn, _ in callbacks:
+        if fn(model, *args) is True:
+            return fn
+    return None

@@ -18,7 +18,10 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, final
 
 import sqlalchemy as sa
@@ -35,12 +38,17 @@ from ..session import STATE_KEY
 if TYPE_CHECKING:
     from ..session import SessionState
 
-__all__ = ["CAPTURED", "SKIP_CAPTURE", "bind_connection", "read_rows", "record_rows"]
+__all__ = [
+    "SKIP_CAPTURE",
+    "Written",
+    "bind_connection",
+    "read_rows",
+    "record_rows",
+    "written_rows",
+]
 
 #: execution option: this statement is dbevents' own bookkeeping (the outbox)
 SKIP_CAPTURE: Final = "dbevents_skip_capture"
-#: execution option: the statement layer already captured this statement
-CAPTURED: Final = "dbevents_captured"
 _CHUNK: Final = 500
 _LISTENING: Final = "dbevents.listening"
 
@@ -56,6 +64,30 @@ _WRITE_SQL = re.compile(
     r"(INSERT|UPDATE|DELETE|MERGE|REPLACE|UPSERT|TRUNCATE)\b",
     re.IGNORECASE | re.DOTALL,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The rows one statement wrote: ``before`` by primary key, ``after`` as stored."""
+
+    spec: TableSpec
+    op: Op
+    before: Mapping[tuple[Any, ...], Row] | None
+    after: Sequence[Row] | None
+
+
+_written: ContextVar[list[Written] | None] = ContextVar("dbevents.written", default=None)
+
+
+@contextmanager
+def written_rows() -> Iterator[list[Written]]:
+    """Collect what the statements run inside the block wrote (for statement after_* callbacks)."""
+    collected: list[Written] = []
+    token = _written.set(collected)
+    try:
+        yield collected
+    finally:
+        _written.reset(token)
 
 
 def bind_connection(session: sa_orm.Session, connection: sa.Connection) -> None:
@@ -85,7 +117,7 @@ def _capturing(connection: sa.Connection) -> tuple[sa_orm.Session | None, list[S
 class _Plan:
     """What to do after one statement ran."""
 
-    __slots__ = ("before", "op", "session", "spec", "statement", "states")
+    __slots__ = ("before", "columns", "op", "session", "spec", "statement", "states")
 
     def __init__(
         self,
@@ -95,8 +127,11 @@ class _Plan:
         session: sa_orm.Session,
         states: list[SessionState],
         before: dict[tuple[Any, ...], Row] | None,
+        columns: Sequence[sa.ColumnElement[Any]],
     ) -> None:
         self.statement = statement
+        #: the statement's own column objects (annotated in ORM statements): RETURNING keys
+        self.columns = columns
         self.session = session
         self.op = op
         self.spec = spec
@@ -115,7 +150,7 @@ def _before_execute(
     session, states = _capturing(connection)
     if session is None or not states:
         return statement, multiparams, params
-    if execution_options.get(SKIP_CAPTURE) or execution_options.get(CAPTURED):
+    if execution_options.get(SKIP_CAPTURE):
         return statement, multiparams, params
     if isinstance(statement, sa.TextClause):
         _raw_write(states, statement.text)
@@ -130,6 +165,7 @@ def _before_execute(
         return statement, multiparams, params  # the flush's own rows: mapper events have them
     parameters = multiparams or [params]
     dialect = connection.dialect
+    columns = list(table.columns)
     before = None
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
@@ -138,16 +174,22 @@ def _before_execute(
             if len(parameters) > 1
             else dialect.insert_returning
         ):
-            statement = statement.return_defaults(supplemental_cols=list(table.columns))
+            statement = statement.return_defaults(supplemental_cols=columns)
     else:
         before = read_rows(connection, spec, statement.whereclause, parameters)
         if isinstance(statement, sa.Update):
             op = Op.UPDATE
-            if before and not explicit_returning(statement) and dialect.update_returning:
-                statement = statement.return_defaults(supplemental_cols=list(table.columns))
+            returning = (
+                dialect.update_executemany_returning
+                if len(parameters) > 1
+                else dialect.update_returning
+            )
+            if before and returning and not explicit_returning(statement):
+                statement = statement.return_defaults(supplemental_cols=columns)
         else:
             op = Op.UNLINK if spec.link else Op.DELETE
-    _plans.setdefault(connection, []).append(_Plan(statement, op, spec, session, states, before))
+    plan = _Plan(statement, op, spec, session, states, before, columns)
+    _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
 
 
@@ -165,17 +207,28 @@ def _after_execute(
     plan = plans.pop()
     spec = plan.spec
     if plan.op in (Op.INSERT, Op.LINK):
-        inserted = _inserted_rows(spec, result)
+        inserted = _inserted_rows(connection, plan, result)
         record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
+        _report(Written(spec, plan.op, None, inserted))
     elif plan.op is Op.UPDATE:
         if not plan.before:
             return
-        updated = _returned_rows(spec, result)
-        if updated is None:
+        returned = _returned_rows(plan, result)
+        if returned is not None and all(len(row) == len(spec.columns) for row in returned):
+            updated = {_pk_of(spec, row): row for row in returned}
+        else:
             updated = read_rows(connection, spec, None, [], pks=list(plan.before))
         record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, updated)
+        _report(Written(spec, Op.UPDATE, plan.before, list(updated.values())))
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
+        _report(Written(spec, plan.op, plan.before, None))
+
+
+def _report(written: Written) -> None:
+    collected = _written.get()
+    if collected is not None:
+        collected.append(written)
 
 
 def _handle_error(context: Any) -> None:
@@ -305,43 +358,53 @@ def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
     return criteria or None
 
 
-def _inserted_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
-    returned = _returned_rows(spec, result)
-    if returned is not None:
-        return list(returned.values())
-    # no RETURNING: the values sent, and the generated key where the driver tells it
-    rows = []
-    table = spec.table
-    compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
-    try:
-        keys: Iterable[Any] = result.inserted_primary_key_rows
-    except sa.exc.InvalidRequestError:
-        keys = [None] * len(compiled)
-    for params, key in zip(compiled, keys, strict=False):
-        row = {c.name: params.get(c.key) for c in table.columns}
-        if key is not None:
-            for column, value in zip(table.primary_key.columns, key, strict=True):
+def _inserted_rows(
+    connection: sa.Connection, plan: _Plan, result: sa.CursorResult[Any]
+) -> list[Row]:
+    """The inserted rows as stored: from RETURNING, else from what was sent, then re-read."""
+    spec = plan.spec
+    rows = _returned_rows(plan, result)
+    if rows is None and result.rowcount == 0:
+        return []
+    if rows is None:  # no RETURNING: the values sent, and the key where the driver tells it
+        compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
+        try:
+            keys: Iterable[Any] = result.inserted_primary_key_rows
+        except sa.exc.InvalidRequestError:
+            keys = [None] * len(compiled)
+        rows = []
+        for params, key in zip(compiled, keys, strict=False):
+            row = {c.name: params[c.key] for c in spec.table.columns if c.key in params}
+            for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
                 if value is not None:
                     row[column.name] = value
-        rows.append(row)
+            rows.append(row)
+    # server defaults the statement did not return: one SELECT for the rows that lack them
+    width = len(spec.columns)
+    partial = [pk for row in rows if len(row) < width and None not in (pk := _pk_of(spec, row))]
+    if partial:
+        stored = read_rows(connection, spec, None, [], pks=partial)
+        rows = [stored.get(_pk_of(spec, row), row) if len(row) < width else row for row in rows]
     return rows
 
 
-def _returned_rows(
-    spec: TableSpec, result: sa.CursorResult[Any]
-) -> dict[tuple[Any, ...], Row] | None:
+def _returned_rows(plan: _Plan, result: sa.CursorResult[Any]) -> list[Row] | None:
+    """The rows RETURNING gave back (only the columns it returned), or None without it."""
     try:
         returned = result.returned_defaults_rows
     except sa.exc.InvalidRequestError:
         return None
-    if returned is None:
+    if not returned:
         return None
-    names = spec.columns
-    out: dict[tuple[Any, ...], Row] = {}
-    for record in returned:
-        row = {name: record._mapping[spec.table.c[name]] for name in names}
-        out[_pk_of(spec, row)] = row
-    return out
+    mapping = returned[0]._mapping
+    # ORM statements key their rows by name, not by column object; an explicit RETURNING
+    # of the caller's may hold only some columns
+    keys = [
+        (c.name, c if c in mapping else c.name)
+        for c in plan.columns
+        if c in mapping or c.name in mapping
+    ]
+    return [{name: record._mapping[key] for name, key in keys} for record in returned]
 
 
 def _pk_of(spec: TableSpec, row: Mapping[str, Any]) -> tuple[Any, ...]:

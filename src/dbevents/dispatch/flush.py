@@ -23,6 +23,7 @@ from ..capture import Buffer, Row
 from ..changes import Op
 from ..exceptions import AbortError, ConfigurationError
 from ..mapping import MapperSpec, TablePart, mapper_spec
+from ..registry import Callbacks, first_veto
 from ..rowset import RowSet
 from ..session import STATE_KEY
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["FlushState", "after_flush", "after_flush_postexec", "before_flush", "listen_mappers"]
 
 State = sa_orm.InstanceState[Any]
-Callbacks = tuple[tuple[Callable[..., Any], Any], ...]
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 _FETCH_CHUNK: Final = 500
@@ -134,7 +134,7 @@ def _run_before(fs: FlushState, op: str, obj: object, state: State) -> Callable[
     if op == "update":
         return _before_update(fs, table.get("before_save"), table.get("before_update"), obj, state)
     rows = RowSet(model, fs.session, objects=[obj])
-    return _first_veto(table.get("before_destroy"), model, obj) or _first_veto(
+    return first_veto(table.get("before_destroy"), model, obj) or first_veto(
         table.get("before_delete"), model, rows
     )
 
@@ -144,7 +144,7 @@ def _before_save(
 ) -> Callable[..., Any] | None:
     if not (save or insert):
         return None
-    vetoer = _first_veto(save, model, obj)
+    vetoer = first_veto(save, model, obj)
     if vetoer is None and insert:
         spec = mapper_spec(state.mapper)
         values = state.dict
@@ -164,18 +164,11 @@ def _before_update(
     if not fields:  # nothing will be written for this row (e.g. only a collection changed)
         return None
     model = type(obj)
-    vetoer = _first_veto(save, model, obj)
+    vetoer = first_veto(save, model, obj)
     if vetoer is None and update:
         rows = RowSet(model, fs.session, objects=[obj])
         vetoer = _with_fields(update, model, spec, obj, fields, lambda f: (rows, f))
     return vetoer
-
-
-def _first_veto(callbacks: Callbacks, model: type[Any], *args: Any) -> Callable[..., Any] | None:
-    for fn, _ in callbacks:
-        if fn(model, *args) is True:
-            return fn
-    return None
 
 
 def _with_fields(
@@ -188,7 +181,7 @@ def _with_fields(
 ) -> Callable[..., Any] | None:
     """Run callbacks that receive ``fields``; write back what they changed."""
     original = dict(fields)
-    vetoer = _first_veto(callbacks, model, *args(fields))
+    vetoer = first_veto(callbacks, model, *args(fields))
     if vetoer is None:
         for key, value in fields.items():
             if value is not original.get(key, _UNSET):

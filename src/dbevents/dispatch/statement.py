@@ -1,0 +1,276 @@
+"""Model callbacks on statements run through ``session.execute()``.
+
+``do_orm_execute`` sees every INSERT, UPDATE and DELETE handed to a session,
+ORM-enabled or on a Core ``Table``, before it runs.  Here the ``before_*``
+callbacks run (and may edit the values or veto), then the statement runs; the
+connection layer (:mod:`.connection`) captures its rows as it does for every
+statement and hands them back through :func:`~.connection.written_rows`, so the
+``after_*`` callbacks see exactly the rows that were written.
+
+Row-level callbacks (``before_save``, ``after_destroy``, ...) make the affected
+rows be loaded as objects; models without them never pay for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from .._compat import dml_values, with_dml_values
+from ..changes import Op
+from ..exceptions import ConfigurationError
+from ..mapping import MapperSpec, mapper_spec, table_spec
+from ..registry import Table, first_veto
+from ..rowset import RowSet
+from .connection import Written, written_rows
+
+if TYPE_CHECKING:
+    from ..session import SessionState
+
+__all__ = ["do_orm_execute"]
+
+Row = dict[str, Any]
+
+
+def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
+    """Run the callbacks of a DML statement around it; return its result, or None to pass."""
+    if not (orm_state.is_insert or orm_state.is_update or orm_state.is_delete):
+        return None
+    if st.events.is_muted or orm_state.execution_options.get("skip_callbacks"):
+        return None
+    table = getattr(orm_state.statement, "table", None)
+    if not isinstance(table, sa.Table):
+        return None
+    mapper = orm_state.bind_mapper
+    model = mapper.class_ if mapper is not None else table_spec(table).mapped_class()
+    if model is None:
+        return None
+    callbacks = st.events.registry.table(model)
+    if not callbacks.writes:
+        return None
+    spec = mapper_spec(sa.inspect(model))
+    if orm_state.is_insert:
+        return _insert(orm_state, spec, callbacks)
+    params = orm_state.parameters
+    if orm_state.is_update and _by_primary_key(orm_state.statement, params):
+        rows = list(params) if isinstance(params, Sequence) else [params]  # type: ignore[list-item]
+        return _update_by_key(orm_state, spec, callbacks, rows)
+    return _update_or_delete(orm_state, spec, callbacks)
+
+
+def _by_primary_key(statement: Any, params: Any) -> bool:
+    """``session.execute(update(M), [{pk..., values...}])``: ORM bulk UPDATE by primary key."""
+    return bool(params) and statement.whereclause is None and dml_values(statement) is None
+
+
+# -- INSERT ----------------------------------------------------------------------------------
+
+
+def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table) -> Any:
+    params = orm_state.parameters
+    model = spec.model
+    if isinstance(params, Sequence) and params:  # bulk: callbacks per row, veto per row
+        kept = [fields for fields in map(dict, params) if not _veto_insert(spec, callbacks, fields)]
+        if not kept:
+            return _nothing(orm_state)
+        with written_rows() as written:
+            result = _invoke_with(orm_state, kept)
+    else:
+        statement = orm_state.statement
+        pairs = dml_values(statement)
+        if pairs is not None:  # insert(M).values(...): the one row's values
+            fields, keys = _fields_of(spec, pairs)
+            original = dict(fields)
+            if _veto_insert(spec, callbacks, fields):
+                return _nothing(orm_state)
+            if fields != original:
+                statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
+        with written_rows() as written:  # from_select() and multi-row values(): after_* only
+            result = orm_state.invoke_statement(statement=statement)
+    stored = _merged_rows(spec, written, Op.INSERT)
+    after_insert, after_save = callbacks.get("after_insert"), callbacks.get("after_save")
+    for pk, fields in stored.items():
+        for fn, _ in after_insert:
+            fn(model, fields, pk[0] if len(pk) == 1 else pk)
+    if after_save:
+        for obj in _objects(orm_state.session, model, list(stored)):
+            first_veto(after_save, model, obj)
+    return result
+
+
+def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
+    before_save, before_insert = callbacks.get("before_save"), callbacks.get("before_insert")
+    if before_save:
+        obj = spec.mapper.class_manager.new_instance()
+        for key, value in fields.items():
+            setattr(obj, key, value)
+        if first_veto(before_save, spec.model, obj):
+            return True
+        state = sa.inspect(obj)
+        fields.update((key, state.dict[key]) for key in spec.column_keys if key in state.dict)
+    vetoed = first_veto(before_insert, spec.model, fields) is not None
+    _check_keys(spec, fields)
+    return vetoed
+
+
+# -- UPDATE / DELETE with a WHERE clause --------------------------------------------------------
+
+
+def _update_or_delete(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table) -> Any:
+    statement = orm_state.statement
+    session, model = orm_state.session, spec.model
+    update = orm_state.is_update
+    row_before = callbacks.get("before_save" if update else "before_destroy")
+    row_after = callbacks.get("after_save" if update else "after_destroy")
+    set_before = callbacks.get("before_update" if update else "before_delete")
+    rows = RowSet(model, session, where=statement.whereclause)
+    pairs = dml_values(statement) or []
+    fields, keys = _fields_of(spec, pairs)
+    original = dict(fields)
+    if first_veto(set_before, model, *((rows, fields) if update else (rows,))):
+        return orm_state.invoke_statement(statement=statement.where(sa.false()))
+    if update and fields != original:
+        _check_keys(spec, fields)
+        statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
+    doomed: list[Any] = []
+    if row_before or (row_after and not update):
+        doomed = rows.select()  # loaded before the write: a deleted row can't be loaded after
+        vetoed = [obj for obj in doomed if first_veto(row_before, model, obj)]
+        if vetoed:
+            keep_out = RowSet(model, session, objects=vetoed).where
+            statement = statement.where(sa.not_(keep_out))
+            doomed = [obj for obj in doomed if obj not in vetoed]
+    with written_rows() as written:
+        result = orm_state.invoke_statement(statement=statement)
+    op = Op.UPDATE if update else Op.DELETE
+    pks = list(_merged_rows(spec, written, op, before=not update))
+    done = RowSet(model, session, pks=pks)
+    for fn, _ in callbacks.get("after_update" if update else "after_delete"):
+        fn(model, *((done, fields) if update else (done,)))
+    if row_after:
+        objects = _objects(session, model, pks) if update else doomed
+        for obj in objects:
+            first_veto(row_after, model, obj)
+    return result
+
+
+# -- UPDATE by primary key ---------------------------------------------------------------------
+
+
+def _update_by_key(
+    orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, params: list[Row]
+) -> Any:
+    session, model = orm_state.session, spec.model
+    pk_keys = [key for _, key in spec.parts[0].pk]
+    if None in pk_keys:
+        return None
+    before_save, before_update = callbacks.get("before_save"), callbacks.get("before_update")
+    objects: dict[tuple[Any, ...], Any] = {}
+    if before_save or callbacks.get("after_save"):
+        keys = [tuple(row.get(k) for k in pk_keys) for row in params]
+        objects = {sa.inspect(obj).identity: obj for obj in _objects(session, model, keys)}
+    kept: list[Row] = []
+    for row in map(dict, params):
+        pk = tuple(row.get(k) for k in pk_keys)
+        fields = {k: v for k, v in row.items() if k not in pk_keys}
+        if first_veto(before_save, model, objects.get(pk)):
+            continue
+        if first_veto(before_update, model, RowSet(model, session, pks=[pk]), fields):
+            continue
+        _check_keys(spec, fields)
+        kept.append({**fields, **dict(zip(pk_keys, pk, strict=True))})
+    if not kept:
+        return _nothing(orm_state)
+    with written_rows() as written:
+        result = _invoke_with(orm_state, kept)
+    by_pk = {tuple(row[k] for k in pk_keys): row for row in kept}
+    for pk in _merged_rows(spec, written, Op.UPDATE):
+        row = by_pk.get(pk, {})
+        fields = {k: v for k, v in row.items() if k not in pk_keys}
+        for fn, _ in callbacks.get("after_update"):
+            fn(model, RowSet(model, session, pks=[pk]), fields)
+    if callbacks.get("after_save"):
+        written_objects = _objects(session, model, list(by_pk))
+        for obj in written_objects:
+            first_veto(callbacks.get("after_save"), model, obj)
+    return result
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _fields_of(spec: MapperSpec, pairs: list[tuple[Any, Any]]) -> tuple[Row, dict[str, Any]]:
+    """SET / VALUES pairs -> (attribute key -> value, attribute key -> the statement's key)."""
+    fields: Row = {}
+    keys: dict[str, Any] = {}
+    by_column = {
+        name: key for part in spec.parts for name, key in part.columns if key is not None
+    }
+    for key, value in pairs:
+        if isinstance(key, str):
+            name = key if key in spec.column_keys else by_column.get(key, key)
+        else:
+            name = getattr(key, "key", None) or str(key)
+            column_name = getattr(key, "name", None)
+            if name not in spec.column_keys and column_name in by_column:
+                name = by_column[column_name]
+        keys[name] = key
+        fields[name] = value.effective_value if isinstance(value, sa.BindParameter) else value
+    return fields, keys
+
+
+def _pairs_of(spec: MapperSpec, fields: Row, keys: dict[str, Any]) -> list[tuple[Any, Any]]:
+    return [(keys.get(name, getattr(spec.model, name)), value) for name, value in fields.items()]
+
+
+def _check_keys(spec: MapperSpec, fields: Row) -> None:
+    unknown = [key for key in fields if key not in spec.column_keys]
+    if unknown:
+        raise ConfigurationError(
+            f"{spec.name}: a callback set fields {unknown!r}, which are not column attributes",
+            model=spec.model,
+        )
+
+
+def _merged_rows(
+    spec: MapperSpec, written: list[Written], op: Op, *, before: bool = False
+) -> dict[tuple[Any, ...], Row]:
+    """The rows of this model a statement wrote, by primary key, keyed by attribute."""
+    names = {part.spec.name: part for part in spec.parts}
+    merged: dict[tuple[Any, ...], Row] = {}
+    for item in written:
+        part = names.get(item.spec.name)
+        if part is None or item.op is not op:
+            continue
+        source = list(item.before.values()) if before and item.before else item.after or []
+        for row in source:
+            pk = tuple(row.get(name) for name, _ in part.pk)
+            target = merged.setdefault(pk, {})
+            target.update((key, row[name]) for name, key in part.columns if key and name in row)
+    return merged
+
+
+def _objects(session: sa_orm.Session, model: type[Any], pks: list[tuple[Any, ...]]) -> list[Any]:
+    return RowSet(model, session, pks=pks).select() if pks else []
+
+
+def _invoke_with(orm_state: sa_orm.ORMExecuteState, params: list[Row]) -> Any:
+    # replaced, not merged: invoke_statement(params=...) can neither drop a row nor a key
+    orm_state.parameters = params
+    return orm_state.invoke_statement()
+
+
+def _nothing(orm_state: sa_orm.ORMExecuteState) -> Any:
+    """Every row was vetoed: run an INSERT of no rows, so the result is real and of its shape."""
+    statement = orm_state.statement
+    table = statement.table
+    key = list(table.primary_key.columns)[:1] or list(table.columns)[:1]
+    empty = sa.insert(table).from_select(key, sa.select(*key).where(sa.false()))
+    returning = getattr(statement, "_returning", ())
+    if returning:
+        empty = empty.returning(*returning)
+    orm_state.parameters = None
+    return orm_state.invoke_statement(statement=empty)
