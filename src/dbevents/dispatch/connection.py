@@ -365,7 +365,7 @@ def _inserted_rows(
     spec = plan.spec
     rows = _returned_rows(plan, result)
     if rows is None and result.rowcount == 0:
-        return []
+        rows = []
     if rows is None:  # no RETURNING: the values sent, and the key where the driver tells it
         compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
         try:
@@ -378,7 +378,8 @@ def _inserted_rows(
             for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
                 if value is not None:
                     row[column.name] = value
-            rows.append(row)
+            if any(row.get(name) is not None for name in spec.pk):  # else not identifiable
+                rows.append(row)
     # server defaults the statement did not return: one SELECT for the rows that lack them
     width = len(spec.columns)
     partial = [pk for row in rows if len(row) < width and None not in (pk := _pk_of(spec, row))]
@@ -394,8 +395,10 @@ def _returned_rows(plan: _Plan, result: sa.CursorResult[Any]) -> list[Row] | Non
         returned = result.returned_defaults_rows
     except sa.exc.InvalidRequestError:
         return None
-    if not returned:
+    if returned is None:
         return None
+    if not returned:
+        return []
     mapping = returned[0]._mapping
     # ORM statements key their rows by name, not by column object; an explicit RETURNING
     # of the caller's may hold only some columns

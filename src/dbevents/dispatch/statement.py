@@ -25,7 +25,7 @@ from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
 from ..registry import Table, first_veto
 from ..rowset import RowSet
-from .connection import Written, written_rows
+from .connection import SKIP_CAPTURE, Written, written_rows
 
 if TYPE_CHECKING:
     from ..session import SessionState
@@ -56,7 +56,7 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
         return _insert(orm_state, spec, callbacks)
     params = orm_state.parameters
     if orm_state.is_update and _by_primary_key(orm_state.statement, params):
-        rows = list(params) if isinstance(params, Sequence) else [params]  # type: ignore[list-item]
+        rows = [dict(p) for p in (params if isinstance(params, Sequence) else [params]) if p]
         return _update_by_key(orm_state, spec, callbacks, rows)
     return _update_or_delete(orm_state, spec, callbacks)
 
@@ -120,13 +120,14 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
 
 
 def _update_or_delete(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table) -> Any:
-    statement = orm_state.statement
+    statement: Any = orm_state.statement
     session, model = orm_state.session, spec.model
     update = orm_state.is_update
     row_before = callbacks.get("before_save" if update else "before_destroy")
     row_after = callbacks.get("after_save" if update else "after_destroy")
     set_before = callbacks.get("before_update" if update else "before_delete")
-    rows = RowSet(model, session, where=statement.whereclause)
+    where = statement.whereclause
+    rows = RowSet(model, session, where=sa.true() if where is None else where)
     pairs = dml_values(statement) or []
     fields, keys = _fields_of(spec, pairs)
     original = dict(fields)
@@ -164,8 +165,8 @@ def _update_by_key(
     orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, params: list[Row]
 ) -> Any:
     session, model = orm_state.session, spec.model
-    pk_keys = [key for _, key in spec.parts[0].pk]
-    if None in pk_keys:
+    pk_keys = [key for _, key in spec.parts[0].pk if key is not None]
+    if len(pk_keys) != len(spec.parts[0].pk):
         return None
     before_save, before_update = callbacks.get("before_save"), callbacks.get("before_update")
     objects: dict[tuple[Any, ...], Any] = {}
@@ -206,9 +207,7 @@ def _fields_of(spec: MapperSpec, pairs: list[tuple[Any, Any]]) -> tuple[Row, dic
     """SET / VALUES pairs -> (attribute key -> value, attribute key -> the statement's key)."""
     fields: Row = {}
     keys: dict[str, Any] = {}
-    by_column = {
-        name: key for part in spec.parts for name, key in part.columns if key is not None
-    }
+    by_column = {name: key for part in spec.parts for name, key in part.columns if key is not None}
     for key, value in pairs:
         if isinstance(key, str):
             name = key if key in spec.column_keys else by_column.get(key, key)
@@ -265,7 +264,7 @@ def _invoke_with(orm_state: sa_orm.ORMExecuteState, params: list[Row]) -> Any:
 
 def _nothing(orm_state: sa_orm.ORMExecuteState) -> Any:
     """Every row was vetoed: run an INSERT of no rows, so the result is real and of its shape."""
-    statement = orm_state.statement
+    statement: Any = orm_state.statement
     table = statement.table
     key = list(table.primary_key.columns)[:1] or list(table.columns)[:1]
     empty = sa.insert(table).from_select(key, sa.select(*key).where(sa.false()))
@@ -273,4 +272,4 @@ def _nothing(orm_state: sa_orm.ORMExecuteState) -> Any:
     if returning:
         empty = empty.returning(*returning)
     orm_state.parameters = None
-    return orm_state.invoke_statement(statement=empty)
+    return orm_state.invoke_statement(statement=empty, execution_options={SKIP_CAPTURE: True})
