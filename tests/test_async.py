@@ -1,0 +1,91 @@
+"""AsyncSession (aiosqlite, asyncpg): callbacks, statements and async listeners."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+import dbevents
+from dbevents import ChangeSet
+from tests.models import Base, Company
+
+
+class AsyncBound(sa_orm.Session):
+    """The sync session class of the async sessions under test (installed on, per test)."""
+
+
+def test_async_session_runs_callbacks_and_awaits_async_listeners(
+    async_engine: AsyncEngine,
+) -> None:
+    events = dbevents.Events()
+    calls: list[tuple[str, Any]] = []
+    order: list[str] = []
+
+    @events.listens_for(Company, "before_insert")
+    def upper(cls: type[Company], fields: dict[str, Any]) -> None:
+        fields["name"] = fields["name"].upper()
+
+    @events.listens_for(Company, "after_update")
+    def updated(cls: type[Company], rows: dbevents.RowSet[Company], fields: dict[str, Any]) -> None:
+        calls.append(("after_update", dict(fields)))
+
+    @events.on_commit
+    async def listener(changeset: ChangeSet) -> None:
+        await asyncio.sleep(0)
+        order.append("listener")
+        calls.append(
+            ("commit", sorted((c.op.value, (c.new or {}).get("name")) for c in changeset.changes))
+        )
+
+    class Bound(AsyncBound):
+        pass
+
+    maker = async_sessionmaker(async_engine, sync_session_class=Bound)
+    events.install(maker)
+
+    async def main() -> None:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        async with maker() as session:
+            session.add(Company(name="uow"))
+            await session.execute(sa.insert(Company), [{"name": "bulk"}])
+            await session.commit()
+            order.append("after commit()")
+            await session.execute(sa.update(Company).where(Company.name == "BULK").values(rating=7))
+            await session.commit()
+        async with maker() as session:
+            names = set((await session.scalars(sa.select(Company.name))).all())
+        assert names == {"UOW", "BULK"}
+
+    asyncio.run(main())
+    assert calls == [
+        ("commit", [("insert", "BULK"), ("insert", "UOW")]),
+        ("after_update", {"rating": 7}),
+        ("commit", [("update", None)]),
+    ]
+    assert order == ["listener", "after commit()", "listener"]  # awaited before commit() returned
+
+
+def test_async_session_of_other_class_is_untouched(async_engine: AsyncEngine) -> None:
+    events = dbevents.Events()
+    received: list[ChangeSet] = []
+    events.on_commit(received.append)
+
+    class Installed(AsyncBound):
+        pass
+
+    events.install(async_sessionmaker(async_engine, sync_session_class=Installed))
+
+    async def main() -> None:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        async with AsyncSession(async_engine) as session:
+            session.add(Company(name="x"))
+            await session.commit()
+
+    asyncio.run(main())
+    assert received == []

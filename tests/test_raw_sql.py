@@ -1,0 +1,52 @@
+"""Writes dbevents cannot see (``text()``, driver SQL) are detected and reported."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
+
+WRITE = "UPDATE companies SET rating = 1"
+READ = "SELECT count(*) FROM companies"
+
+
+def session_for(tables: sa.Engine, raw_sql: str) -> sa_orm.Session:
+    events = dbevents.Events(raw_sql=raw_sql)  # type: ignore[arg-type]
+    return events.install(sa_orm.sessionmaker(tables))()
+
+
+def test_warn_is_the_default_and_names_the_statement(tables: sa.Engine) -> None:
+    with dbevents.Events().install(sa_orm.sessionmaker(tables))() as session:
+        with pytest.warns(DbEventsWarning, match="cannot see what this SQL writes"):
+            session.execute(sa.text(WRITE))
+        with pytest.warns(DbEventsWarning, match="UPDATE companies"):
+            session.connection().exec_driver_sql(WRITE)
+        session.rollback()
+
+
+def test_raise_stops_the_write(tables: sa.Engine) -> None:
+    with session_for(tables, "raise") as session:
+        with pytest.raises(UncapturedWriteError):
+            session.execute(sa.text(WRITE))
+        session.rollback()
+
+
+def test_ignore_and_reads_are_silent(tables: sa.Engine) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with session_for(tables, "ignore") as session:
+            session.execute(sa.text(WRITE))
+            session.rollback()
+        with session_for(tables, "raise") as session:
+            assert session.execute(sa.text(READ)).scalar() == 0
+            session.rollback()
+
+
+def test_bad_policy_is_a_configuration_error() -> None:
+    with pytest.raises(dbevents.ConfigurationError, match="raw_sql"):
+        dbevents.Events(raw_sql="sometimes")  # type: ignore[arg-type]
