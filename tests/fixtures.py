@@ -14,6 +14,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 import dbevents.testing
+from dbevents.testing import changesets  # noqa: F401 - the public fixture, used by tests
 from tests.models import Base
 
 
@@ -47,13 +48,6 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
     events.install(maker)
     yield maker
     events.uninstall(maker)
-
-
-@pytest.fixture
-def changesets(events: dbevents.Events) -> Iterator[list[dbevents.ChangeSet]]:
-    """Every change set delivered during the test."""
-    with dbevents.testing.capture(events) as received:
-        yield received
 
 
 def table_rows(engine: sa.Engine, table: str) -> dict[tuple[object, ...], dict[str, object]]:

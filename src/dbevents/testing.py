@@ -8,17 +8,22 @@
         with capture(events) as changesets:
             signup(session, "ada@example.com")
         assert changesets[0].created[0].new["email"] == "ada@example.com"
+
+With pytest, ``pytest_plugins = ["dbevents.testing"]`` in a ``conftest.py`` adds
+the ``changesets`` fixture: every change set your ``events`` fixture delivers
+during the test.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from .changes import ChangeSet
 from .events import Events
 
-__all__ = ["capture"]
+__all__ = ["capture", "changesets"]
 
 
 @contextmanager
@@ -34,3 +39,18 @@ def capture(events: Events) -> Iterator[list[ChangeSet]]:
         yield received
     finally:
         events.receivers.remove(received.append)
+
+
+def _changesets(events: Events) -> Iterator[list[ChangeSet]]:
+    """Every change set ``events`` (your fixture) delivers during the test."""
+    with capture(events) as received:
+        yield received
+
+
+changesets: Any
+try:
+    import pytest
+except ImportError:  # pragma: no cover - the fixture is for pytest users only
+    changesets = None
+else:
+    changesets = pytest.fixture(_changesets, name="changesets")

@@ -1,0 +1,138 @@
+"""A tour of dbevents on embedded SQLite: callbacks, vetoes, statements and change sets.
+
+Run it with ``./dev demo`` (or ``python examples/demo.py`` where dbevents is installed).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column
+
+import dbevents
+from dbevents import ChangeSet, RowSet, after_commit, after_insert, before_insert, before_update
+
+
+class Base(sa_orm.DeclarativeBase):
+    pass
+
+
+contact_groups = sa.Table(
+    "contact_groups",
+    Base.metadata,
+    sa.Column("contact_id", sa.ForeignKey("contacts.id"), primary_key=True),
+    sa.Column("group_id", sa.ForeignKey("groups.id"), primary_key=True),
+)
+
+
+class Group(Base):
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(40))
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(sa.String(80), unique=True)
+    score: Mapped[int] = mapped_column(default=0)
+    groups: Mapped[list[Group]] = sa_orm.relationship(secondary=contact_groups)
+
+    @before_insert
+    def normalize(cls, fields: dict[str, Any]) -> bool:
+        fields["email"] = fields["email"].strip().lower()
+        say(f"  before_insert  {fields}")
+        return fields["email"].endswith("@spam.example")  # True vetoes the row
+
+    @after_insert
+    def created(cls, fields: dict[str, Any], pk: int) -> None:
+        say(f"  after_insert   pk={pk} email={fields['email']}")
+
+    @before_update
+    def guard(cls, rows: RowSet[Contact], fields: dict[str, Any]) -> None:
+        say(f"  before_update  {rows.count()} row(s) <- {fields}")
+
+    @after_commit
+    def publish(cls, op: dbevents.Op, change: dbevents.Change) -> None:
+        say(f"  after_commit   {op.value} contact {change.pk}")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def show(changeset: ChangeSet) -> None:
+    """Print a change set as a reader wants to see it."""
+    say(f"  change set {changeset.id} ({len(changeset.changes)} changes)")
+    for change in changeset.changes:
+        if change.op.value in ("link", "unlink"):
+            detail = ""
+        elif change.op.value == "update":
+            detail = ", ".join(
+                f"{key}: {change.old.get(key)!r} -> {value!r}"  # type: ignore[union-attr]
+                for key, value in (change.new or {}).items()
+            )
+        else:
+            detail = ", ".join(f"{k}={v!r}" for k, v in (change.values or {}).items())
+        say(f"    {change.op.value:<7} {change.table}{list(change.pk)}  {detail}")
+
+
+def main() -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="dbevents-demo-"))
+    engine = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{workdir / 'crm.db'}"))
+    Base.metadata.create_all(engine)
+    memory = dbevents.MemorySink()
+    events = dbevents.Events(sinks=[memory])
+    events.on_commit(show)
+    Session = events.install(sa_orm.sessionmaker(engine))  # noqa: N806
+
+    say(f"database: {workdir / 'crm.db'}\n")
+    say("1. The unit of work: callbacks fire, the spam address is vetoed")
+    with Session() as session, dbevents.acting_as("demo"):
+        sales = Group(name="sales")
+        session.add_all([Contact(email=" Ada@Example.com ", groups=[sales]), sales])
+        session.add(Contact(email="bot@spam.example"))
+        session.commit()
+
+    say("\n2. A savepoint rolled back leaves no trace in the change set")
+    with Session() as session:
+        session.add(Contact(email="grace@example.com"))
+        with session.begin_nested() as savepoint:
+            session.add(Contact(email="temp@example.com"))
+            session.flush()
+            savepoint.rollback()
+        session.commit()
+
+    say("\n3. Bulk statements run the same callbacks and are captured with old values")
+    with Session() as session:
+        session.execute(sa.insert(Contact), [{"email": "LIN@example.com"}, {"email": "x@spam.example"}])
+        session.execute(sa.update(Contact).where(Contact.score == 0).values(score=5))
+        session.commit()
+
+    say("\n4. Many-to-many edits and deletes")
+    with Session() as session:
+        ada = session.scalars(sa.select(Contact).where(Contact.email == "ada@example.com")).one()
+        ada.groups.clear()
+        session.delete(session.scalars(sa.select(Contact).filter_by(email="lin@example.com")).one())
+        session.commit()
+
+    say("\n5. Muted: no callbacks, nothing captured (what loads use)")
+    with events.muted(), Session() as session:
+        session.add(Contact(email="quiet@example.com"))
+        session.commit()
+    say("  (nothing printed above: muted)")
+
+    say(f"\nMemorySink holds {len(memory.rows('contacts'))} contacts:")
+    for pk, row in sorted(memory.rows("contacts").items()):
+        say(f"  {pk}: {row['email']} score={row['score']}")
+    say("\ndone.")
+
+
+if __name__ == "__main__":
+    main()
