@@ -1,0 +1,246 @@
+"""Load a data directory into a database: muted, in one transaction, parents first.
+
+Every statement runs through Core on a connection with the ``dbevents_skip_capture``
+execution option (PostgreSQL rows go through the driver's COPY), so no model
+callback runs and nothing is captured, even on a session's connection.  Foreign
+keys that close a cycle, and self-references, are inserted as NULL and set by a
+second pass over the file once every row exists.  Any bad input raises
+:class:`LoadError` and the transaction (or savepoint) is rolled back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from .columns import ColumnRule
+from .exceptions import ConfigurationError, LoadError
+from .fileformat import MANIFEST, Source, TableEntry, fingerprint, fk_order, key_of
+from .fileformat import resolve_metadata as _resolve_metadata
+from .loadwriter import TableWriter, diagnose, skip
+from .progress import Progress
+
+__all__ = ["MODES", "load"]
+
+Mode = Literal["insert", "truncate", "upsert"]
+MODES: tuple[Mode, ...] = ("insert", "truncate", "upsert")
+Bind = sa.Engine | sa.Connection | str
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    """How one table is loaded: its manifest entry, checks per column, and the deferred columns."""
+
+    table: sa.Table
+    entry: TableEntry
+    columns: tuple[str, ...]
+    rules: tuple[ColumnRule, ...]
+    key: tuple[str, ...]
+    #: nullable foreign-key columns inserted as NULL and set by the second pass
+    deferred: frozenset[str]
+
+
+def load(
+    bind: Bind,
+    metadata: Any,
+    path: Path | str,
+    *,
+    mode: Mode = "insert",
+    tables: Iterable[str] | None = None,
+    batch_size: int = 5000,
+    progress: bool | None = None,
+    check_schema: bool = True,
+) -> dict[str, int]:
+    """Load the data directory ``path`` (a dump, or a mirror compacted or not) into ``bind``.
+
+    :param bind: an Engine, a database URL, or a Connection (inside a transaction
+        the load runs in a savepoint and the caller commits).
+    :param metadata: a MetaData or a declarative base.
+    :param mode: ``"insert"`` adds rows (a key already present is an error),
+        ``"truncate"`` empties the loaded tables first, ``"upsert"`` inserts or updates by key.
+    :param tables: full names of the tables to load instead of all in the directory.
+    :param batch_size: rows per executemany batch.
+    :param progress: show progress on stderr; by default only when it is a terminal.
+    :param check_schema: refuse a directory whose schema fingerprint differs from ``metadata``.
+    :returns: rows loaded per table, in load order.
+    :raises LoadError: bad input; nothing was written.
+    """
+    if mode not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if batch_size < 1:
+        raise ConfigurationError("batch_size must be >= 1")
+    source = Source(path)
+    plans = plan(source, _resolve_metadata(metadata), tables, check_schema=check_schema)
+    bar = Progress("load", progress)
+    with _transaction(bind) as conn:
+        counts: dict[str, int] = {}
+        if conn.dialect.name == "sqlite":
+            skip(conn, "PRAGMA defer_foreign_keys = ON")
+        if mode == "truncate":
+            _truncate(conn, plans)
+        for item in plans:
+            bar.start(item.table.fullname, item.entry.rows)
+            writer = TableWriter(conn, source, item, mode, batch_size)
+            counts[item.table.fullname] = writer.insert(bar)
+            bar.finish()
+        for item in plans:
+            if item.deferred:
+                TableWriter(conn, source, item, mode, batch_size).set_deferred()
+        if conn.dialect.name == "sqlite":
+            _check_foreign_keys(conn, source, plans)
+        if conn.dialect.name == "postgresql":
+            _reset_sequences(conn, plans)
+        return counts
+
+
+def plan(
+    source: Source, metadata: sa.MetaData, tables: Iterable[str] | None, *, check_schema: bool
+) -> list[TablePlan]:
+    """Match the manifest against ``metadata``: the tables to load, in foreign-key order."""
+    manifest = source.manifest
+    manifest_path = source.directory / MANIFEST
+    for entry in manifest.tables:
+        table = metadata.tables.get(entry.name)
+        if table is None:
+            raise LoadError(
+                f"{manifest_path}: table {entry.name!r} is not in the metadata",
+                path=manifest_path,
+            )
+        for column in entry.columns:
+            if column not in table.columns:
+                raise LoadError(
+                    f"{manifest_path}: column {entry.name}.{column} is not in the metadata",
+                    path=manifest_path,
+                    column=column,
+                )
+        if entry.key != key_of(table):
+            raise LoadError(
+                f"{manifest_path}: {entry.name} is keyed by {', '.join(entry.key)} "
+                f"in the manifest but by {', '.join(key_of(table))} in the metadata",
+                path=manifest_path,
+            )
+    if check_schema and manifest.fingerprint is not None:
+        current = fingerprint(metadata.tables[entry.name] for entry in manifest.tables)
+        if current != manifest.fingerprint:
+            raise LoadError(
+                f"{manifest_path}: the data was written from another schema (fingerprint "
+                f"{manifest.fingerprint}, metadata {current}); migrate it, or load with "
+                "check_schema=False (--no-check-schema)",
+                path=manifest_path,
+            )
+    names = [entry.name for entry in manifest.tables] if tables is None else list(tables)
+    for name in names:
+        if manifest.entry(name) is None:
+            raise LoadError(
+                f"{manifest_path}: no table {name!r} in the directory", path=manifest_path
+            )
+    ordered, cyclic = fk_order(metadata, names)
+    plans = []
+    for table in ordered:
+        found = manifest.entry(table.fullname)
+        assert found is not None
+        entry = found
+        deferred: set[str] = set()
+        for fk in table.foreign_key_constraints:
+            if (fk.referred_table is table or fk in cyclic) and all(c.nullable for c in fk.columns):
+                deferred.update(c.name for c in fk.columns)
+        plans.append(
+            TablePlan(
+                table=table,
+                entry=entry,
+                columns=entry.columns,
+                rules=tuple(ColumnRule(table.c[name]) for name in entry.columns),
+                key=key_of(table),
+                deferred=frozenset(deferred.intersection(entry.columns).difference(key_of(table))),
+            )
+        )
+    return plans
+
+
+@contextmanager
+def _transaction(bind: Bind) -> Iterator[sa.Connection]:
+    if isinstance(bind, sa.Connection):
+        if bind.in_transaction():
+            with bind.begin_nested():
+                yield bind
+        else:
+            with bind.begin():
+                yield bind
+        return
+    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        if isinstance(bind, str):
+            engine.dispose()
+
+
+def _truncate(conn: sa.Connection, plans: list[TablePlan]) -> None:
+    """Empty the tables to load, children first (PostgreSQL: one TRUNCATE when it can)."""
+    chosen = {item.table for item in plans}
+    metadata = plans[0].table.metadata if plans else None
+    referred_from_outside = metadata is not None and any(
+        fk.referred_table in chosen
+        for table in metadata.tables.values()
+        if table not in chosen
+        for fk in table.foreign_key_constraints
+    )
+    preparer = conn.dialect.identifier_preparer
+    if conn.dialect.name == "postgresql" and plans and not referred_from_outside:
+        names = ", ".join(preparer.format_table(item.table) for item in plans)
+        skip(conn, f"TRUNCATE {names}")
+        return
+    for item in plans:  # a cycle cannot be deleted row by row until it is broken
+        if item.deferred:
+            skip(conn, sa.update(item.table).values({name: None for name in item.deferred}))
+    for item in reversed(plans):
+        skip(conn, sa.delete(item.table))
+
+
+def _check_foreign_keys(conn: sa.Connection, source: Source, plans: list[TablePlan]) -> None:
+    """SQLite does not enforce foreign keys by default: check the loaded tables before COMMIT."""
+    preparer = conn.dialect.identifier_preparer
+    for item in plans:
+        if not item.table.foreign_key_constraints:
+            continue
+        quoted = preparer.quote(item.table.name)
+        bad = skip(conn, f"PRAGMA foreign_key_check({quoted})").fetchall()
+        if bad:
+            raise diagnose(conn, source, item, "final", f"foreign key check failed: {bad[0]}")
+
+
+def _reset_sequences(conn: sa.Connection, plans: list[TablePlan]) -> None:
+    """Move serial, identity and Sequence columns past the loaded keys."""
+    preparer = conn.dialect.identifier_preparer
+    for item in plans:
+        table = item.table
+        quoted = preparer.format_table(table)
+        for column in table.columns:
+            if not isinstance(column.type, sa.Integer) or column.name not in item.columns:
+                continue
+            if isinstance(column.default, sa.Sequence):
+                sequence: str | None = preparer.format_sequence(column.default)
+            elif column is table.autoincrement_column:
+                sequence = skip(
+                    conn,
+                    sa.select(sa.func.pg_get_serial_sequence(quoted, column.name)),
+                ).scalar()
+            else:
+                sequence = None
+            if sequence is None:
+                continue
+            skip(
+                conn,
+                sa.text(
+                    f"SELECT setval(CAST(:sequence AS regclass), "
+                    f"(SELECT COALESCE(MAX({preparer.quote(column.name)}), 0) + 1 FROM {quoted}), "
+                    "false)"
+                ),
+                {"sequence": sequence},
+            )
