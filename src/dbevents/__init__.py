@@ -22,6 +22,7 @@ from .callbacks import (
 from .changes import Change, ChangeSet, Op
 from .context import acting_as, current_actor
 from .delivery import Sink, TransactionalSink
+from .dump import dump
 from .events import Events
 from .exceptions import (
     AbortError,
@@ -31,9 +32,11 @@ from .exceptions import (
     LoadError,
     SinkError,
 )
+from .load import load
 from .registry import Handler
 from .rowset import RowSet
 from .sinks.memory import MemorySink
+from .verify import Difference, verify
 
 __all__ = [
     "AbortError",
@@ -42,6 +45,7 @@ __all__ = [
     "ConfigurationError",
     "DbEventsError",
     "DbEventsWarning",
+    "Difference",
     "Events",
     "Handler",
     "LoadError",
@@ -65,5 +69,8 @@ __all__ = [
     "before_save",
     "before_update",
     "current_actor",
+    "dump",
+    "load",
     "sqlite",
+    "verify",
 ]
