@@ -23,6 +23,7 @@ __all__ = [
     "in_greenlet",
     "flush_running",
     "sa_version",
+    "where_criteria",
     "with_dml_values",
 ]
 
@@ -102,3 +103,8 @@ def with_dml_values(statement: Any, pairs: list[tuple[Any, Any]]) -> Any:
         return clone.ordered_values(*pairs)
     clone._values = None  # values() coerces each value, as if the caller had passed it
     return clone.values(dict(pairs))
+
+
+def where_criteria(statement: Any) -> tuple[Any, ...]:
+    """The WHERE criteria of a statement, one per ``.where()`` (private: ``_where_criteria``)."""
+    return tuple(getattr(statement, "_where_criteria", ()))

@@ -15,6 +15,7 @@ affected rows first (``FOR UPDATE`` where the database has it).
 
 from __future__ import annotations
 
+import enum
 import re
 import warnings
 import weakref
@@ -28,8 +29,9 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import False_
 
-from .._compat import explicit_returning
+from .._compat import explicit_returning, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
@@ -113,11 +115,22 @@ def _capturing(connection: sa.Connection) -> tuple[sa_orm.Session | None, list[S
     return session, [st for st in states.values() if not st.events.is_muted]
 
 
+class Returns(enum.Enum):
+    """What the RETURNING clause dbevents added gives back."""
+
+    NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first)
+    OLD = "old"  # DELETE: the rows as they were
+    OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
+
+
+_OLD_PREFIX: Final = "dbevents_old_"
+
+
 @final
 class _Plan:
     """What to do after one statement ran."""
 
-    __slots__ = ("before", "columns", "op", "session", "spec", "statement", "states")
+    __slots__ = ("before", "columns", "op", "returns", "session", "spec", "statement", "states")
 
     def __init__(
         self,
@@ -128,8 +141,10 @@ class _Plan:
         states: list[SessionState],
         before: dict[tuple[Any, ...], Row] | None,
         columns: Sequence[sa.ColumnElement[Any]],
+        returns: Returns,
     ) -> None:
         self.statement = statement
+        self.returns = returns
         #: the statement's own column objects (annotated in ORM statements): RETURNING keys
         self.columns = columns
         self.session = session
@@ -163,10 +178,13 @@ def _before_execute(
     spec = table_spec(table)
     if not spec.link and any(st.flush is not None and st.flush.running for st in states):
         return statement, multiparams, params  # the flush's own rows: mapper events have them
+    if any(isinstance(c, False_) for c in where_criteria(statement)):
+        return statement, multiparams, params  # WHERE false (a veto): no row can change
     parameters = multiparams or [params]
     dialect = connection.dialect
-    columns = list(table.columns)
+    columns: list[Any] = list(table.columns)
     before = None
+    returns = Returns.NEW
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         if not explicit_returning(statement) and (
@@ -176,19 +194,30 @@ def _before_execute(
         ):
             statement = statement.return_defaults(supplemental_cols=columns)
     else:
-        before = read_rows(connection, spec, statement.whereclause, parameters)
-        if isinstance(statement, sa.Update):
-            op = Op.UPDATE
+        op = (
+            Op.UPDATE
+            if isinstance(statement, sa.Update)
+            else (Op.UNLINK if spec.link else Op.DELETE)
+        )
+        single = len(parameters) == 1 and not explicit_returning(statement)
+        if single and op is not Op.UPDATE and dialect.delete_returning:
+            # DELETE ... RETURNING: the deleted rows, exactly, in the statement itself
+            statement = statement.return_defaults(supplemental_cols=columns)
+            returns = Returns.OLD
+        elif single and op is Op.UPDATE and dialect.name == "postgresql" and table.primary_key:
+            statement, old_columns = _update_from_locked(statement, spec)
+            columns = [*old_columns, *columns]
+            returns = Returns.OLD_AND_NEW
+        else:  # read first, locked where the database can
+            before = read_rows(connection, spec, statement.whereclause, parameters)
             returning = (
                 dialect.update_executemany_returning
                 if len(parameters) > 1
                 else dialect.update_returning
             )
-            if before and returning and not explicit_returning(statement):
+            if op is Op.UPDATE and before and returning and not explicit_returning(statement):
                 statement = statement.return_defaults(supplemental_cols=columns)
-        else:
-            op = Op.UNLINK if spec.link else Op.DELETE
-    plan = _Plan(statement, op, spec, session, states, before, columns)
+    plan = _Plan(statement, op, spec, session, states, before, columns, returns)
     _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
 
@@ -210,6 +239,17 @@ def _after_execute(
         inserted = _inserted_rows(connection, plan, result)
         record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
         _report(Written(spec, plan.op, None, inserted))
+    elif plan.returns is not Returns.NEW:
+        both = _returned_rows(plan, result) or []
+        before = {_pk_of(spec, old): old for old in (_old_part(row) for row in both)}
+        if plan.returns is Returns.OLD:
+            record_rows(plan.session, plan.states, spec, plan.op, before, None)
+            _report(Written(spec, plan.op, before, None))
+        else:
+            after = [{k: v for k, v in row.items() if k in spec.columns} for row in both]
+            by_pk = {_pk_of(spec, row): row for row in after}
+            record_rows(plan.session, plan.states, spec, Op.UPDATE, before, by_pk)
+            _report(Written(spec, Op.UPDATE, before, after))
     elif plan.op is Op.UPDATE:
         if not plan.before:
             return
@@ -223,6 +263,32 @@ def _after_execute(
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
         _report(Written(spec, plan.op, plan.before, None))
+
+
+def _update_from_locked(statement: Any, spec: TableSpec) -> tuple[Any, list[Any]]:
+    """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR UPDATE) old WHERE t.pk = old.pk``.
+
+    One statement gives old and new values of exactly the rows it locked and changed,
+    so a row another transaction inserts meanwhile can't be updated uncaptured.
+    """
+    table = statement.table
+    old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in table.columns))
+    if statement.whereclause is not None:
+        old_query = old_query.where(statement.whereclause)
+    old = old_query.with_for_update().subquery("dbevents_old")
+    same_row = [table.c[name] == old.c[_OLD_PREFIX + name] for name in spec.pk]
+    old_columns = list(old.c)
+    statement = statement.where(*same_row).return_defaults(
+        supplemental_cols=[*old_columns, *table.columns]
+    )
+    return statement, old_columns
+
+
+def _old_part(row: Row) -> Row:
+    """The old values of a row RETURNING gave with both (DELETE: all of them)."""
+    if not any(key.startswith(_OLD_PREFIX) for key in row):
+        return row
+    return {k[len(_OLD_PREFIX) :]: v for k, v in row.items() if k.startswith(_OLD_PREFIX)}
 
 
 def _report(written: Written) -> None:
