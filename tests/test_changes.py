@@ -1,0 +1,110 @@
+"""Change, ChangeSet and their JSON form: lossless round trips, ids, accessors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import enum
+import threading
+from types import MappingProxyType
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dbevents import Change, ChangeSet, Op
+from dbevents.changes import new_id
+
+
+class Stage(enum.Enum):
+    OPEN = "open"
+    WON = "won"
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.datetimes(),
+    st.datetimes(timezones=st.timezones()),
+    st.dates(),
+    st.times(),
+    st.timedeltas(),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.uuids(),
+    st.binary(),
+    st.sampled_from(Stage),
+)
+# JSON column values: nested, with keys that look like the codec's own tags
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.text()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.sampled_from(["a", "$date", "$dict", "$bytes"]), inner, max_size=2),
+    ),
+    max_leaves=6,
+)
+rows = st.dictionaries(st.text(min_size=1, max_size=8), st.one_of(scalars, json_values), max_size=6)
+
+
+def changeset(*changes: Change) -> ChangeSet:
+    return ChangeSet(new_id(), dt.datetime.now(dt.UTC), "ada", changes)
+
+
+@given(old=rows, new=rows, pk=st.tuples(st.one_of(st.integers(), st.uuids(), st.text())))
+def test_json_round_trip_is_lossless(old: dict[str, Any], new: dict[str, Any], pk: Any) -> None:
+    original = changeset(
+        Change(Op.UPDATE, "deals", "Deal", pk, MappingProxyType(old), MappingProxyType(new))
+    )
+    restored = ChangeSet.from_json(original.to_json())
+    assert restored == original
+    for key, value in new.items():  # types too, not only equality (1 == True, 1 == 1.0)
+        assert type(restored.changes[0].new[key]) is type(value)  # type: ignore[index]
+
+
+def test_json_is_readable_text() -> None:
+    cs = changeset(
+        Change(Op.INSERT, "deals", "Deal", (1,), None, {"amount": decimal.Decimal("1.10")})
+    )
+    text = cs.to_json().decode()
+    assert '"$decimal":"1.10"' in text and "\n" not in text
+
+
+def test_ids_are_unique_and_sort_by_creation_time() -> None:
+    ids = [new_id() for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(len(i) == 26 for i in ids)
+    from_threads: list[str] = []
+
+    def make() -> None:
+        from_threads.extend(new_id() for _ in range(1000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(from_threads)) == 4000
+    assert max(ids) < min(from_threads)  # made later: sorts later
+
+
+def test_accessors_filter_by_operation_table_and_model() -> None:
+    cs = changeset(
+        Change(Op.INSERT, "deals", "Deal", (1,), None, {"id": 1}),
+        Change(Op.UPDATE, "deals", "Deal", (2,), {"x": 1}, {"x": 2}),
+        Change(Op.DELETE, "contacts", "Contact", (3,), {"id": 3}, None),
+        Change(Op.LINK, "contact_groups", None, (3, 1), None, {"contact_id": 3, "group_id": 1}),
+        Change(Op.UNLINK, "contact_groups", None, (3, 2), {"contact_id": 3, "group_id": 2}, None),
+    )
+    assert [c.pk for c in cs.created] == [(1,)]
+    assert [c.pk for c in cs.updated] == [(2,)]
+    assert [c.pk for c in cs.deleted] == [(3,)]
+    assert [c.pk for c in cs.linked] == [(3, 1)]
+    assert [c.pk for c in cs.unlinked] == [(3, 2)]
+    assert [c.pk for c in cs.for_model("Deal")] == [(1,), (2,)]
+    assert [c.pk for c in cs.for_table("contact_groups")] == [(3, 1), (3, 2)]
+    assert len(cs) == 5 and list(cs) == list(cs.changes)
+    assert cs.changes[1].values == {"x": 2}
+    assert cs.changes[2].values == {"id": 3}

@@ -1,0 +1,98 @@
+"""Each private SQLAlchemy detail dbevents relies on, checked on the installed version.
+
+An upgrade of SQLAlchemy that breaks one of them fails here first, by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from dbevents import _compat
+from tests.models import Base, Company
+
+companies: sa.Table = Company.__table__  # type: ignore[assignment]
+
+
+def test_version_is_supported() -> None:
+    assert _compat.sa_version >= (2, 0)
+
+
+def test_committed_state_holds_the_old_value(tables: sa.Engine) -> None:
+    with sa_orm.Session(tables) as session:
+        company = Company(name="a")
+        session.add(company)
+        session.flush()
+        company.name = "b"
+        assert _compat.committed_state(sa.inspect(company))["name"] == "a"
+        session.rollback()
+
+
+def test_no_value_marks_an_unloaded_attribute(tables: sa.Engine) -> None:
+    with sa_orm.Session(tables, expire_on_commit=True) as session:
+        company = Company(name="a")
+        session.add(company)
+        session.commit()
+        company.name = "b"  # expired: the old value was never loaded
+        assert _compat.committed_state(sa.inspect(company)).get("name") is _compat.NO_VALUE
+        session.rollback()
+
+
+def test_all_mappers_finds_the_test_models() -> None:
+    assert sa.inspect(Company) in _compat.all_mappers()
+
+
+def test_flush_running_only_while_the_flush_writes(tables: sa.Engine) -> None:
+    seen: list[bool] = []
+    with sa_orm.Session(tables) as session:
+        sa.event.listen(
+            session, "after_flush", lambda s, ctx: seen.append(_compat.flush_running(ctx))
+        )
+        sa.event.listen(
+            session, "before_flush", lambda s, ctx, i: seen.append(_compat.flush_running(ctx))
+        )
+        session.add(Company(name="a"))
+        session.flush()
+        session.rollback()
+    assert seen == [False, True]
+
+
+def test_explicit_returning_and_where_criteria() -> None:
+    table = companies
+    plain = sa.update(table).where(table.c.id == 1).where(sa.false())
+    assert not _compat.explicit_returning(plain)
+    assert _compat.explicit_returning(plain.returning(table.c.id))
+    assert len(_compat.where_criteria(plain)) == 2
+
+
+def test_dml_values_round_trip() -> None:
+    table = companies
+    statement = sa.update(table).values(name="a", rating=2)
+    pairs = _compat.dml_values(statement)
+    assert pairs is not None and [getattr(k, "key", k) for k, _ in pairs] == ["name", "rating"]
+    changed = _compat.with_dml_values(statement, [(k, 9) for k, _ in pairs[1:]])
+    assert "name" not in str(changed) and "rating" in str(changed)
+    assert _compat.dml_values(sa.update(table)) is None
+    ordered = sa.update(table).ordered_values((table.c.rating, 1), (table.c.name, "x"))
+    assert [getattr(k, "key", k) for k, _ in _compat.dml_values(ordered) or []] == [
+        "rating",
+        "name",
+    ]
+
+
+def test_greenlet_bridge_is_detected() -> None:
+    from sqlalchemy.util import greenlet_spawn
+
+    async def main() -> tuple[bool, bool]:
+        async def answer() -> int:
+            return 42
+
+        def sync() -> bool:
+            return _compat.in_greenlet() and _compat.await_in_greenlet(answer()) == 42
+
+        return _compat.in_greenlet(), bool(await greenlet_spawn(sync))
+
+    assert asyncio.run(main()) == (False, True)
+    assert Base.metadata.tables  # the models module is importable alongside
