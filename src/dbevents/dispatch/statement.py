@@ -103,6 +103,8 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
 
 def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
     before_save, before_insert = callbacks.get("before_save"), callbacks.get("before_insert")
+    for key, value in spec.scalar_defaults.items():  # shown as on the unit of work
+        fields.setdefault(key, value)
     if before_save:
         obj = spec.mapper.class_manager.new_instance()
         for key, value in fields.items():
