@@ -20,7 +20,7 @@ from .capture import LEVELS, CaptureLevel
 from .changes import ChangeSet, Op
 from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
-from .dispatch import flush, statement
+from .dispatch import flush, rows, statement
 from .dispatch.connection import bind_connection
 from .exceptions import ConfigurationError, DbEventsWarning
 from .mapping import TableSpec
@@ -122,7 +122,7 @@ class Events:
         for name, fn in self._listeners():
             sa_event.listen(session_target, name, fn)
         self._installed.append(session_target)
-        flush.listen_mappers()
+        rows.listen_mappers()
         bind = _known_bind(target)
         if bind is not None:
             _warn_unconfigured_sqlite(bind)
@@ -154,7 +154,7 @@ class Events:
         flush.before_flush(state_of(session, self), session, context)
 
     def _after_flush(self, session: sa_orm.Session, context: Any) -> None:
-        flush.after_flush(state_of(session, self), session)
+        rows.after_flush(state_of(session, self), session)
 
     def _after_flush_postexec(self, session: sa_orm.Session, context: Any) -> None:
         flush.after_flush_postexec(state_of(session, self), session)
