@@ -187,6 +187,7 @@ COLUMNS = (
     "rows/s",
     "× bare",
     "× raw",
+    "× bare (min)",
     "peak MB",
     "spread",
 )
@@ -203,7 +204,7 @@ def render(rows: Sequence[Result], fmt: str = "text") -> str:
         max(len(c), *(len(cells[i]) for cells in lines)) if lines else len(c)
         for i, c in enumerate(COLUMNS)
     ]
-    numeric = {1, 4, 5, 6, 7, 8, 9}
+    numeric = {1, 4, 5, 6, 7, 8, 9, 10}
 
     def fmt_line(cells: Sequence[str]) -> str:
         return "  ".join(
@@ -240,8 +241,13 @@ def _ordered(rows: Sequence[Result]) -> list[Result]:
 
 def _cells(row: Result, rows: Sequence[Result]) -> list[str]:
     seconds = row["seconds"]
-    bare = _reference(row, rows, BARE)
-    raw = _reference(row, rows, RAW)
+    bare_row = _reference(row, rows, BARE)
+    bare = bare_row["seconds"] if bare_row else None
+    raw_row = _reference(row, rows, RAW)
+    raw = raw_row["seconds"] if raw_row else None
+    # the fastest runs are the least disturbed by other load on the machine
+    best = min(row.get("runs") or [seconds])
+    bare_best = min(bare_row.get("runs") or [bare_row["seconds"]]) if bare_row else None
     peak = row.get("peak_mb")
     runs = row.get("runs") or []
     spread = f"±{(max(runs) - min(runs)) / 2 / seconds:.0%}" if len(runs) > 1 and seconds else ""
@@ -254,20 +260,22 @@ def _cells(row: Result, rows: Sequence[Result]) -> list[str]:
         f"{row['rows'] / seconds:,.0f}" if seconds else "",
         f"{seconds / bare:.2f}" if bare else "",
         f"{seconds / raw:.2f}" if raw else "",
+        f"{best / bare_best:.2f}" if bare_best else "",
         f"{peak:.1f}" if isinstance(peak, int | float) else "",
         spread,
     ]
 
 
-def _reference(row: Result, rows: Sequence[Result], variant: str) -> float | None:
+def _reference(row: Result, rows: Sequence[Result], variant: str) -> Result | None:
     for other in rows:
         if (
             other["variant"] == variant
             and other["operation"] == row["operation"]
             and other["backend"] == row["backend"]
             and other["rows"] == row["rows"]
+            and other["seconds"]
         ):
-            return other["seconds"] or None
+            return other
     return None
 
 

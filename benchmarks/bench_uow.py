@@ -28,7 +28,7 @@ import dbevents
 from benchmarks import common
 from benchmarks.common import BARE, CALLBACKS, CAPTURE, MEMORY, RAW, Database, Result
 
-__all__ = ["Base", "Contact", "run", "sessionmaker_for"]
+__all__ = ["Base", "Contact", "SetContact", "run", "sessionmaker_for"]
 
 CAPTURE_KEYS = "dbevents + capture (keys)"
 
@@ -37,16 +37,18 @@ class Base(sa_orm.DeclarativeBase):
     pass
 
 
-class Contact(Base):
-    """A CRM-like row; every callback is a no-op, so the dispatch itself is measured."""
-
-    __tablename__ = "bench_contacts"
+class ContactColumns:
+    """The columns of every contact table, dbevents' and the peers'."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(100))
     email: Mapped[str] = mapped_column(sa.String(200))
     score: Mapped[int]
     active: Mapped[bool]
+
+
+class _SetCallbacks:
+    """The set-level callbacks, as no-ops: what is measured is the dispatch."""
 
     @dbevents.before_insert
     def _before_insert(cls, fields: dict[str, Any]) -> None:
@@ -71,6 +73,10 @@ class Contact(Base):
     @dbevents.after_delete
     def _after_delete(cls, rows: Any) -> None:
         pass
+
+
+class _RowCallbacks:
+    """The row-level and commit callbacks, as no-ops."""
 
     @dbevents.before_save
     def _before_save(cls, row: Any) -> None:
@@ -97,10 +103,41 @@ class Contact(Base):
         pass
 
 
-TABLE = Contact.__tablename__
-INSERT_SQL = f"INSERT INTO {TABLE} (name, email, score, active) VALUES ({{p}}, {{p}}, {{p}}, {{p}})"
-UPDATE_SQL = f"UPDATE {TABLE} SET name = {{p}}, score = {{p}} WHERE id = {{p}}"
-DELETE_SQL = f"DELETE FROM {TABLE} WHERE id = {{p}}"
+class Contact(_RowCallbacks, _SetCallbacks, ContactColumns, Base):
+    """The unit-of-work model: all twelve callbacks."""
+
+    __tablename__ = "bench_contacts"
+
+
+class SetContact(_SetCallbacks, ContactColumns, Base):
+    """The statement model: set-level callbacks only.
+
+    Row-level callbacks make statements materialize every affected row, a cost
+    paid only by models that declare them.
+    """
+
+    __tablename__ = "bench_set_contacts"
+
+
+#: a mapped class with the contact columns (peers map their own)
+Model = type[Any]
+
+
+def insert_sql(model: Model, p: str) -> str:
+    """The driver's INSERT of one contact."""
+    columns = "name, email, score, active"
+    return f"INSERT INTO {model.__tablename__} ({columns}) VALUES ({p}, {p}, {p}, {p})"
+
+
+def update_sql(model: Model, p: str) -> str:
+    """The driver's UPDATE of one contact by key: name, score, id."""
+    return f"UPDATE {model.__tablename__} SET name = {p}, score = {p} WHERE id = {p}"
+
+
+def delete_sql(model: Model, p: str) -> str:
+    """The driver's DELETE of one contact by key."""
+    return f"DELETE FROM {model.__tablename__} WHERE id = {p}"
+
 
 Values = tuple[str, str, int, bool]
 
@@ -110,12 +147,12 @@ def values(rows: int) -> list[Values]:
     return [(f"name {i}", f"user{i}@example.com", i, i % 2 == 0) for i in range(rows)]
 
 
-def seed(db: Database, rows: int) -> None:
-    """Fresh tables holding ``rows`` contacts with ids 1..rows, written with the driver."""
-    db.reset(Base.metadata)
+def seed(db: Database, rows: int, model: Model = Contact) -> None:
+    """Fresh tables, ``model``'s holding contacts with ids 1..rows, written by the driver."""
+    db.reset(model.metadata)
     conn = db.connect_raw()
     cursor = conn.cursor()
-    cursor.executemany(INSERT_SQL.format(p=db.param), values(rows))
+    cursor.executemany(insert_sql(model, db.param), values(rows))
     conn.commit()
     db.close_raw()
 
@@ -131,9 +168,9 @@ def sessionmaker_for(db: Database, variant: str) -> tuple[sa_orm.sessionmaker[An
         return maker, None
     capture: dict[type[Any] | str, Any] = {}
     if variant == CALLBACKS:
-        capture[Contact] = "off"
+        capture = {Contact: "off", SetContact: "off"}
     elif variant == CAPTURE_KEYS:
-        capture[Contact] = "keys"
+        capture = {Contact: "keys", SetContact: "keys"}
     elif variant not in (CAPTURE, MEMORY):
         raise ValueError(f"not a dbevents variant: {variant!r}")
     sink = dbevents.MemorySink() if variant == MEMORY else None
@@ -143,31 +180,48 @@ def sessionmaker_for(db: Database, variant: str) -> tuple[sa_orm.sessionmaker[An
 
 
 class UnitOfWork:
-    """Insert, update or delete ``rows`` objects through the session, then commit."""
+    """Insert, update or delete ``rows`` objects through the session, then commit.
 
-    def __init__(self, db: Database, rows: int, op: str, variant: str) -> None:
-        self.db, self.rows, self.op = db, rows, op
-        self.maker, self.sink = sessionmaker_for(db, variant)
+    :param maker: the sessionmaker to use instead of ``variant``'s (peers bring their own).
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        rows: int,
+        op: str,
+        variant: str,
+        *,
+        model: Model = Contact,
+        maker: sa_orm.sessionmaker[Any] | None = None,
+    ) -> None:
+        self.db, self.rows, self.op, self.model = db, rows, op, model
+        if maker is None:
+            self.maker, self.sink = sessionmaker_for(db, variant)
+        else:
+            self.maker, self.sink = maker, None
         self.session: sa_orm.Session | None = None
-        self.objects: list[Contact] = []
+        self.objects: list[Any] = []
         self.data: list[Values] = []
 
     def setup(self) -> None:
         if self.sink is not None:
             self.sink.clear()
         if self.op == "insert":
-            self.db.reset(Base.metadata)
+            self.db.reset(self.model.metadata)
             self.data = values(self.rows)
             return
-        seed(self.db, self.rows)
+        seed(self.db, self.rows, self.model)
         self.session = self.maker()
-        self.objects = list(self.session.scalars(sa.select(Contact).order_by(Contact.id)))
+        model = self.model
+        self.objects = list(self.session.scalars(sa.select(model).order_by(model.id)))
 
     def action(self) -> None:
         if self.op == "insert":
+            model = self.model
             with self.maker() as session:
                 session.add_all(
-                    [Contact(name=n, email=e, score=s, active=a) for n, e, s, a in self.data]
+                    [model(name=n, email=e, score=s, active=a) for n, e, s, a in self.data]
                 )
                 session.commit()
             return
@@ -209,9 +263,9 @@ class RawUnitOfWork:
             self.params = [(i + 1,) for i in range(self.rows)]
 
     def action(self) -> None:
-        sql = {"insert": INSERT_SQL, "update": UPDATE_SQL, "delete": DELETE_SQL}[self.op]
+        sql = {"insert": insert_sql, "update": update_sql, "delete": delete_sql}[self.op]
         conn = self.db.connect_raw()
-        conn.cursor().executemany(sql.format(p=self.db.param), self.params)
+        conn.cursor().executemany(sql(Contact, self.db.param), self.params)
         conn.commit()
 
     def teardown(self) -> None:
@@ -230,7 +284,7 @@ VARIANTS = (RAW, BARE, CALLBACKS, CAPTURE, MEMORY)
 
 def run(quick: bool) -> list[Result]:
     """Unit-of-work insert, update and delete on every selected backend."""
-    rows = common.rows_for(10_000)
+    rows = common.rows_for(10_000, 1_000)
     cases = [
         case
         for op in ("insert", "update", "delete")

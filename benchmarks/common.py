@@ -11,7 +11,8 @@ over the variants that are compared with each other.
 A case is timed as ``setup()`` (untimed: fresh tables, seed rows, loaded
 objects), ``action()`` (timed), ``teardown()`` (untimed).  The first round is a
 warm-up run under :mod:`tracemalloc`, which gives the peak memory and is not
-timed; the median of the other rounds is the figure.
+timed (in quick mode it is not traced); the median of the other rounds is the
+figure.
 """
 
 from __future__ import annotations
@@ -394,7 +395,9 @@ def measure(cases: Sequence[Case], runs: int | None = None) -> list[Result]:
         shift = round_ % len(live) if live else 0
         for case in live[shift:] + live[:shift]:
             try:
-                seconds, peak = _worker(case.worker_group).ask(("run", (case, round_ == 0)))
+                # the warm-up runs under tracemalloc, which slows it: not in quick mode
+                traced = round_ == 0 and not _settings.quick
+                seconds, peak = _worker(case.worker_group).ask(("run", (case, traced)))
             except MissingPackage as error:
                 if str(error) not in missing_hints:
                     missing_hints.add(str(error))
@@ -407,7 +410,8 @@ def measure(cases: Sequence[Case], runs: int | None = None) -> list[Result]:
                 continue
             if round_ == 0:
                 peaks[case] = peak
-                log(f"  {case.label()}: warm-up {seconds:.3f}s, peak {peak or 0:.1f} MB")
+                memory = f", peak {peak:.1f} MB" if peak is not None else ""
+                log(f"  {case.label()}: warm-up {seconds:.3f}s{memory}")
             else:
                 times[case].append(seconds)
         live = [case for case in live if case in times]
