@@ -100,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     print(f"Mode: {mode}; {len(table)} rows in {elapsed:.0f}s.")
     if args.json:
+        # NaN is not JSON: rows without a timing (notes) get null
+        rows = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+            for r in results
+        ]
         with open(args.json, "w") as f:
-            json.dump({"versions": versions, "rows": results}, f, indent=1, default=str)
+            json.dump({"versions": versions, "rows": rows}, f, indent=1, default=str)
     return 0
 
 

@@ -335,6 +335,9 @@ class _Worker:
 
     def ask(self, message: Any) -> Any:
         self.conn.send(message)
+        return self.reply()
+
+    def reply(self) -> Any:
         try:
             status, reply = self.conn.recv()
         except EOFError:
@@ -388,50 +391,86 @@ def measure(cases: Sequence[Case], runs: int | None = None) -> list[Result]:
     runs = runs_for() if runs is None else runs
     times: dict[Case, list[float]] = {case: [] for case in cases}
     peaks: dict[Case, float | None] = {}
-    live = list(cases)
-    missing_hints: set[str] = set()
-    for round_ in range(runs + 1):
+    hints: set[str] = set()
+    for case, outcome in _warm_up(cases):
+        if _failed(case, outcome, hints):
+            times.pop(case)
+            continue
+        seconds, peaks[case] = outcome
+        memory = f", peak {peaks[case]:.1f} MB" if peaks[case] is not None else ""
+        log(f"  {case.label()}: warm-up {seconds:.3f}s{memory}")
+    live = [case for case in cases if case in times]
+    for round_ in range(runs):
         # rotate the order each round so no variant always runs right after another
         shift = round_ % len(live) if live else 0
         for case in live[shift:] + live[:shift]:
             try:
-                # the warm-up runs under tracemalloc, which slows it: not in quick mode
-                traced = round_ == 0 and not _settings.quick
-                seconds, peak = _worker(case.worker_group).ask(("run", (case, traced)))
-            except MissingPackage as error:
-                if str(error) not in missing_hints:
-                    missing_hints.add(str(error))
-                    log(f"skipped {case.variant}: {error}")
+                outcome = _worker(case.worker_group).ask(("run", (case, False)))
+            except (MissingPackage, WorkerError) as error:
+                outcome = error
+            if _failed(case, outcome, hints):
                 times.pop(case)
-                continue
-            except WorkerError as error:
-                log(f"FAILED {case.label()}\n{error}")
-                times.pop(case)
-                continue
-            if round_ == 0:
-                peaks[case] = peak
-                memory = f", peak {peak:.1f} MB" if peak is not None else ""
-                log(f"  {case.label()}: warm-up {seconds:.3f}s{memory}")
             else:
-                times[case].append(seconds)
+                times[case].append(outcome[0])
         live = [case for case in live if case in times]
-    results: list[Result] = []
-    for case in cases:
-        if case not in times:
-            continue
-        runs_ = times[case]
-        results.append(
-            Result(
-                operation=case.operation,
-                variant=case.variant,
-                backend=case.backend,
-                seconds=statistics.median(runs_) if runs_ else float("nan"),
-                rows=case.rows,
-                peak_mb=peaks.get(case),
-                runs=runs_,
-            )
+    return [
+        Result(
+            operation=case.operation,
+            variant=case.variant,
+            backend=case.backend,
+            seconds=statistics.median(times[case]) if times[case] else float("nan"),
+            rows=case.rows,
+            peak_mb=peaks.get(case),
+            runs=times[case],
         )
-    return results
+        for case in cases
+        if case in times
+    ]
+
+
+def _warm_up(cases: Sequence[Case]) -> Iterable[tuple[Case, Any]]:
+    """Run every case once, the workers side by side: these runs are not timed.
+
+    Under tracemalloc (not in quick mode), for the peak memory, which the other
+    workers' load does not change.
+    """
+    traced = not _settings.quick
+    queues: dict[str, list[Case]] = {}
+    for case in cases:
+        queues.setdefault(case.worker_group, []).append(case)
+    pending: dict[Any, tuple[_Worker, Case]] = {}
+
+    def start(group: str) -> None:
+        if queues[group]:
+            case = queues[group].pop(0)
+            worker = _worker(group)
+            worker.conn.send(("run", (case, traced)))
+            pending[worker.conn] = (worker, case)
+
+    for group in queues:
+        start(group)
+    while pending:
+        for conn in multiprocessing.connection.wait(list(pending)):
+            worker, case = pending.pop(conn)
+            try:
+                outcome: Any = worker.reply()
+            except (MissingPackage, WorkerError) as error:
+                outcome = error
+            yield case, outcome
+            start(worker.group)
+
+
+def _failed(case: Case, outcome: Any, hints: set[str]) -> bool:
+    """Report a missing package (once per hint) or a failure; tell whether there was one."""
+    if isinstance(outcome, MissingPackage):
+        if str(outcome) not in hints:
+            hints.add(str(outcome))
+            log(f"skipped {case.variant}: {outcome}")
+        return True
+    if isinstance(outcome, WorkerError):
+        log(f"FAILED {case.label()}\n{outcome}")
+        return True
+    return False
 
 
 def cases_for(
