@@ -1,0 +1,326 @@
+"""Flask integration: :class:`DBEvents` installs dbevents on Flask-SQLAlchemy's ``db.session``.
+
+::
+
+    db = SQLAlchemy(model_class=Base)
+    dbevents_ext = DBEvents()
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["DBEVENTS_DATA_DIR"] = "data"      # keep a JSON mirror there
+        db.init_app(app)
+        dbevents_ext.init_app(app, db)
+        return app
+
+Configuration, read per app:
+
+- ``DBEVENTS_DATA_DIR`` (else ``DATA_DIR``): a :class:`~dbevents.sinks.mirror.MirrorSink` keeps
+  a mirror of the database in that directory.
+- ``DBEVENTS_SINKS``: more sinks, as objects or ``"module:attr"`` strings (an attribute that is
+  not a sink is called to make one).
+- ``DBEVENTS_ACTOR``: a callable (or ``"module:attr"``) returning the actor; by default the
+  logged-in user's ``get_id()`` when Flask-Login is installed and a request is active.
+- ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`.
+
+The sinks of an app receive the change sets committed while that app is current.
+Commands: ``flask dumpdata DIR``, ``flask loaddata DIR`` (muted) and
+``flask dbevents verify DIR | relay | handlers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal, final
+
+try:
+    import click
+    import flask
+    from flask.cli import with_appcontext
+    from flask_sqlalchemy import SQLAlchemy
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "dbevents.flask needs Flask and Flask-SQLAlchemy: pip install 'dbevents[flask]'"
+    ) from error
+
+from . import sqlite
+from .changes import ChangeSet
+from .delivery import Sink, TransactionalSink, _call
+from .events import Events
+from .exceptions import ConfigurationError, DbEventsError
+
+__all__ = ["DBEvents"]
+
+#: ``app.extensions`` key of the per-app state
+EXTENSION: Final = "dbevents"
+
+logger = logging.getLogger("dbevents")
+
+
+@dataclass(frozen=True, slots=True)
+class _AppState:
+    ext: DBEvents
+    db: SQLAlchemy
+    sinks: tuple[Sink, ...]
+    data_dir: Path | None
+    actor: Callable[[], Any] | None
+
+
+@final
+class DBEvents:
+    """dbevents for Flask apps: one :class:`Events`, installed once on ``db.session``.
+
+    :param app: the app, or ``None`` with an app factory (then call :meth:`init_app`).
+    :param db: the Flask-SQLAlchemy extension.
+    :param events: the :class:`Events` to use; a new one by default, as ``ext.events``.
+    """
+
+    __slots__ = ("db", "events")
+
+    def __init__(
+        self,
+        app: flask.Flask | None = None,
+        db: SQLAlchemy | None = None,
+        *,
+        events: Events | None = None,
+    ) -> None:
+        self.events = events if events is not None else Events()
+        self.db = db
+        self.events.on_commit(self._publish)
+        if self.events.actor is None:
+            self.events.actor = _app_actor
+        if app is not None:
+            self.init_app(app, db)
+
+    def __repr__(self) -> str:
+        return f"<DBEvents {self.events!r}>"
+
+    def init_app(self, app: flask.Flask, db: SQLAlchemy | None = None) -> None:
+        """Set up ``app``: install on ``db.session`` (once), read its config, add the commands.
+
+        Call it after ``db.init_app(app)``.
+        """
+        db = db if db is not None else self.db
+        if db is None:
+            raise ConfigurationError("DBEvents.init_app needs the Flask-SQLAlchemy db")
+        self.db = self.db or db
+        config = app.config
+        data_dir = config.get("DBEVENTS_DATA_DIR") or config.get("DATA_DIR")
+        sinks = [_sink(item) for item in config.get("DBEVENTS_SINKS", ())]
+        if data_dir:  # imported here: only apps that keep a mirror need it
+            mirror = importlib.import_module("dbevents.sinks.mirror")
+            sinks.insert(0, mirror.MirrorSink(data_dir))
+        actor = config.get("DBEVENTS_ACTOR")
+        app.extensions[EXTENSION] = _AppState(
+            ext=self,
+            db=db,
+            sinks=tuple(sinks),
+            data_dir=Path(data_dir) if data_dir else None,
+            actor=_resolve(actor) if isinstance(actor, str) else actor,
+        )
+        if config.get("DBEVENTS_SQLITE_CONFIGURE", True):
+            _configure_sqlite(app, db)
+        self.events.install(db.session)
+        for command in (_dumpdata, _loaddata, _group):
+            app.cli.add_command(command)
+
+    def sinks(self, app: flask.Flask | None = None) -> tuple[Sink, ...]:
+        """The sinks configured for ``app`` (default: the current app)."""
+        return _state(app).sinks
+
+    def data_dir(self, app: flask.Flask | None = None) -> Path | None:
+        """The data directory mirrored for ``app`` (default: the current app), if any."""
+        return _state(app).data_dir
+
+    def _publish(self, changeset: ChangeSet) -> None:
+        """Hand ``changeset`` to the current app's sinks, each isolated."""
+        if not flask.has_app_context():
+            return
+        state = flask.current_app.extensions.get(EXTENSION)
+        if not isinstance(state, _AppState) or state.ext is not self:
+            return
+        errors: list[Exception] = []
+        for sink in state.sinks:
+            _call(self.events, sink.publish, changeset, errors, changeset)
+        if errors and not self.events.robust:
+            raise ExceptionGroup(f"{len(errors)} sink(s) of the app failed", errors)
+
+
+def _state(app: flask.Flask | None) -> _AppState:
+    target = app if app is not None else flask.current_app
+    state = target.extensions.get(EXTENSION)
+    if not isinstance(state, _AppState):
+        raise ConfigurationError(f"{target!r} is not set up: call DBEvents.init_app(app, db)")
+    return state
+
+
+def _resolve(name: str) -> Any:
+    module, sep, attr = name.partition(":")
+    if not sep or not module or not attr:
+        raise ConfigurationError(f"expected 'module:attribute', got {name!r}")
+    try:
+        value: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            value = getattr(value, part)
+    except (ImportError, AttributeError) as error:
+        raise ConfigurationError(f"cannot import {name!r}: {error}") from error
+    return value
+
+
+def _sink(item: Any) -> Sink:
+    value = _resolve(item) if isinstance(item, str) else item
+    if isinstance(value, type) and isinstance(value, Sink):
+        value = value()  # a sink class
+    elif not isinstance(value, type | Sink) and callable(value):
+        value = value()  # a factory
+    if isinstance(value, type) or not isinstance(value, Sink):
+        raise ConfigurationError(f"DBEVENTS_SINKS: {item!r} is not a sink (no publish method)")
+    return value
+
+
+def _app_actor() -> Any:
+    """The app's ``DBEVENTS_ACTOR``, else the Flask-Login user during a request."""
+    if not flask.has_app_context():
+        return None
+    state = flask.current_app.extensions.get(EXTENSION)
+    if isinstance(state, _AppState) and state.actor is not None:
+        return state.actor()
+    if not flask.has_request_context():
+        return None
+    if getattr(flask.current_app, "login_manager", None) is None:
+        return None
+    user = _flask_login_user()
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return user.get_id()
+
+
+def _flask_login_user() -> Any:
+    try:
+        from flask_login import current_user
+    except ImportError:  # Flask-Login is optional
+        return None
+    return current_user._get_current_object()
+
+
+def _configure_sqlite(app: flask.Flask, db: SQLAlchemy) -> None:
+    with app.app_context():
+        try:
+            engines = dict(db.engines)
+        except RuntimeError as error:
+            raise ConfigurationError(
+                f"Flask-SQLAlchemy is not set up for {app!r}: call db.init_app(app) "
+                "before DBEvents.init_app(app)"
+            ) from error
+    for engine in engines.values():
+        try:
+            sqlite.configure(engine)
+        except Exception:  # a test double or a proxy: leave it as it is
+            logger.debug("dbevents: could not configure %r for SQLite savepoints", engine)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _db() -> SQLAlchemy:
+    return _state(None).db
+
+
+@click.command("dumpdata")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--tables", help="Comma-separated table names (default: all).")
+@with_appcontext
+def _dumpdata(directory: Path, tables: str | None) -> None:
+    """Write the database to DIRECTORY, one JSON Lines file per table."""
+    from .dump import dump
+
+    db = _db()
+    with _reported():
+        manifest = dump(db.engine, db.metadata, directory, tables=_split(tables))
+    rows = sum(entry.rows or 0 for entry in manifest.tables)
+    click.echo(f"dumped {rows} rows of {len(manifest.tables)} tables to {directory}")
+
+
+@click.command("loaddata")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--truncate", is_flag=True, help="Empty the loaded tables first.")
+@click.option("--upsert", is_flag=True, help="Insert or update rows by primary key.")
+@click.option("--tables", help="Comma-separated table names (default: all in DIRECTORY).")
+@with_appcontext
+def _loaddata(directory: Path, truncate: bool, upsert: bool, tables: str | None) -> None:
+    """Load DIRECTORY (a dump or a mirror) into the database, with events off."""
+    from .load import load
+
+    if truncate and upsert:
+        raise click.UsageError("--truncate and --upsert exclude each other")
+    mode: Literal["insert", "truncate", "upsert"] = (
+        "truncate" if truncate else "upsert" if upsert else "insert"
+    )
+    state = _state(None)
+    with _reported(), state.ext.events.muted():
+        counts = load(
+            state.db.engine, state.db.metadata, directory, mode=mode, tables=_split(tables)
+        )
+    click.echo(f"loaded {sum(counts.values())} rows into {len(counts)} tables from {directory}")
+
+
+@click.group("dbevents")
+def _group() -> None:
+    """dbevents: verify a data directory, relay the outbox, list the callbacks."""
+
+
+@_group.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--tables", help="Comma-separated table names (default: all in DIRECTORY).")
+@with_appcontext
+def _verify(directory: Path, tables: str | None) -> None:
+    """Compare DIRECTORY with the database; exit 1 when they differ."""
+    from .verify import verify
+
+    db = _db()
+    with _reported():
+        differences = verify(db.engine, db.metadata, directory, tables=_split(tables))
+    for difference in differences:
+        click.echo(str(difference))
+    if differences:
+        raise click.exceptions.Exit(1)
+    click.echo(f"{directory} matches the database")
+
+
+@_group.command("relay")
+@click.option("--once", is_flag=True, help="Deliver what the outbox holds, then exit.")
+@with_appcontext
+def _relay(once: bool) -> None:
+    """Deliver the outbox's change sets to the app's other sinks."""
+    relay = importlib.import_module("dbevents.relay").relay
+    state = _state(None)
+    sinks = [sink for sink in state.sinks if not isinstance(sink, TransactionalSink)]
+    if not sinks:
+        raise click.UsageError("no sink to relay to: set DBEVENTS_SINKS or DBEVENTS_DATA_DIR")
+    count = relay(state.db.engine, sinks, once=once)
+    click.echo(f"relayed {count} change sets")
+
+
+@_group.command("handlers")
+@with_appcontext
+def _handlers() -> None:
+    """List the registered callbacks, and where they are defined."""
+    for handler in _state(None).ext.events.handlers():
+        click.echo(str(handler))
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Show dbevents' own errors (bad input, bad options) as a message, not a traceback."""
+    try:
+        yield
+    except DbEventsError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _split(names: str | None) -> list[str] | None:
+    return [name.strip() for name in names.split(",") if name.strip()] if names else None

@@ -1,0 +1,296 @@
+"""The Flask extension: installation, per-app sinks and actor, SQLite setup, the commands."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
+
+import flask
+import flask_login
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Mapped, mapped_column
+
+import dbevents
+from dbevents.fields import UID, Authorship, Timestamps
+from dbevents.flask import DBEvents
+from tests.servers import PostgresServer
+
+
+class FlaskBase(sa_orm.DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=FlaskBase)
+
+if TYPE_CHECKING:
+    Model = FlaskBase
+else:
+    Model = db.Model
+
+
+class Memo(UID, Timestamps, Authorship, Model):
+    __tablename__ = "memos"
+
+    title: Mapped[str] = mapped_column(sa.String(100))
+
+
+MakeApp = Callable[..., flask.Flask]
+
+
+@pytest.fixture
+def ext() -> Iterator[DBEvents]:
+    """A fresh extension; its Events leaves ``db.session`` at teardown."""
+    extension = DBEvents(db=db)
+    yield extension
+    extension.events.uninstall(db.session)
+
+
+@pytest.fixture
+def make_app(ext: DBEvents) -> Iterator[MakeApp]:
+    """Build apps on a database URL, with the tables created; engines disposed at teardown."""
+    apps: list[flask.Flask] = []
+
+    def make(url: str, init: bool = True, **config: Any) -> flask.Flask:
+        app = flask.Flask(f"app{len(apps)}")
+        app.config.update(SQLALCHEMY_DATABASE_URI=url, **config)
+        db.init_app(app)
+        apps.append(app)
+        if init:
+            ext.init_app(app)
+        with app.app_context():
+            db.create_all()
+        return app
+
+    yield make
+    for app in apps:
+        with app.app_context():
+            for engine in db.engines.values():
+                engine.dispose()
+
+
+@pytest.fixture
+def other_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A second empty database on the same backend."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'other.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    schema = f"t_{uuid4().hex}"
+    server.execute(f"CREATE SCHEMA {schema}")
+    yield server.schema_url(schema)
+    server.drop_schema(schema)
+
+
+def _add_memo(title: str) -> str:
+    memo = Memo(title=title)
+    db.session.add(memo)
+    db.session.commit()
+    return memo.id
+
+
+# -- installation and sinks ----------------------------------------------------------------------
+
+
+def test_commits_reach_the_sinks_of_the_app(make_app: MakeApp, db_url: str) -> None:
+    sink = dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[sink])
+    with app.app_context():
+        memo_id = _add_memo("hello")
+    (changeset,) = sink.changesets
+    (change,) = changeset.changes
+    assert (change.op, change.table, change.pk) == (dbevents.Op.INSERT, "memos", (memo_id,))
+
+
+def test_sinks_follow_the_current_app(make_app: MakeApp, db_url: str) -> None:
+    first, second = dbevents.MemorySink(), dbevents.MemorySink()
+    app1 = make_app(db_url, DBEVENTS_SINKS=[first])
+    app2 = make_app(db_url, DBEVENTS_SINKS=[second])
+    with app1.app_context():
+        _add_memo("one")
+    with app2.app_context():
+        _add_memo("two")
+        _add_memo("three")
+    assert [len(first.changesets), len(second.changesets)] == [1, 2]
+
+
+def test_many_apps_install_once(ext: DBEvents, make_app: MakeApp, db_url: str) -> None:
+    apps = [make_app(db_url) for _ in range(3)]
+    received: list[dbevents.ChangeSet] = []
+    ext.events.on_commit(received.append)
+    with apps[-1].app_context():
+        _add_memo("once")
+    assert len(received) == 1
+
+
+def test_sinks_by_import_name(make_app: MakeApp, db_url: str) -> None:
+    app = make_app(db_url, DBEVENTS_SINKS=["dbevents:MemorySink"])
+    with app.app_context():
+        _add_memo("x")
+        (sink,) = app.extensions["dbevents"].sinks
+        assert isinstance(sink, dbevents.MemorySink) and len(sink.changesets) == 1
+
+
+@pytest.mark.parametrize("bad", ["dbevents", "dbevents:Op", "dbevents:Nope", "nope:x", 42])
+def test_a_bad_sink_fails_at_init(make_app: MakeApp, tmp_path: Path, bad: object) -> None:
+    with pytest.raises(dbevents.ConfigurationError):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_SINKS=[bad])
+
+
+def test_a_failing_sink_does_not_stop_the_others(make_app: MakeApp, db_url: str) -> None:
+    class Broken:
+        def publish(self, changeset: dbevents.ChangeSet) -> None:
+            raise RuntimeError("down")
+
+    sink = dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[Broken(), sink])
+    with app.app_context():
+        _add_memo("x")
+    assert len(sink.changesets) == 1
+
+
+def test_init_app_needs_the_db_set_up_first(ext: DBEvents, tmp_path: Path) -> None:
+    app = flask.Flask("late")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(dbevents.ConfigurationError, match="db.init_app"):
+        ext.init_app(app)
+
+
+def test_sqlite_engines_get_the_savepoint_recipe(make_app: MakeApp, tmp_path: Path) -> None:
+    on = make_app(f"sqlite:///{tmp_path / 'on.db'}")
+    off = make_app(f"sqlite:///{tmp_path / 'off.db'}", DBEVENTS_SQLITE_CONFIGURE=False)
+    with on.app_context():
+        assert dbevents.sqlite.is_configured(db.engine)
+    with off.app_context():
+        assert not dbevents.sqlite.is_configured(db.engine)
+
+
+# -- the actor -------------------------------------------------------------------------------
+
+
+class User(flask_login.UserMixin):  # type: ignore[misc]
+    def __init__(self, user_id: str) -> None:
+        self.id = user_id
+
+
+def _memo_app(make_app: MakeApp, url: str, **config: Any) -> flask.Flask:
+    app = make_app(url, SECRET_KEY="test", **config)
+
+    @app.post("/login/<user_id>")
+    def login(user_id: str) -> str:
+        flask_login.login_user(User(user_id))
+        return "ok"
+
+    @app.post("/memos/<title>")
+    def create(title: str) -> dict[str, Any]:
+        return {"id": _add_memo(title)}
+
+    return app
+
+
+def test_the_actor_is_the_logged_in_user(make_app: MakeApp, db_url: str) -> None:
+    sink = dbevents.MemorySink()
+    app = _memo_app(make_app, db_url, DBEVENTS_SINKS=[sink])
+    login = flask_login.LoginManager(app)
+    login.user_loader(User)
+    client = app.test_client()
+    anonymous = client.post("/memos/a").get_json()
+    client.post("/login/u1")
+    signed = client.post("/memos/b").get_json()
+    assert [cs.actor for cs in sink.changesets] == [None, "u1"]
+    with app.app_context():
+        assert db.session.get_one(Memo, anonymous["id"]).created_by is None
+        memo = db.session.get_one(Memo, signed["id"])
+        assert (memo.created_by, memo.updated_by) == ("u1", "u1")
+
+
+def test_the_actor_from_config_and_acting_as(make_app: MakeApp, db_url: str) -> None:
+    sink = dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[sink], DBEVENTS_ACTOR=lambda: "cron")
+    with app.app_context():
+        _add_memo("a")
+        with dbevents.acting_as("ada"):
+            _add_memo("b")
+    assert [cs.actor for cs in sink.changesets] == ["cron", "ada"]
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def test_dump_load_verify_round_trip(
+    make_app: MakeApp, db_url: str, other_url: str, tmp_path: Path
+) -> None:
+    source = make_app(db_url)
+    with source.app_context(), dbevents.acting_as("ada"):
+        ids = [_add_memo(title) for title in ("a", "b", "c")]
+    data = tmp_path / "data"
+    result = source.test_cli_runner().invoke(args=["dumpdata", str(data)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert [table["name"] for table in manifest["tables"]] == ["memos"]
+
+    sink = dbevents.MemorySink()
+    target = make_app(other_url, DBEVENTS_SINKS=[sink])
+    runner = target.test_cli_runner()
+    result = runner.invoke(args=["loaddata", str(data)])
+    assert result.exit_code == 0, result.output
+    assert sink.changesets == []  # loaded with events off: nothing stamped, nothing delivered
+    with target.app_context():
+        memos = db.session.scalars(sa.select(Memo).order_by(Memo.title)).all()
+        assert [memo.id for memo in memos] == ids
+        assert {memo.created_by for memo in memos} == {"ada"}
+    result = runner.invoke(args=["dbevents", "verify", str(data)])
+    assert result.exit_code == 0, result.output
+
+    with target.app_context():
+        db.session.get_one(Memo, ids[0]).title = "changed"
+        db.session.commit()
+    result = runner.invoke(args=["dbevents", "verify", str(data)])
+    assert result.exit_code == 1
+    assert ids[0] in result.output and "changed" in result.output
+
+
+def test_loaddata_options(make_app: MakeApp, db_url: str, tmp_path: Path) -> None:
+    app = make_app(db_url)
+    with app.app_context():
+        _add_memo("a")
+    runner = app.test_cli_runner()
+    data = tmp_path / "data"
+    assert runner.invoke(args=["dumpdata", str(data)]).exit_code == 0
+    result = runner.invoke(args=["loaddata", "--truncate", str(data)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(args=["loaddata", "--upsert", str(data)]).exit_code == 0
+    both = runner.invoke(args=["loaddata", "--truncate", "--upsert", str(data)])
+    assert both.exit_code != 0 and "exclude" in both.output
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Memo)) == 1
+
+
+def test_bad_input_is_reported_without_a_traceback(make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'x.db'}")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    for command in (["loaddata"], ["dbevents", "verify"]):
+        result = app.test_cli_runner().invoke(args=[*command, str(broken)])
+        assert result.exit_code == 1
+        assert result.output.startswith("Error: ") and "manifest.json" in result.output
+
+
+def test_handlers_lists_the_callbacks(ext: DBEvents, make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'x.db'}")
+
+    @ext.events.listens_for(Memo, "after_insert")
+    def announce(cls: type[Memo], fields: dict[str, Any], pk: Any) -> None:
+        pass
+
+    result = app.test_cli_runner().invoke(args=["dbevents", "handlers"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("Memo.")]
+    assert any("after_insert" in line and "announce" in line for line in lines)
+    assert any("before_insert" in line and "_dbevents_stamp_insert" in line for line in lines)
