@@ -70,6 +70,17 @@ class Plain(FBase):
     editor: Mapped[str | None] = fields.updated_by(sa.String(40))
 
 
+class Loose(FBase):
+    """Factory columns, stamped by callbacks registered function-style."""
+
+    __tablename__ = "loose"
+
+    id: Mapped[str] = fields.uid(6, "abcdef")
+    made: Mapped[dt.datetime | None] = fields.created_at()
+    touched: Mapped[dt.datetime | None] = fields.updated_at()
+    name: Mapped[str] = mapped_column(sa.String(20))
+
+
 @pytest.fixture
 def Session(  # noqa: N802 - a session factory reads best as a class name
     events: dbevents.Events, engine: sa.Engine
@@ -162,6 +173,26 @@ def test_factories_and_decorator_without_mixins(
             session.commit()
         assert (plain.author, plain.editor) == ("ada", "bob")
         assert plain.touched is not None and plain.touched > plain.made
+
+
+def test_stamp_functions_register_function_style(
+    events: dbevents.Events, Session: sa_orm.sessionmaker[sa_orm.Session]
+) -> None:
+    with Session() as session:
+        session.add(Loose(id="plain1", name="before"))
+        session.commit()
+        assert session.get_one(Loose, "plain1").made is None  # no callbacks yet
+    events.listens_for(Loose, "before_insert")(fields.stamp_insert)
+    events.listens_for(Loose, "before_update")(fields.stamp_update)
+    with Session() as session:
+        loose = Loose(name="x")
+        session.add(loose)
+        session.get_one(Loose, "plain1").name = "after"
+        session.commit()
+        assert len(loose.id) == 6 and set(loose.id) <= set("abcdef")
+        assert loose.made is not None
+        old = session.get_one(Loose, "plain1")
+        assert (old.made, old.touched is not None) == (None, True)
 
 
 # -- update ----------------------------------------------------------------------------------

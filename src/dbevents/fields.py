@@ -48,6 +48,8 @@ __all__ = [
     "created_at",
     "created_by",
     "new_uid",
+    "stamp_insert",
+    "stamp_update",
     "uid",
     "updated_at",
     "updated_by",
@@ -181,21 +183,6 @@ class _Scope:
 
 
 _scope: ContextVar[_Scope | None] = ContextVar("dbevents.fields.scope", default=None)
-_listening = False
-
-
-def _listen() -> None:
-    """Track the session a write runs in, on every session, once per process.
-
-    ``insert=True`` puts these listeners before dbevents' own, whose callbacks
-    read the scope.
-    """
-    global _listening
-    if _listening:
-        return
-    sa_event.listen(sa_orm.Session, "before_flush", _on_flush, insert=True)
-    sa_event.listen(sa_orm.Session, "do_orm_execute", _on_execute, insert=True)
-    _listening = True
 
 
 def _on_flush(session: sa_orm.Session, context: Any, instances: Any) -> None:
@@ -203,7 +190,7 @@ def _on_flush(session: sa_orm.Session, context: Any, instances: Any) -> None:
 
 
 def _on_execute(orm_state: sa_orm.ORMExecuteState) -> Any:
-    if not (orm_state.is_insert or orm_state.is_update or orm_state.is_delete):
+    if not (orm_state.is_insert or orm_state.is_update) or not _stamps(orm_state):
         return None
     params = orm_state.parameters
     rows = params if isinstance(params, Sequence) else [params] if params else []
@@ -212,6 +199,21 @@ def _on_execute(orm_state: sa_orm.ORMExecuteState) -> Any:
         return orm_state.invoke_statement()
     finally:
         _scope.reset(token)
+
+
+def _stamps(orm_state: sa_orm.ORMExecuteState) -> bool:
+    """Whether a statement writes a table with auto fields."""
+    mapper = orm_state.bind_mapper
+    if mapper is not None:
+        return bool(_plan(mapper.class_))
+    table = getattr(orm_state.statement, "table", None)
+    return isinstance(table, sa.Table) and any(_KIND in column.info for column in table.columns)
+
+
+# on every session, once: these run before dbevents' own listeners (insert=True), so the
+# callbacks they dispatch see the scope
+sa_event.listen(sa_orm.Session, "before_flush", _on_flush, insert=True)
+sa_event.listen(sa_orm.Session, "do_orm_execute", _on_execute, insert=True)
 
 
 def _session() -> sa_orm.Session | None:
@@ -322,7 +324,10 @@ def _plan(model: type[Any]) -> tuple[_Field, ...]:
 
 
 def stamp_insert(model: type[Any], fields: dict[str, Any]) -> None:
-    """Fill the auto fields of a row about to be inserted; values already set are kept."""
+    """Fill the auto fields of a row about to be inserted; values already set are kept.
+
+    A ``before_insert`` callback, for :meth:`Events.listens_for <dbevents.Events.listens_for>`.
+    """
     now: dt.datetime | None = None
     actor: Any = _NO_ACTOR
     for item in _plan(model):
@@ -340,8 +345,11 @@ def stamp_insert(model: type[Any], fields: dict[str, Any]) -> None:
                 fields[item.key] = _as_column_value(item.column, actor)
 
 
-def stamp_update(model: type[Any], fields: dict[str, Any]) -> None:
-    """Bump ``updated_at`` / ``updated_by`` of rows that change, unless the caller set them."""
+def stamp_update(model: type[Any], rows: RowSet[Any], fields: dict[str, Any]) -> None:
+    """Bump ``updated_at`` / ``updated_by`` of rows that change, unless the caller set them.
+
+    A ``before_update`` callback, for :meth:`Events.listens_for <dbevents.Events.listens_for>`.
+    """
     if not fields:
         return
     for item in _plan(model):
@@ -369,10 +377,6 @@ _NO_ACTOR: Any = object()
 class AutoFields:
     """Mixin: stamps the columns made by this module's factories (see :func:`auto_fields`)."""
 
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        _listen()
-
     @before_insert
     @classmethod
     def _dbevents_stamp_insert(cls, fields: dict[str, Any]) -> None:
@@ -381,12 +385,11 @@ class AutoFields:
     @before_update
     @classmethod
     def _dbevents_stamp_update(cls, rows: RowSet[Any], fields: dict[str, Any]) -> None:
-        stamp_update(cls, fields)
+        stamp_update(cls, rows, fields)
 
 
 def auto_fields(model: C) -> C:
     """Class decorator: stamp ``model``'s factory-made columns without inheriting a mixin."""
-    _listen()
     for name in ("_dbevents_stamp_insert", "_dbevents_stamp_update"):
         setattr(model, name, AutoFields.__dict__[name])
     return model
