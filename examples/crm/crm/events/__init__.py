@@ -1,0 +1,1 @@
+"""The CRM's database events; ``create_app`` imports every module here (autodiscover)."""
