@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import dbevents
 from dbevents import fields
@@ -156,6 +158,34 @@ def test_colliding_short_ids_are_retried_in_bulk(Session: Maker) -> None:
             session.execute(sa.insert(Tiny), [{} for _ in range(100)])
         session.commit()
         assert session.scalar(sa.select(sa.func.count(sa.distinct(Tiny.id)))) == 900
+
+
+def test_async_bulk_insert_stamps_short_ids_and_actor(
+    events: dbevents.Events, async_engine: AsyncEngine
+) -> None:
+    class TaskSession(sa_orm.Session):
+        pass
+
+    events.install(TaskSession)
+    maker = async_sessionmaker(async_engine, sync_session_class=TaskSession)
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(FBase.metadata.create_all)
+        async with maker() as session:
+            with dbevents.acting_as("ada"):
+                await session.execute(sa.insert(Tiny), [{} for _ in range(300)])
+                await session.execute(sa.insert(Note), [{"title": "async"}])
+                await session.commit()
+            count = await session.scalar(sa.select(sa.func.count(sa.distinct(Tiny.id))))
+            assert count == 300
+            rows = await session.execute(sa.select(Note.title, Note.created_by))
+            return [(title, author) for title, author in rows]
+
+    try:
+        assert asyncio.run(main()) == [("async", "ada")]
+    finally:
+        events.uninstall(TaskSession)
 
 
 @pytest.mark.soak
