@@ -77,6 +77,7 @@ class DBEvents:
     :param app: the app, or ``None`` with an app factory (then call :meth:`init_app`).
     :param db: the Flask-SQLAlchemy extension.
     :param events: the :class:`Events` to use; a new one by default, as ``ext.events``.
+        The actor comes from the app's config or Flask-Login unless it has an ``actor``.
     """
 
     __slots__ = ("db", "events")
@@ -107,7 +108,8 @@ class DBEvents:
         db = db if db is not None else self.db
         if db is None:
             raise ConfigurationError("DBEvents.init_app needs the Flask-SQLAlchemy db")
-        self.db = self.db or db
+        if self.db is None:
+            self.db = db
         config = app.config
         data_dir = config.get("DBEVENTS_DATA_DIR") or config.get("DATA_DIR")
         sinks = [_sink(item) for item in config.get("DBEVENTS_SINKS", ())]
