@@ -154,6 +154,38 @@ def test_a_failing_sink_does_not_stop_the_others(make_app: MakeApp, db_url: str)
     assert len(sink.changesets) == 1
 
 
+class CountingOutbox:
+    """An in-transaction sink: counts the memos its transaction sees, or fails the commit."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.published: list[dbevents.ChangeSet] = []
+        self.fail = False
+
+    def write(self, session: sa_orm.Session, changeset: dbevents.ChangeSet) -> None:
+        if self.fail:
+            raise RuntimeError("outbox full")
+        self.seen.append(session.scalar(sa.select(sa.func.count()).select_from(Memo)) or 0)
+
+    def publish(self, changeset: dbevents.ChangeSet) -> None:
+        self.published.append(changeset)
+
+
+def test_an_outbox_writes_inside_the_transaction(make_app: MakeApp, db_url: str) -> None:
+    outbox, memory = CountingOutbox(), dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[outbox, memory])
+    with app.app_context():
+        _add_memo("one")
+        assert outbox.seen == [1] and len(outbox.published) == 1
+        assert memory.changesets == []  # fed by the relay from the outbox, not twice
+        outbox.fail = True
+        db.session.add(Memo(title="two"))
+        with pytest.raises(RuntimeError, match="outbox full"):
+            db.session.commit()
+        db.session.rollback()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Memo)) == 1
+
+
 def test_init_app_needs_the_db_set_up_first(ext: DBEvents, tmp_path: Path) -> None:
     app = flask.Flask("late")
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'x.db'}"

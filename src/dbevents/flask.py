@@ -23,6 +23,7 @@ Configuration, read per app:
 - ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`.
 
 The sinks of an app receive the change sets committed while that app is current.
+With an outbox among them, the others are fed by ``flask dbevents relay`` only.
 Commands: ``flask dumpdata DIR``, ``flask loaddata DIR`` (muted) and
 ``flask dbevents verify DIR | relay | handlers``.
 """
@@ -36,6 +37,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, final
+
+import sqlalchemy.orm as sa_orm
 
 try:
     import click
@@ -66,6 +69,8 @@ class _AppState:
     ext: DBEvents
     db: SQLAlchemy
     sinks: tuple[Sink, ...]
+    #: the in-transaction sinks among them (an outbox)
+    transactional: tuple[TransactionalSink, ...]
     data_dir: Path | None
     actor: Callable[[], Any] | None
 
@@ -91,7 +96,7 @@ class DBEvents:
     ) -> None:
         self.events = events if events is not None else Events()
         self.db = db
-        self.events.on_commit(self._publish)
+        self.events.add_sink(_AppSinks(self))
         if self.events.actor is None:
             self.events.actor = _app_actor
         if app is not None:
@@ -121,6 +126,7 @@ class DBEvents:
             ext=self,
             db=db,
             sinks=tuple(sinks),
+            transactional=tuple(s for s in sinks if isinstance(s, TransactionalSink)),
             data_dir=Path(data_dir) if data_dir else None,
             actor=_resolve(actor) if isinstance(actor, str) else actor,
         )
@@ -138,17 +144,40 @@ class DBEvents:
         """The data directory mirrored for ``app`` (default: the current app), if any."""
         return _state(app).data_dir
 
-    def _publish(self, changeset: ChangeSet) -> None:
-        """Hand ``changeset`` to the current app's sinks, each isolated."""
+    def _current(self) -> _AppState | None:
+        """The state of the current app, when it was set up by this extension."""
         if not flask.has_app_context():
-            return
+            return None
         state = flask.current_app.extensions.get(EXTENSION)
-        if not isinstance(state, _AppState) or state.ext is not self:
+        return state if isinstance(state, _AppState) and state.ext is self else None
+
+
+@final
+class _AppSinks:
+    """The one sink the shared Events has: it hands change sets to the current app's sinks.
+
+    With an in-transaction sink (an outbox) configured, the app's other sinks are
+    fed by ``flask dbevents relay`` only, so they never get a change set twice.
+    """
+
+    __slots__ = ("ext",)
+
+    def __init__(self, ext: DBEvents) -> None:
+        self.ext = ext
+
+    def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None:
+        state = self.ext._current()
+        for sink in state.transactional if state is not None else ():
+            sink.write(session, changeset)
+
+    def publish(self, changeset: ChangeSet) -> None:
+        state = self.ext._current()
+        if state is None:
             return
         errors: list[Exception] = []
-        for sink in state.sinks:
-            _call(self.events, sink.publish, changeset, errors, changeset)
-        if errors and not self.events.robust:
+        for sink in state.transactional or state.sinks:
+            _call(self.ext.events, sink.publish, changeset, errors, changeset)
+        if errors and not self.ext.events.robust:
             raise ExceptionGroup(f"{len(errors)} sink(s) of the app failed", errors)
 
 
