@@ -180,6 +180,8 @@ class _Scope:
     params: Sequence[Any] | None
     issued: dict[sa.Column[Any], set[str]] = field(default_factory=dict)
     pools: dict[sa.Column[Any], list[str]] = field(default_factory=dict)
+    #: ids set by the caller, with the size of the batch they were read from
+    explicit: dict[sa.Column[Any], tuple[int, set[str]]] = field(default_factory=dict)
 
 
 _scope: ContextVar[_Scope | None] = ContextVar("dbevents.fields.scope", default=None)
@@ -282,6 +284,10 @@ def _batch_values(
     session: sa_orm.Session, scope: _Scope, model: type[Any], item: _Field
 ) -> set[str]:
     """The ids the caller set explicitly on the rows written together with this one."""
+    size = len(scope.params) if scope.params is not None else len(session.new)
+    known = scope.explicit.get(item.column)
+    if known is not None and known[0] == size:  # read once per batch, unless it grew
+        return known[1]
     values: list[Any] = []
     if scope.params is not None:
         for row in scope.params:
@@ -292,7 +298,9 @@ def _batch_values(
         values = [
             sa.inspect(obj).dict.get(item.key) for obj in session.new if isinstance(obj, base)
         ]
-    return {value for value in values if isinstance(value, str)}
+    found = {value for value in values if isinstance(value, str)}
+    scope.explicit[item.column] = (size, found)
+    return found
 
 
 # -- the callbacks -----------------------------------------------------------------------------
