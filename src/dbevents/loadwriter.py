@@ -179,16 +179,18 @@ class TableWriter:
 
             cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             sql = f"COPY {preparer.format_table(table)} ({quoted}) FROM STDIN"
-            try:
-                with cursor.copy(sql) as copy:
 
-                    def send(rows: list[list[Any]]) -> None:
+            def send(rows: list[list[Any]]) -> None:
+                # one COPY per batch: the connection can run other queries between batches
+                try:
+                    with cursor.copy(sql) as copy:
                         for values in processed(rows):
                             copy.write_row(values)
+                except psycopg.Error as error:
+                    raise _Refused(error) from error
 
-                    yield send
-            except psycopg.Error as error:
-                raise _Refused(error) from error
+            try:
+                yield send
             finally:
                 cursor.close()
         elif whole and dialect.name == "sqlite" and dialect.paramstyle == "qmark":
