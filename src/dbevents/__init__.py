@@ -36,6 +36,7 @@ from .load import load
 from .registry import Handler
 from .rowset import RowSet
 from .sinks.memory import MemorySink
+from .sinks.mirror import MirrorSink
 from .verify import Difference, verify
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Handler",
     "LoadError",
     "MemorySink",
+    "MirrorSink",
     "Op",
     "RowSet",
     "Sink",
