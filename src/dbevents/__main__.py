@@ -1,0 +1,5 @@
+"""``python -m dbevents``: the ``dbevents`` command."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""The `dbevents` command: dump, load, verify, handlers, tail, sinks, and the missing extra."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import redis
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+import dbevents
+from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.cli import main, make_sink
+from tests.datamodels import Thing, fill, metadata, table_rows
+
+ROOT = Path(__file__).resolve().parent.parent
+METADATA = "tests.datamodels:metadata"
+
+#: an Events object for ``dbevents handlers --events tests.test_cli:EVENTS``
+EVENTS = dbevents.Events()
+
+
+@EVENTS.listens_for(Thing, "before_insert")
+def stamp_name(model: type[Thing], fields: dict[str, Any]) -> None:
+    fields.setdefault("name", "stamped")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def filled(engine: sa.Engine) -> sa.Engine:
+    fill(engine)
+    return engine
+
+
+def test_dump_load_verify_round_trip(
+    filled: sa.Engine, db_url: str, tmp_path: Path, backend: str
+) -> None:
+    directory = tmp_path / "dump"
+    result = run("dump", str(directory), "--db", db_url, "--metadata", METADATA)
+    assert result.exit_code == 0, result.output
+    assert "dumped 19 rows of 7 tables" in result.output
+    before = table_rows(filled)
+    with filled.begin() as conn:
+        conn.execute(sa.update(metadata.tables["tags"]).values(label="changed"))
+
+    result = run("verify", str(directory), "--db", db_url, "--metadata", "tests.datamodels:Base")
+    assert result.exit_code == 1
+    assert "tags (1,): label: 'red' in the directory, 'changed' in the database" in result.output
+
+    result = run("load", str(directory), "--db", db_url, "--metadata", METADATA, "--truncate")
+    assert result.exit_code == 0, result.output
+    assert "loaded 19 rows into 7 tables" in result.output
+    result = run("verify", str(directory), "--db", db_url, "--metadata", METADATA)
+    assert result.exit_code == 0, result.output
+    assert "no differences" in result.output
+    assert table_rows(filled) == before
+
+
+def test_load_error_exits_non_zero_naming_the_record(
+    filled: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "dump"
+    run("dump", str(directory), "--db", db_url, "--metadata", METADATA)
+
+    result = run("load", str(directory), "--db", db_url, "--metadata", METADATA)
+
+    assert result.exit_code == 1
+    assert "already in the database (things.jsonl, record 1)" in result.output
+
+
+def test_load_takes_tables_and_refuses_two_modes(
+    filled: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "dump"
+    run("dump", str(directory), "--db", db_url, "--metadata", METADATA, "--tables", "tags")
+    assert json.loads((directory / "manifest.json").read_text())["tables"][0]["name"] == "tags"
+
+    both = run(
+        "load", str(directory), "--db", db_url, "--metadata", METADATA, "--truncate", "--upsert"
+    )
+    assert both.exit_code == 2
+    assert "exclude each other" in both.output
+    upsert = run("load", str(directory), "--db", db_url, "--metadata", METADATA, "--upsert")
+    assert upsert.exit_code == 0, upsert.output
+    assert "loaded 2 rows into 1 tables" in upsert.output
+
+
+def test_database_options_are_required(tmp_path: Path) -> None:
+    result = run("dump", str(tmp_path))
+
+    assert result.exit_code == 2
+    assert "--db URL and --metadata" in result.output
+
+
+def test_bad_metadata_spec(tmp_path: Path, db_url: str) -> None:
+    result = run("dump", str(tmp_path), "--db", db_url, "--metadata", "tests.datamodels:nothing")
+
+    assert result.exit_code == 2
+    assert "has no attribute 'nothing'" in result.output
+
+
+def test_handlers_lists_callbacks_and_where_they_are() -> None:
+    result = run("handlers", "--events", "tests.test_cli:EVENTS")
+
+    assert result.exit_code == 0, result.output
+    assert "Thing.before_insert -> " in result.output
+    assert "stamp_name" in result.output
+
+
+def test_handlers_refuses_what_is_not_events() -> None:
+    result = run("handlers", "--events", "tests.datamodels:metadata")
+
+    assert result.exit_code == 2
+
+
+def test_tail_prints_the_changes_of_a_mirror(tmp_path: Path) -> None:
+    sink = dbevents.MirrorSink(tmp_path / "mirror", metadata=metadata)
+    sink.publish(changeset(7))
+
+    result = run("tail", str(tmp_path / "mirror"), "--all", "--no-follow")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("- insert tags 7\n")
+    as_json = run("tail", str(tmp_path / "mirror"), "--all", "--no-follow", "--json")
+    assert ChangeSet.from_json(as_json.output.strip()).changes[0].pk == (7,)
+    assert run("tail", str(tmp_path / "mirror"), "--no-follow").output == ""
+
+
+def test_tail_reads_a_redis_stream(redis_url: str) -> None:
+    stream = f"dbevents-cli-{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(stream, {"id": "x", "changeset": changeset(8).to_json()})
+    client.close()
+
+    result = run("tail", f"{redis_url}?stream={stream}", "--all", "--no-follow")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("- insert tags 8\n")
+
+
+def test_make_sink_from_a_target(tmp_path: Path) -> None:
+    sink = make_sink(f"mirror:{tmp_path / 'm'}")
+
+    assert isinstance(sink, dbevents.MirrorSink)
+    assert sink.directory == tmp_path / "m"
+    with pytest.raises(click.BadParameter, match="stream=NAME"):
+        make_sink("redis://127.0.0.1:1/0")
+    with pytest.raises(click.BadParameter, match="unknown sink"):
+        make_sink("kafka://x")
+
+
+def test_python_dash_m_runs_the_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dbevents", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+
+    assert result.returncode == 0
+    for command in ("dump", "load", "verify", "relay", "handlers", "tail"):
+        assert command in result.stdout
+
+
+def test_missing_click_names_the_extra() -> None:
+    code = "import sys; sys.modules['click'] = None; import dbevents.cli"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+    assert result.returncode == 1
+    assert "pip install 'dbevents[cli]'" in result.stderr
+
+
+def changeset(number: int) -> ChangeSet:
+    row = {"id": number, "label": f"tag {number}"}
+    change = Change(Op.INSERT, "tags", "Tag", (number,), None, row)
+    return ChangeSet(new_id(), dt.datetime.now(dt.UTC), None, (change,))
