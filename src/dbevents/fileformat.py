@@ -238,16 +238,22 @@ class Source:
         """The data file of a table entry."""
         return self.directory / entry.file
 
-    def records(self, entry: TableEntry) -> Iterator[Record]:
-        """Stream a table's rows, decoded, journal applied; :class:`LoadError` on bad input."""
+    def records(self, entry: TableEntry, *, decoded: bool = True) -> Iterator[Record]:
+        """Stream a table's rows, journal applied; :class:`LoadError` on bad input.
+
+        :param decoded: restore tagged values (see :mod:`dbevents.codec`); with
+            ``False`` rows keep their JSON form, for callers that decode per column.
+        """
         path = self.path_of(entry)
         pending = dict(self._overlay.get(entry.name, {}))
+        journal_form = (lambda row: row) if decoded else codec.encode_row
         count = 0
-        for number, row in _read_rows(path, missing_ok=self.manifest.source == "mirror"):
+        rows = _read_rows(path, decoded=decoded, missing_ok=self.manifest.source == "mirror")
+        for number, row in rows:
             count += 1
             if pending:
                 try:
-                    pk = tuple(row[name] for name in entry.key)
+                    pk = tuple(codec.decode(row[name]) for name in entry.key)
                 except KeyError as error:
                     raise LoadError(
                         f"{path.name}, record {number}: key column {error} is missing",
@@ -260,9 +266,9 @@ class Source:
                     if change.kind == "gone":
                         continue
                     if change.kind == "row":
-                        yield self.journal, change.line, change.row
+                        yield self.journal, change.line, journal_form(change.row)
                         continue
-                    row.update(change.row)
+                    row.update(journal_form(change.row))
             yield path, number, row
         if self.manifest.source == "dump" and entry.rows is not None and count != entry.rows:
             raise LoadError(
@@ -273,7 +279,7 @@ class Source:
             )
         for change in pending.values():
             if change.kind == "row":
-                yield self.journal, change.line, change.row
+                yield self.journal, change.line, journal_form(change.row)
 
     def touched(self) -> list[str]:
         """The tables the journal changes."""
@@ -331,34 +337,46 @@ class _Pending:
     line: int
 
 
-def _read_rows(path: Path, *, missing_ok: bool) -> Iterator[tuple[int, Row]]:
+def _read_rows(path: Path, *, decoded: bool, missing_ok: bool) -> Iterator[tuple[int, Row]]:
     try:
-        handle = path.open("rb")
+        handle = path.open(encoding="utf-8", newline="\n")
     except FileNotFoundError:
         if missing_ok:
             return
         raise LoadError(f"{path}: the file named in the manifest is missing", path=path) from None
+    parse = _DECODER.decode  # json.loads minus its per-call type and encoding checks
     decode_row = codec.decode_row
+    number = 0
     with handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                data = json.loads(line)
-            except ValueError as error:
-                if not line.strip():
-                    continue
-                raise LoadError(
-                    f"{path.name}, record {number}: broken JSON ({error})",
-                    path=path,
-                    record=number,
-                ) from None
-            if type(data) is not dict:
-                raise LoadError(
-                    f"{path.name}, record {number}: expected a JSON object, "
-                    f"got {type(data).__name__}",
-                    path=path,
-                    record=number,
-                )
-            yield number, decode_row(data)
+        try:
+            for number, line in enumerate(handle, 1):  # noqa: B007 - read after the loop
+                try:
+                    data = parse(line)
+                except ValueError as error:
+                    if not line.strip():
+                        continue
+                    raise LoadError(
+                        f"{path.name}, record {number}: broken JSON ({error})",
+                        path=path,
+                        record=number,
+                    ) from None
+                if type(data) is not dict:
+                    raise LoadError(
+                        f"{path.name}, record {number}: expected a JSON object, "
+                        f"got {type(data).__name__}",
+                        path=path,
+                        record=number,
+                    )
+                yield number, decode_row(data) if decoded else data
+        except UnicodeDecodeError as error:
+            raise LoadError(
+                f"{path.name}, record {number + 1}: not UTF-8 ({error.reason})",
+                path=path,
+                record=number + 1,
+            ) from None
+
+
+_DECODER = json.JSONDecoder()
 
 
 def write_atomic(path: Path, chunks: Iterable[bytes]) -> int:

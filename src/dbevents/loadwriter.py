@@ -8,6 +8,7 @@ the first record at fault, so the fast path keeps no per-row state.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .codec import decode
+from .columns import ColumnRule
 from .dispatch.connection import SKIP_CAPTURE
 from .exceptions import ConfigurationError, LoadError
 from .fileformat import Source
@@ -86,13 +89,19 @@ class TableWriter:
         expected = frozenset(columns)
         accepts = []
         for rule in rules:
-            accepted = (
-                set(rule.types or ()) if rule.length is None and rule.labels is None else set()
-            )
+            accepted = set(rule.types or ())
             if rule.nullable:
                 accepted.add(type(None))
             accepts.append(frozenset(accepted))
         checks = list(zip(accepts, rules, strict=True))
+        #: per tuple of value types seen: the positions to decode (tagged values)
+        known: dict[tuple[type, ...], tuple[int, ...]] = {}
+        # values of the right type that may still be refused: too long, or not an Enum label
+        bounded = [
+            (i, rule, rule.length or sys.maxsize, rule.labels)
+            for i, rule in enumerate(rules)
+            if rule.length or rule.labels
+        ]
         deferred = [i for i, name in enumerate(columns) if name in plan.deferred]
         guard_keys = self.mode == "insert" and self._has_rows()
         drop_known = self.mode == "upsert" and not plan.table.primary_key.columns
@@ -110,21 +119,34 @@ class TableWriter:
                     bar.advance(len(batch))
                 batch = []
 
-            for path, number, row in self.source.records(plan.entry):
+            # rows come in their JSON form: only the tagged values (dicts, lists) are decoded
+            for path, number, row in self.source.records(plan.entry, decoded=False):
                 if row.keys() != expected:
                     raise self._shape_error(path, number, row)
                 values = [row[name] for name in columns]
-                for (allowed, rule), value in zip(checks, values, strict=True):
-                    if type(value) not in allowed:
-                        problem = rule.problem(value)
-                        if problem is not None:
-                            raise LoadError(
-                                f"{self.name}.{rule.name}: {problem} "
-                                f"({path.name}, record {number})",
-                                path=path,
-                                record=number,
-                                column=rule.name,
-                            )
+                kinds = tuple(map(type, values))
+                tagged = known.get(kinds)
+                if tagged is None:
+                    tagged = self._check(checks, values, path, number)
+                    if len(known) < 4096:  # a kinds tuple that passed once passes again
+                        known[kinds] = tagged
+                else:
+                    for i in tagged:
+                        value = values[i] = decode(values[i])
+                        if type(value) not in accepts[i]:
+                            self._refuse(rules[i], value, path, number)
+                for i, rule, limit, labels in bounded:
+                    value = values[i]
+                    if type(value) is str and (
+                        len(value) > limit or (labels is not None and value not in labels)
+                    ):
+                        raise LoadError(
+                            f"{self.name}.{rule.name}: {rule.problem(value)} "
+                            f"({path.name}, record {number})",
+                            path=path,
+                            record=number,
+                            column=rule.name,
+                        )
                 for i in deferred:
                     values[i] = None
                 batch.append((path, number, values))
@@ -134,6 +156,38 @@ class TableWriter:
             if batch:
                 flush()
         return count
+
+    def _check(
+        self,
+        checks: list[tuple[frozenset[type], ColumnRule]],
+        values: list[Any],
+        path: Path,
+        number: int,
+    ) -> tuple[int, ...]:
+        """Decode tagged values in place and check every value; the positions decoded."""
+        tagged = []
+        for i, (allowed, rule) in enumerate(checks):
+            value = values[i]
+            if type(value) in allowed:
+                continue
+            if type(value) is dict or type(value) is list:
+                tagged.append(i)
+                value = values[i] = decode(value)
+                if type(value) in allowed:
+                    continue
+            self._refuse(rule, value, path, number)
+        return tuple(tagged)
+
+    def _refuse(self, rule: ColumnRule, value: Any, path: Path, number: int) -> None:
+        """Raise :class:`LoadError` if ``value`` cannot go into the column."""
+        problem = rule.problem(value)
+        if problem is not None:
+            raise LoadError(
+                f"{self.name}.{rule.name}: {problem} ({path.name}, record {number})",
+                path=path,
+                record=number,
+                column=rule.name,
+            )
 
     def _shape_error(self, path: Path, number: int, row: dict[str, Any]) -> LoadError:
         columns = self.plan.columns
