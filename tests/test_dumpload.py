@@ -133,3 +133,14 @@ def test_manifest_is_valid_json_with_format_version(dumped: Path) -> None:
 
     assert data["format"] == "dbevents"
     assert data["version"] == 1
+
+
+def test_progress_on_request_and_quiet_off_a_terminal(
+    target: sa.Engine, dumped: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dbevents.load(target, metadata, dumped, tables=["tags"], progress=True)
+    shown = capsys.readouterr().err
+    dbevents.load(target, metadata, dumped, tables=["nodes"])  # stderr is not a terminal here
+
+    assert "load tags: 2/2 rows 100%" in shown
+    assert capsys.readouterr().err == ""

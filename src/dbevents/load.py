@@ -19,10 +19,11 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from .columns import ColumnRule
+from .diagnose import diagnose, skip
 from .exceptions import ConfigurationError, LoadError
 from .fileformat import MANIFEST, Source, TableEntry, fingerprint, fk_order, key_of
 from .fileformat import resolve_metadata as _resolve_metadata
-from .loadwriter import TableWriter, diagnose, skip
+from .loadwriter import TableWriter
 from .progress import Progress
 
 __all__ = ["MODES", "load"]

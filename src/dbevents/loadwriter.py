@@ -9,17 +9,17 @@ the first record at fault, so the fast path keeps no per-row state.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .codec import decode
 from .columns import ColumnRule
-from .dispatch.connection import SKIP_CAPTURE
+from .diagnose import diagnose, existing, show, skip
 from .exceptions import ConfigurationError, LoadError
 from .fileformat import Source
 from .progress import Progress
@@ -27,18 +27,9 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .load import Mode, TablePlan
 
-__all__ = ["TableWriter", "diagnose", "skip"]
+__all__ = ["TableWriter"]
 
-_OPTIONS: Final = {SKIP_CAPTURE: True}
-_LOOKUP: Final = 500
 Batch = list[tuple[Path, int, list[Any]]]
-
-
-def skip(conn: sa.Connection, statement: Any, params: Any = None) -> sa.CursorResult[Any]:
-    """Execute a statement (or driver SQL text) that dbevents must not capture."""
-    if isinstance(statement, str):
-        return conn.exec_driver_sql(statement, params or (), execution_options=_OPTIONS)
-    return conn.execute(statement, params, execution_options=_OPTIONS)
 
 
 class _Refused(Exception):
@@ -293,7 +284,7 @@ class TableWriter:
         for (path, number, _), key in zip(batch, self._keys(batch), strict=True):
             if key in known:
                 raise LoadError(
-                    f"{self.name}: key {_show(self.plan.key, key)} is already in the database "
+                    f"{self.name}: key {show(self.plan.key, key)} is already in the database "
                     f"({path.name}, record {number}); load with mode='upsert' or 'truncate'",
                     path=path,
                     record=number,
@@ -329,91 +320,3 @@ class TableWriter:
         if batch:
             skip(self.conn, statement, batch)
         return done + len(batch)
-
-
-def existing(
-    conn: sa.Connection, table: sa.Table, names: Sequence[str], keys: list[tuple[Any, ...]]
-) -> set[tuple[Any, ...]]:
-    """Which of ``keys`` (values of the columns ``names``) the table holds."""
-    columns = [table.c[name] for name in names]
-    found: set[tuple[Any, ...]] = set()
-    for start in range(0, len(keys), _LOOKUP):
-        chunk = keys[start : start + _LOOKUP]
-        if len(columns) == 1:
-            where = columns[0].in_([key[0] for key in chunk])
-        else:
-            where = sa.tuple_(*columns).in_(chunk)
-        found.update(tuple(row) for row in skip(conn, sa.select(*columns).where(where)))
-    return found
-
-
-def diagnose(
-    conn: sa.Connection, source: Source, plan: TablePlan, phase: str, message: str
-) -> LoadError:
-    """Find the first record of a table the database refused: a duplicate key or a missing parent.
-
-    :param phase: ``"insert"`` (deferred foreign keys are not set yet), ``"update"`` or ``"final"``.
-    """
-    entry, name = plan.entry, plan.table.fullname
-    seen: dict[tuple[Any, ...], int] = {}
-    for path, number, row in source.records(entry):
-        key = tuple(row.get(k) for k in plan.key)
-        if key in seen:
-            return LoadError(
-                f"{name}: duplicate key {_show(plan.key, key)} "
-                f"({path.name}, record {number}; first at record {seen[key]})",
-                path=path,
-                record=number,
-                column=plan.key[0],
-            )
-        seen[key] = number
-    for fk in plan.table.foreign_key_constraints:
-        local = [element.parent.name for element in fk.elements]
-        if phase == "insert" and plan.deferred.intersection(local):
-            continue
-        error = _missing_parent(conn, source, plan, fk, seen)
-        if error is not None:
-            return error
-    path = source.path_of(entry)
-    return LoadError(f"{name}: the database refused the rows ({path.name}): {message}", path=path)
-
-
-def _missing_parent(
-    conn: sa.Connection,
-    source: Source,
-    plan: TablePlan,
-    fk: sa.ForeignKeyConstraint,
-    keys: dict[tuple[Any, ...], int],
-) -> LoadError | None:
-    """The first record whose foreign key ``fk`` points at no row, if any."""
-    local = [element.parent.name for element in fk.elements]
-    remote = [element.column.name for element in fk.elements]
-    parent = fk.referred_table
-    # rows of this very table may have been rolled back with the savepoint: trust the file
-    own = parent is plan.table and tuple(remote) == plan.key
-    pending: list[tuple[Path, int, tuple[Any, ...]]] = []
-    records = source.records(plan.entry)
-    while True:
-        for path, number, row in records:
-            value = tuple(row.get(column) for column in local)
-            if None not in value and not (own and value in keys):
-                pending.append((path, number, value))
-                if len(pending) >= _LOOKUP:
-                    break
-        if not pending:
-            return None
-        found = existing(conn, parent, remote, [value for _, _, value in pending])
-        for path, number, value in pending:
-            if value not in found:
-                return LoadError(
-                    f"{plan.table.fullname}.{local[0]}: {_show(local, value)} has no row in "
-                    f"{parent.fullname} ({path.name}, record {number})",
-                    path=path,
-                    record=number,
-                    column=local[0],
-                )
-        pending.clear()
-
-
-def _show(names: Sequence[str], values: Sequence[Any]) -> str:
-    return ", ".join(f"{name}={value!r}" for name, value in zip(names, values, strict=True))

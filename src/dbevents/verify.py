@@ -13,9 +13,9 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from .columns import ColumnRule
+from .diagnose import skip
 from .fileformat import Source, resolve_metadata
 from .load import TablePlan, plan
-from .loadwriter import skip
 
 __all__ = ["Difference", "verify"]
 
