@@ -2,6 +2,9 @@
 
 - ``dump``: :func:`dbevents.dump` against raw DB-API ``fetchall()`` plus one
   ``json.dumps`` per row (``default=str``) written to a file.
+- ``mirror append``: :meth:`MirrorSink.publish` of one small change set per
+  commit (journal append and fsync) against ``os.write`` + ``os.fsync`` of the
+  same line; rows are commits, no database involved.
 - ``load``: :func:`dbevents.load` (insert mode: every value checked, then
   executemany on SQLite, COPY on PostgreSQL) against the raw driver taking the
   same rows already in memory: ``executemany`` on SQLite, ``COPY`` on PostgreSQL.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -28,6 +32,7 @@ import sqlalchemy as sa
 import dbevents
 from benchmarks import common
 from benchmarks.common import RAW, Database, Result
+from dbevents.changes import new_id
 
 __all__ = ["run"]
 
@@ -62,6 +67,12 @@ def run(quick: bool) -> list[Result]:
         "load",
         rows,
         [(variant, f"{__name__}:DumpLoad", {"op": "load"}) for variant in (RAW, RAW_PARSE, OURS)],
+    )
+    cases += common.cases_for(
+        "mirror append",
+        common.rows_for(2_000, 200),
+        [(variant, f"{__name__}:Append", {}) for variant in (RAW, OURS)],
+        backends=common.settings().backends[:1],
     )
     cases = [replace(case, params=(*case.params, ("variant", case.variant))) for case in cases]
     # a million-row run takes minutes per round: three timed rounds, two when quick
@@ -186,3 +197,36 @@ class DumpLoad:
                 handle.write("\n")
         cursor.close()
         conn.rollback()
+
+
+class Append:
+    """Publish ``rows`` change sets of one INSERT each to a mirror, or write them raw."""
+
+    def __init__(self, db: Database, rows: int, variant: str) -> None:
+        del db  # no database: the cost is the journal's
+        self.rows, self.variant = rows, variant
+        row = {"id": 1, "name": "name 1", "email": "user1@example.com", "score": 7}
+        change = dbevents.Change(dbevents.Op.INSERT, "bench_dumpload", None, (1,), None, row)
+        self.changeset = dbevents.ChangeSet(new_id(), _START, None, (change,))
+        self.work = Path(tempfile.mkdtemp(prefix="dbevents-bench-mirror-"))
+
+    def setup(self) -> None:
+        shutil.rmtree(self.work / "mirror", ignore_errors=True)
+
+    def action(self) -> None:
+        if self.variant == OURS:
+            sink = dbevents.MirrorSink(self.work / "mirror")
+            for _ in range(self.rows):
+                sink.publish(self.changeset)
+            return
+        (self.work / "mirror").mkdir()
+        fd = os.open(self.work / "mirror" / "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            for _ in range(self.rows):
+                os.write(fd, self.changeset.to_json() + b"\n")
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def teardown(self) -> None:
+        pass
