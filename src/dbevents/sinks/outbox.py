@@ -1,0 +1,157 @@
+"""The transactional outbox: each change set written into a table inside its own transaction.
+
+A change set delivered after COMMIT is lost when the process dies between the
+two.  :class:`OutboxSink` closes that gap: in the root ``before_commit``, after
+the final flush, it inserts the net change set into ``dbevents_outbox`` on the
+session's connection, so the row commits or rolls back with the data.
+:func:`dbevents.relay` then hands the rows to other sinks at least once and
+deletes them.  On PostgreSQL the insert also sends ``NOTIFY``, which wakes the
+relays at once instead of at their next poll.
+
+Rows a relay could not deliver after its retries are moved to
+``dbevents_outbox_dead`` with their error, never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, final
+
+import sqlalchemy as sa
+
+from ..changes import ChangeSet
+from ..dispatch.connection import SKIP_CAPTURE
+from ..exceptions import ConfigurationError
+from ..fileformat import resolve_metadata
+
+if TYPE_CHECKING:
+    import sqlalchemy.orm as sa_orm
+
+__all__ = ["DEFAULT_TABLE", "OutboxSink", "dead_table", "notify_channel", "outbox_table"]
+
+#: the outbox's default table name; the dead-letter table adds ``_dead``
+DEFAULT_TABLE: Final = "dbevents_outbox"
+
+# dbevents' own bookkeeping: never captured, never a raw-SQL warning
+_OWN: Final = {SKIP_CAPTURE: True}
+
+
+def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    """Define the outbox table on ``metadata``: one row per committed change set.
+
+    ``seq`` grows in insertion order (SQLite: ``AUTOINCREMENT``, so a drained
+    table never reuses a number); the relay delivers in that order.
+    """
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column("id", sa.String(26), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sqlite_autoincrement=True,
+    )
+
+
+def dead_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+    """Define the dead-letter table ``<name>_dead``: rows parked after repeated failures."""
+    return sa.Table(
+        f"{name}_dead",
+        metadata,
+        sa.Column(
+            "seq",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            primary_key=True,
+            autoincrement=False,
+        ),
+        sa.Column("id", sa.String(26), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("error", sa.Text, nullable=False),
+        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
+    )
+
+
+def notify_channel(table: sa.Table) -> str:
+    """The PostgreSQL ``NOTIFY`` channel a relay of ``table`` listens on."""
+    return table.name
+
+
+@final
+class OutboxSink:
+    """Write each change set into the outbox table inside the transaction that made it.
+
+    Add it to ``Events(sinks=[...])`` and feed every other sink through
+    :func:`dbevents.relay`, so each of them gets the change set even when the
+    writer dies right after COMMIT.
+
+    :param metadata: a ``MetaData`` (or declarative base's ``metadata``) to add
+        the outbox and dead-letter tables to, for ``create_all`` and Alembic; a
+        private one when omitted.
+    :param table_name: the outbox table's name (the relay must be given the same).
+    """
+
+    __slots__ = ("dead", "table")
+
+    def __init__(
+        self, metadata: sa.MetaData | type[Any] | None = None, table_name: str = DEFAULT_TABLE
+    ) -> None:
+        if not table_name:
+            raise ConfigurationError("OutboxSink: table_name must not be empty")
+        metadata = sa.MetaData() if metadata is None else resolve_metadata(metadata)
+        existing = metadata.tables.get(table_name)
+        #: the outbox table
+        self.table: sa.Table = (
+            existing if existing is not None else outbox_table(metadata, table_name)
+        )
+        existing_dead = metadata.tables.get(f"{table_name}_dead")
+        #: the dead-letter table, ``<table_name>_dead``
+        self.dead: sa.Table = (
+            existing_dead if existing_dead is not None else dead_table(metadata, table_name)
+        )
+
+    def create_table(self, bind: sa.Engine | sa.Connection) -> None:
+        """Create the outbox and dead-letter tables unless they exist (idempotent)."""
+        if isinstance(bind, sa.Engine):
+            with bind.begin() as connection:
+                self.create_table(connection)
+            return
+        self.table.create(bind, checkfirst=True)
+        self.dead.create(bind, checkfirst=True)
+
+    def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None:
+        """Insert ``changeset`` into the outbox on the session's connection, before COMMIT.
+
+        Runs in the root ``before_commit`` after the final flush; an error here
+        fails the commit, so no transaction commits without its outbox row.
+        """
+        table = self.table
+        connection = session.connection(bind_arguments={"clause": table})
+        connection.execute(
+            table.insert(),
+            {
+                "id": changeset.id,
+                "created_at": changeset.committed_at,
+                "payload": changeset.to_json().decode(),
+                "attempts": 0,
+            },
+            execution_options=_OWN,
+        )
+        if connection.dialect.name == "postgresql":
+            # delivered at COMMIT only, and folded into one per transaction
+            connection.execute(
+                sa.select(sa.func.pg_notify(notify_channel(table), "")), execution_options=_OWN
+            )
+
+    def publish(self, changeset: ChangeSet) -> None:
+        """Do nothing: the row is already committed, and the relay delivers it."""
+
+    def __repr__(self) -> str:
+        return f"OutboxSink(table_name={self.table.name!r})"
