@@ -37,6 +37,7 @@ from .registry import Handler
 from .rowset import RowSet
 from .sinks.memory import MemorySink
 from .sinks.mirror import MirrorSink
+from .sinks.outbox import OutboxSink
 from .verify import Difference, verify
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "MemorySink",
     "MirrorSink",
     "Op",
+    "OutboxSink",
     "RowSet",
     "Sink",
     "SinkError",
