@@ -34,6 +34,7 @@ from .exceptions import (
 )
 from .load import load
 from .registry import Handler
+from .relay import relay
 from .rowset import RowSet
 from .sinks.memory import MemorySink
 from .sinks.mirror import MirrorSink
@@ -75,6 +76,7 @@ __all__ = [
     "current_actor",
     "dump",
     "load",
+    "relay",
     "sqlite",
     "verify",
 ]
