@@ -1,0 +1,103 @@
+"""Redis Streams: each change set (or each change) appended to a stream with ``XADD``.
+
+Every entry carries the change set's ``id``, so consumers (consumer groups
+scale them out) drop the duplicates that at-least-once delivery through the
+relay can bring.  Entries hold the change set as JSON under ``changeset``;
+with ``per_change=True`` there is one entry per change, whose ``changeset``
+holds that change alone, with ``index`` and ``count`` telling its place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, final
+
+from ..changes import ChangeSet
+
+try:
+    import redis
+except ImportError as error:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "dbevents.sinks.redis needs the redis package: pip install 'dbevents[redis]'"
+    ) from error
+
+__all__ = ["RedisStreamSink"]
+
+Fields = dict[str | bytes, str | bytes]
+
+
+@final
+class RedisStreamSink:
+    """Append committed change sets to the Redis stream ``stream``.
+
+    Use it directly as a sink, or behind :func:`dbevents.relay` (which hands it
+    whole batches: one pipelined round trip per batch).
+
+    :param url_or_client: a ``redis://`` URL, or a ``redis.Redis`` client to use
+        (then left open by :meth:`close`).
+    :param stream: the stream's key.
+    :param maxlen: trim the stream to about this many entries (``XADD MAXLEN ~``).
+    :param per_change: one entry per change instead of one per change set.
+    """
+
+    __slots__ = ("_owned", "client", "maxlen", "per_change", "stream")
+
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis[Any],
+        stream: str,
+        maxlen: int | None = None,
+        per_change: bool = False,
+    ) -> None:
+        if not stream:
+            raise ValueError("RedisStreamSink: stream must be a non-empty key")
+        if maxlen is not None and maxlen < 1:
+            raise ValueError("RedisStreamSink: maxlen must be at least 1, or None")
+        self._owned = isinstance(url_or_client, str)
+        #: the client entries are written with
+        self.client: redis.Redis[Any] = (
+            redis.Redis.from_url(url_or_client) if isinstance(url_or_client, str) else url_or_client
+        )
+        self.stream = stream
+        self.maxlen = maxlen
+        self.per_change = per_change
+
+    def publish(self, changeset: ChangeSet) -> None:
+        """Append ``changeset``: one ``XADD``, or a pipeline of them with ``per_change``."""
+        if self.per_change:
+            self.publish_many([changeset])
+            return
+        (fields,) = self._entries(changeset)
+        self.client.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+
+    def publish_many(self, changesets: Sequence[ChangeSet]) -> None:
+        """Append several change sets in order, in one pipelined round trip."""
+        pipeline = self.client.pipeline(transaction=False)
+        for changeset in changesets:
+            for fields in self._entries(changeset):
+                pipeline.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)
+        pipeline.execute()
+
+    def close(self) -> None:
+        """Close the client if this sink made it from a URL."""
+        if self._owned:
+            self.client.close()
+
+    def _entries(self, changeset: ChangeSet) -> Iterable[Fields]:
+        if not self.per_change:
+            yield {"id": changeset.id, "changeset": changeset.to_json()}
+            return
+        count = str(len(changeset.changes))
+        for index, change in enumerate(changeset.changes):
+            single = ChangeSet(changeset.id, changeset.committed_at, changeset.actor, (change,))
+            yield {
+                "id": changeset.id,
+                "index": str(index),
+                "count": count,
+                "table": change.table,
+                "op": change.op.value,
+                "changeset": single.to_json(),
+            }
+
+    def __repr__(self) -> str:
+        return f"RedisStreamSink(stream={self.stream!r})"

@@ -1,0 +1,191 @@
+"""RedisStreamSink: XADD per change set (or per change) with its id, direct or behind the relay."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import pytest
+import redis
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+import dbevents.sinks
+from dbevents.changes import ChangeSet, Op, new_id
+from dbevents.sinks.outbox import OutboxSink
+from dbevents.sinks.redis import RedisStreamSink
+from tests.models import Company, Contact
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis[Any]]:
+    connection: redis.Redis[Any] = redis.Redis.from_url(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def stream() -> str:
+    """A stream key of this test's own: the server is shared by the whole run."""
+    return f"test:{uuid4().hex}"
+
+
+def entries(client: redis.Redis[Any], stream: str) -> list[dict[str, bytes]]:
+    return [
+        {key.decode(): value for key, value in fields.items()}
+        for _, fields in client.xrange(stream)
+    ]
+
+
+def installed(
+    engine: sa.Engine, *sinks: dbevents.Sink
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    events = dbevents.Events(sinks=list(sinks))
+    factory = sa_orm.sessionmaker(engine)
+    events.install(factory)
+    yield factory
+    events.uninstall(factory)
+
+
+def test_each_commit_is_one_entry_with_its_id(
+    tables: sa.Engine, redis_url: str, client: redis.Redis[Any], stream: str
+) -> None:
+    sink = RedisStreamSink(redis_url, stream)
+    memory = dbevents.MemorySink()
+    for maker in installed(tables, memory, sink):
+        with maker() as session:
+            session.add(Company(id=1, name="Acme"))
+            session.add(Contact(id=1, email="a@x", company_id=1))
+            session.commit()
+        with maker() as session:
+            session.get_one(Company, 1).name = "Acme Inc"
+            session.commit()
+    sink.close()
+    got = entries(client, stream)
+    assert [e["id"].decode() for e in got] == [cs.id for cs in memory.changesets]
+    assert [ChangeSet.from_json(e["changeset"]) for e in got] == memory.changesets
+
+
+def test_per_change_entries_carry_their_place(
+    redis_url: str, client: redis.Redis[Any], stream: str
+) -> None:
+    sink = RedisStreamSink(client, stream, per_change=True)
+    changeset = ChangeSet(
+        id=new_id(),
+        committed_at=dt.datetime.now(dt.UTC),
+        actor="ada",
+        changes=(
+            dbevents.Change(Op.INSERT, "companies", "Company", (1,), None, {"id": 1}),
+            dbevents.Change(Op.DELETE, "contacts", "Contact", (2,), {"id": 2}, None),
+        ),
+    )
+    sink.publish(changeset)
+    sink.close()
+    assert client.ping()  # a client it was given stays open
+    got = entries(client, stream)
+    assert [(e["index"], e["count"], e["table"], e["op"]) for e in got] == [
+        (b"0", b"2", b"companies", b"insert"),
+        (b"1", b"2", b"contacts", b"delete"),
+    ]
+    parts = [ChangeSet.from_json(e["changeset"]) for e in got]
+    assert {p.id for p in parts} == {changeset.id} and {p.actor for p in parts} == {"ada"}
+    assert tuple(p.changes[0] for p in parts) == changeset.changes
+
+
+def test_maxlen_trims_the_stream(client: redis.Redis[Any], stream: str) -> None:
+    sink = RedisStreamSink(client, stream, maxlen=10)
+    changeset = ChangeSet(new_id(), dt.datetime.now(dt.UTC), None, ())
+    sink.publish_many([changeset] * 1000)
+    # approximate trimming keeps whole nodes: at least maxlen, far fewer than were added
+    assert 10 <= client.xlen(stream) < 1000
+
+
+def test_behind_the_relay_every_change_set_arrives_in_order(
+    tables: sa.Engine, redis_url: str, client: redis.Redis[Any], stream: str
+) -> None:
+    outbox = OutboxSink()
+    outbox.create_table(tables)
+    memory = dbevents.MemorySink()
+    for maker in installed(tables, outbox, memory):
+        for i in range(1, 31):
+            with maker() as session:
+                session.add(Company(id=i, name=f"c{i}"))
+                session.commit()
+    sink = RedisStreamSink(redis_url, stream)
+    try:
+        assert dbevents.relay(tables, [sink], once=True, batch_size=8) == 30
+    finally:
+        sink.close()
+    got = entries(client, stream)
+    assert [e["id"].decode() for e in got] == [cs.id for cs in memory.changesets]
+
+
+def test_an_unreachable_server_fails_the_relay_and_keeps_the_rows(tables: sa.Engine) -> None:
+    outbox = OutboxSink()
+    outbox.create_table(tables)
+    for maker in installed(tables, outbox):
+        with maker() as session:
+            session.add(Company(id=1, name="Acme"))
+            session.commit()
+    sink = RedisStreamSink(f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=1", "s")
+    with pytest.raises(dbevents.SinkError, match="stays in the outbox"):
+        dbevents.relay(tables, [sink], once=True, max_attempts=2, backoff=0.001)
+    with tables.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(outbox.table)) == 1
+
+
+def test_a_failing_direct_sink_does_not_fail_the_commit(tables: sa.Engine) -> None:
+    sink = RedisStreamSink(f"redis://127.0.0.1:{free_port()}/0?socket_connect_timeout=1", "s")
+    errors: list[BaseException] = []
+    events = dbevents.Events(sinks=[sink])
+    events.on_error(lambda error, receiver, changeset: errors.append(error))
+    factory = sa_orm.sessionmaker(tables)
+    events.install(factory)
+    try:
+        with factory() as session:
+            session.add(Company(id=1, name="Acme"))
+            session.commit()
+    finally:
+        events.uninstall(factory)
+    assert [type(e) for e in errors] == [redis.ConnectionError]
+    with tables.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(Company.__table__)) == 1
+
+
+def test_bad_arguments_are_refused(client: redis.Redis[Any]) -> None:
+    with pytest.raises(ValueError, match="stream"):
+        RedisStreamSink(client, "")
+    with pytest.raises(ValueError, match="maxlen"):
+        RedisStreamSink(client, "s", maxlen=0)
+
+
+def test_reachable_from_the_sinks_package() -> None:
+    assert dbevents.sinks.RedisStreamSink is RedisStreamSink
+    with pytest.raises(AttributeError):
+        _ = dbevents.sinks.NoSuchSink
+
+
+def test_without_redis_installed_dbevents_imports_and_the_sink_says_what_to_install() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['redis'] = None\n"  # as if the package were not installed
+        "import dbevents, dbevents.sinks\n"
+        "assert dbevents.relay and dbevents.OutboxSink\n"
+        "try:\n"
+        "    dbevents.sinks.RedisStreamSink\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "pip install 'dbevents[redis]'" in result.stdout
