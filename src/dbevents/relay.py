@@ -313,18 +313,27 @@ class _Relay:
         """Hand the rows to every sink in order; stop each sink at its first failure."""
         good = [row for row in rows if row.changeset is not None]
         limit = len(good)
+        taken: list[list[_Row]] = []
         for index, sink in enumerate(self.sinks):
-            pending = [row for row in good[:limit] if index not in self._accepted(row)]
+            pending = good[:limit]
+            if self.accepted:  # only after a failure: skip what this sink already took
+                pending = [row for row in pending if index not in self._accepted(row)]
             done, error = _publish(sink, pending)
-            for row in pending[:done]:
-                self._accepted(row).add(index)
+            taken.append(pending[:done])
             if error is not None:
                 failed = pending[done]
                 limit = good.index(failed)
                 outcome.failed = (failed, sink, error)
         outcome.delivered = limit
-        if outcome.failed is not None:
-            self._probe(good[limit + 1 :], outcome)
+        if outcome.failed is None:
+            return
+        # rows that stay in the outbox: remember which sinks have them already
+        keep = {row.seq for row in good[limit:]}
+        for index, rows_taken in enumerate(taken):
+            for row in rows_taken:
+                if row.seq in keep:
+                    self._accepted(row).add(index)
+        self._probe(good[limit + 1 :], outcome)
 
     def _probe(self, after: list[_Row], outcome: _Outcome) -> None:
         """Decide whether a row that used up its attempts is to blame, or its sink."""

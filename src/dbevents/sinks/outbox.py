@@ -31,6 +31,7 @@ __all__ = ["DEFAULT_TABLE", "OutboxSink", "dead_table", "notify_channel", "outbo
 #: the outbox's default table name; the dead-letter table adds ``_dead``
 DEFAULT_TABLE: Final = "dbevents_outbox"
 
+_VALUES: Final = ("id", "created_at", "payload", "attempts")
 # dbevents' own bookkeeping: never captured, never a raw-SQL warning
 _OWN: Final = {SKIP_CAPTURE: True}
 
@@ -38,8 +39,8 @@ _OWN: Final = {SKIP_CAPTURE: True}
 def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
     """Define the outbox table on ``metadata``: one row per committed change set.
 
-    ``seq`` grows in insertion order (SQLite: ``AUTOINCREMENT``, so a drained
-    table never reuses a number); the relay delivers in that order.
+    ``seq`` grows in insertion order, and the relay delivers in that order
+    (SQLite may reuse the numbers of rows deleted from the end, which is harmless).
     """
     return sa.Table(
         name,
@@ -55,7 +56,6 @@ def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
-        sqlite_autoincrement=True,
     )
 
 
@@ -64,13 +64,8 @@ def dead_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
     return sa.Table(
         f"{name}_dead",
         metadata,
-        sa.Column(
-            "seq",
-            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-            primary_key=True,
-            autoincrement=False,
-        ),
-        sa.Column("id", sa.String(26), nullable=False),
+        sa.Column("id", sa.String(26), primary_key=True),
+        sa.Column("seq", sa.BigInteger, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
@@ -98,7 +93,7 @@ class OutboxSink:
     :param table_name: the outbox table's name (the relay must be given the same).
     """
 
-    __slots__ = ("dead", "table")
+    __slots__ = ("_insert", "_notifying_insert", "dead", "table")
 
     def __init__(
         self, metadata: sa.MetaData | type[Any] | None = None, table_name: str = DEFAULT_TABLE
@@ -116,6 +111,18 @@ class OutboxSink:
         self.dead: sa.Table = (
             existing_dead if existing_dead is not None else dead_table(metadata, table_name)
         )
+        table = self.table
+        self._insert = table.insert()
+        # PostgreSQL: INSERT and NOTIFY in one statement, so one round trip, not two
+        inserted = (
+            table.insert()
+            .values({name: sa.bindparam(name) for name in _VALUES})
+            .returning(table.c.seq)
+            .cte("dbevents_inserted")
+        )
+        self._notifying_insert = sa.select(
+            sa.func.pg_notify(notify_channel(table), "")
+        ).select_from(inserted)
 
     def create_table(self, bind: sa.Engine | sa.Connection) -> None:
         """Create the outbox and dead-letter tables unless they exist (idempotent)."""
@@ -134,21 +141,17 @@ class OutboxSink:
         """
         table = self.table
         connection = session.connection(bind_arguments={"clause": table})
-        connection.execute(
-            table.insert(),
-            {
-                "id": changeset.id,
-                "created_at": changeset.committed_at,
-                "payload": changeset.to_json().decode(),
-                "attempts": 0,
-            },
-            execution_options=_OWN,
+        values = {
+            "id": changeset.id,
+            "created_at": changeset.committed_at,
+            "payload": changeset.to_json().decode(),
+            "attempts": 0,
+        }
+        # NOTIFY is sent at COMMIT only, never for a rolled-back transaction
+        statement = (
+            self._notifying_insert if connection.dialect.name == "postgresql" else self._insert
         )
-        if connection.dialect.name == "postgresql":
-            # delivered at COMMIT only, and folded into one per transaction
-            connection.execute(
-                sa.select(sa.func.pg_notify(notify_channel(table), "")), execution_options=_OWN
-            )
+        connection.execute(statement, values, execution_options=_OWN)
 
     def publish(self, changeset: ChangeSet) -> None:
         """Do nothing: the row is already committed, and the relay delivers it."""
