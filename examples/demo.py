@@ -111,7 +111,9 @@ def main() -> None:
 
     say("\n3. Bulk statements run the same callbacks and are captured with old values")
     with Session() as session:
-        session.execute(sa.insert(Contact), [{"email": "LIN@example.com"}, {"email": "x@spam.example"}])
+        session.execute(
+            sa.insert(Contact), [{"email": "LIN@example.com"}, {"email": "x@spam.example"}]
+        )
         session.execute(sa.update(Contact).where(Contact.score == 0).values(score=5))
         session.commit()
 
