@@ -1,11 +1,15 @@
-"""A tour of dbevents on embedded SQLite: callbacks, vetoes, statements and change sets.
+"""A tour of dbevents on embedded SQLite: callbacks, vetoes, statements and change sets,
+then a JSON mirror of the database kept in a data directory, reloaded into a fresh
+database with events off, and verified.
 
 Run it with ``./dev demo`` (or ``python examples/demo.py`` where dbevents is installed).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,9 @@ contact_groups = sa.Table(
     sa.Column("group_id", sa.ForeignKey("groups.id"), primary_key=True),
 )
 
+#: how many times each callback of Contact ran
+calls: Counter[str] = Counter()
+
 
 class Group(Base):
     __tablename__ = "groups"
@@ -46,20 +53,24 @@ class Contact(Base):
 
     @before_insert
     def normalize(cls, fields: dict[str, Any]) -> bool:
-        fields["email"] = fields["email"].strip().lower()
+        calls["before_insert"] += 1
+        email = fields["email"] = str(fields["email"]).strip().lower()
         say(f"  before_insert  {fields}")
-        return fields["email"].endswith("@spam.example")  # True vetoes the row
+        return email.endswith("@spam.example")  # True vetoes the row
 
     @after_insert
     def created(cls, fields: dict[str, Any], pk: int) -> None:
+        calls["after_insert"] += 1
         say(f"  after_insert   pk={pk} email={fields['email']}")
 
     @before_update
     def guard(cls, rows: RowSet[Contact], fields: dict[str, Any]) -> None:
+        calls["before_update"] += 1
         say(f"  before_update  {rows.count()} row(s) <- {fields}")
 
     @after_commit
     def publish(cls, op: dbevents.Op, change: dbevents.Change) -> None:
+        calls["after_commit"] += 1
         say(f"  after_commit   {op.value} contact {change.pk}")
 
 
@@ -83,16 +94,39 @@ def show(changeset: ChangeSet) -> None:
         say(f"    {change.op.value:<7} {change.table}{list(change.pk)}  {detail}")
 
 
+def list_files(directory: Path) -> None:
+    """Print the files of a data directory with their sizes and what they hold."""
+    roles = {
+        "manifest.json": "the tables: file, key and columns, row counts",
+        ".journal.jsonl": "one change set per committed transaction, fsynced",
+        ".lock": "locked while a process appends or compacts",
+    }
+    for path in sorted(directory.iterdir()):
+        role = roles.get(path.name, "one JSON object per row")
+        say(f"  {path.name:<20} {path.stat().st_size:>5} bytes   {role}")
+
+
 def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dbevents-demo-"))
+    try:
+        tour(workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def tour(workdir: Path) -> None:
+    data_dir = workdir / "data"
     engine = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{workdir / 'crm.db'}"))
     Base.metadata.create_all(engine)
     memory = dbevents.MemorySink()
-    events = dbevents.Events(sinks=[memory])
+    mirror = dbevents.MirrorSink(data_dir, metadata=Base)
+    events = dbevents.Events(sinks=[memory, mirror])
     events.on_commit(show)
     Session = events.install(sa_orm.sessionmaker(engine))  # noqa: N806
 
-    say(f"database: {workdir / 'crm.db'}\n")
+    say(f"working in {workdir} (removed at the end)")
+    say("  database: crm.db")
+    say("  DATA_DIR: data/, kept by a MirrorSink\n")
     say("1. The unit of work: callbacks fire, the spam address is vetoed")
     with Session() as session, dbevents.acting_as("demo"):
         sales = Group(name="sales")
@@ -133,6 +167,42 @@ def main() -> None:
     say(f"\nMemorySink holds {len(memory.rows('contacts'))} contacts:")
     for pk, row in sorted(memory.rows("contacts").items()):
         say(f"  {pk}: {row['email']} score={row['score']}")
+
+    say("\n6. The mirror: each change set above was appended to DATA_DIR's journal")
+    list_files(data_dir)
+    mirror.compact()  # also runs by itself once the journal is large or old enough
+    say("  compacted: the journal is folded into one file per table")
+    list_files(data_dir)
+    first = (data_dir / "contacts.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    say(f"  contacts.jsonl, line 1: {first}")
+
+    say("\n7. Reload the mirror into a fresh database with dbevents.load, events muted")
+    fresh = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{workdir / 'fresh.db'}"))
+    Base.metadata.create_all(fresh)
+    FreshSession = events.install(sa_orm.sessionmaker(fresh))  # noqa: N806
+    callbacks, delivered = sum(calls.values()), len(memory.changesets)
+    with events.muted(), FreshSession() as session:  # even through an installed session
+        counts = dbevents.load(session.connection(), Base, data_dir)
+        session.commit()
+    loaded = ", ".join(f"{table} {rows}" for table, rows in counts.items())
+    say(f"  loaded {sum(counts.values())} rows ({loaded})")
+    say(f"  callbacks run: {sum(calls.values()) - callbacks}")
+    say(f"  change sets delivered: {len(memory.changesets) - delivered}")
+    with FreshSession() as session:
+        emails = session.scalars(sa.select(Contact.email).order_by(Contact.id))
+        say(f"  the fresh database holds: {', '.join(emails)}")
+
+    say("\n8. dbevents.verify compares the mirror with each database")
+    differences = dbevents.verify(fresh, Base, data_dir)
+    say(f"  fresh database: {len(differences)} differences" + ("" if differences else ", clean"))
+    for difference in differences:
+        say(f"    {difference}")
+    differences = dbevents.verify(engine, Base, data_dir)
+    say(f"  first database: {len(differences)} difference(s); step 5 wrote while muted:")
+    for difference in differences:
+        say(f"    {difference}")
+    engine.dispose()
+    fresh.dispose()
     say("\ndone.")
 
 
