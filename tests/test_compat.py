@@ -96,3 +96,20 @@ def test_greenlet_bridge_is_detected() -> None:
 
     assert asyncio.run(main()) == (False, True)
     assert Base.metadata.tables  # the models module is importable alongside
+
+
+def test_flush_candidates_are_the_states_of_new_dirty_and_deleted(tables: sa.Engine) -> None:
+    with sa_orm.Session(tables) as session:
+        kept, changed, gone = Company(name="kept"), Company(name="a"), Company(name="gone")
+        session.add_all([kept, changed, gone])
+        session.flush()
+        added = Company(name="new")
+        session.add(added)
+        changed.name = "b"
+        session.delete(gone)
+        gone.name = "dirty and deleted: only deleted"
+        new, dirty, deleted = _compat.flush_candidates(session)
+        assert new == [sa.inspect(added)]
+        assert dirty == [sa.inspect(changed)]
+        assert deleted == [sa.inspect(gone)]
+        session.rollback()

@@ -20,6 +20,7 @@ __all__ = [
     "committed_state",
     "dml_values",
     "explicit_returning",
+    "flush_candidates",
     "in_greenlet",
     "flush_running",
     "sa_version",
@@ -42,6 +43,20 @@ def committed_state(state: sa_orm.InstanceState[Any]) -> dict[str, Any]:
     what ``active_history=True`` would have done on the attribute.
     """
     return state.committed_state
+
+
+def flush_candidates(
+    session: sa_orm.Session,
+) -> tuple[list[sa_orm.InstanceState[Any]], ...]:
+    """The states a flush would insert, update and delete, as three lists.
+
+    ``session.new`` / ``dirty`` / ``deleted`` hold the same, as objects: finding
+    each object's state again costs more than the flush bookkeeping itself.
+    Private: ``Session._new``, ``Session._dirty_states`` and ``Session._deleted``.
+    """
+    deleted = session._deleted
+    dirty = [state for state in session._dirty_states if state not in deleted]
+    return list(session._new), dirty, list(deleted)
 
 
 def in_greenlet() -> bool:

@@ -22,6 +22,7 @@ from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
 from .dispatch import flush, rows, statement
 from .dispatch.connection import bind_connection
+from .dispatch.plan import ModelPlan
 from .exceptions import ConfigurationError, DbEventsWarning
 from .mapping import TableSpec
 from .registry import Handler, Registry
@@ -55,6 +56,7 @@ class Events:
         "_installed",
         "_levels",
         "_muted",
+        "_plans",
         "abort",
         "actor",
         "capture",
@@ -96,6 +98,7 @@ class Events:
         self.error_handlers: list[ErrorHandler] = []
         self._installed: list[Any] = []
         self._levels: dict[sa_orm.Mapper[Any], CaptureLevel] = {}
+        self._plans: dict[sa_orm.Mapper[Any], ModelPlan] = {}
         self._muted: ContextVar[bool] = ContextVar(f"dbevents.muted.{id(self)}", default=False)
         for model, level in (capture or {}).items():
             self.set_capture_level(model, level)
@@ -199,6 +202,7 @@ class Events:
         def decorator(fn: F) -> F:
             check_signature(fn, event, op)
             self.registry.add(model, event, fn, op=op, propagate=propagate)
+            self._plans.clear()
             return fn
 
         return decorator
@@ -256,6 +260,7 @@ class Events:
             _require_mapped(model)
         self.capture[model] = level
         self._levels.clear()
+        self._plans.clear()
 
     def level_of(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
         """The capture level of a mapper's rows."""
@@ -284,9 +289,12 @@ class Events:
             return self.level_of(sa.inspect(model))
         return self.capture.get(spec.name, "old+new")
 
-    def wants_old_values(self, mapper: sa_orm.Mapper[Any]) -> bool:
-        """Whether old values must be known: for capture, or for callbacks to skip no-ops."""
-        return self.level_of(mapper) == "old+new" or self.registry.table(mapper.class_).writes
+    def plan_of(self, mapper: sa_orm.Mapper[Any]) -> ModelPlan:
+        """What to do with the rows of ``mapper``: its callbacks and capture level."""
+        plan = self._plans.get(mapper)
+        if plan is None:
+            plan = self._plans[mapper] = ModelPlan(self, mapper)
+        return plan
 
     @contextmanager
     def muted(self) -> Iterator[None]:

@@ -18,6 +18,7 @@ import sqlalchemy.orm as sa_orm
 from .capture import Buffer
 from .changes import ChangeSet, new_id
 from .delivery import deliver
+from .dispatch.flush import end_flushes
 
 if TYPE_CHECKING:
     from .dispatch.flush import FlushState
@@ -107,6 +108,7 @@ class SessionState:
         if transaction.parent is None:
             prepared, self.prepared = self.prepared, None
             self.buffers.clear()
+            end_flushes(session)  # a failed flush never reached after_flush_postexec
         if buffer is None or not buffer.committed or not buffer:
             return
         if transaction.nested:

@@ -49,7 +49,8 @@ __all__ = [
     "written_rows",
 ]
 
-#: execution option: this statement is dbevents' own bookkeeping (the outbox)
+#: execution option: this statement is dbevents' own bookkeeping (the outbox, load):
+#: neither captured nor reported as raw SQL, on a statement or on a whole connection
 SKIP_CAPTURE: Final = "dbevents_skip_capture"
 _CHUNK: Final = 500
 _LISTENING: Final = "dbevents.listening"
@@ -312,6 +313,9 @@ def _before_cursor_execute(
     executemany: bool,
 ) -> None:
     if context is not None and context.compiled is not None:
+        return
+    # dbevents' own driver SQL (load's executemany and TRUNCATE) is flagged like its statements
+    if context is not None and context.execution_options.get(SKIP_CAPTURE):
         return
     _, states = _capturing(connection)  # driver-level SQL: exec_driver_sql()
     if states:

@@ -1,38 +1,44 @@
-"""Model callbacks and capture on the unit of work.
+r"""Model callbacks and capture on the unit of work.
 
 ``before_*`` callbacks run in ``before_flush``, where a veto can still be honoured
 by taking the object out of the flush.  Rows are recorded from the mapper
-``after_insert``/``after_update``/``after_delete`` events, which fire exactly
-for the rows the flush wrote, cascades and orphans included.  ``after_*``
-callbacks run in ``after_flush_postexec``, once the flush succeeded, where they
-may change objects and add new ones for the next flush.
+``after_insert``/``after_update``/``after_delete`` events (:mod:`.rows`), which
+fire exactly for the rows the flush wrote, cascades and orphans included.
+``after_*`` callbacks run in ``after_flush_postexec``, once the flush succeeded,
+where they may change objects and add new ones for the next flush.
+
+Everything here runs once per row of every flush, so it works on instance
+states (never ``inspect(obj)``) and on per-mapper :class:`~.plan.ModelPlan`\ s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from .._compat import NO_VALUE, committed_state, flush_running
+from .._compat import NO_VALUE, flush_candidates, flush_running
 from ..capture import Buffer, Row
 from ..changes import Op
-from ..exceptions import AbortError, ConfigurationError
-from ..mapping import MapperSpec, TablePart, mapper_spec
-from ..registry import Callbacks, first_veto
+from ..exceptions import ConfigurationError
+from ..mapping import MapperSpec, TablePart
+from ..registry import first_veto
 from ..rowset import RowSet
+from .plan import ModelPlan
+from .vetoes import apply_vetoes
 
 if TYPE_CHECKING:
-    from ..events import Events
     from ..session import SessionState
 
 __all__ = [
     "FlushState",
+    "active_flushes",
     "after_flush_postexec",
     "before_flush",
     "changed_fields",
+    "end_flushes",
     "run_before",
     "same",
     "select_by_identity",
@@ -40,8 +46,12 @@ __all__ = [
 
 State = sa_orm.InstanceState[Any]
 
-_PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 _FETCH_CHUNK: Final = 500
+_OPS: Final = ("insert", "update", "delete")
+
+#: the flushes running now, per ``Session.hash_key``: the mapper row events look
+#: them up here, which is cheaper than through the session of each state
+active_flushes: dict[int | None, list[FlushState]] = {}
 
 
 @final
@@ -54,6 +64,7 @@ class FlushState:
         "events",
         "generated_old",
         "incomplete",
+        "plan_of",
         "seen",
         "session",
         "st",
@@ -65,13 +76,14 @@ class FlushState:
         #: SQLAlchemy's UOWTransaction of this flush
         self.context = context
         self.events = st.events
+        self.plan_of: Callable[[sa_orm.Mapper[Any]], ModelPlan] = st.events.plan_of
         self.session = session
         self._buffer: Buffer | None = None
         #: states whose before_* callbacks already ran in before_flush
         self.seen: set[State] = set()
-        #: (op, state, object, fields) for the after_* callbacks, in the order rows were
-        #: written; the object is held so that it outlives the flush
-        self.written: list[tuple[Op, State, object, dict[str, Any]]] = []
+        #: (op, plan, state, object, fields) for the after_* callbacks, in the order rows
+        #: were written; the object is held so that it outlives the flush
+        self.written: list[tuple[Op, ModelPlan, State, object, dict[str, Any]]] = []
         #: rows recorded with some values the database generated: filled after the flush
         self.incomplete: list[tuple[MapperSpec, State, Row, TablePart]] = []
         #: values of onupdate / version columns before the UPDATE overwrote them
@@ -90,6 +102,19 @@ class FlushState:
         return self._buffer
 
 
+def _start(fs: FlushState) -> None:
+    key = fs.session.hash_key
+    flushes = active_flushes.get(key)
+    if flushes is None or flushes[0].context is not fs.context:
+        flushes = active_flushes[key] = []  # the first Events of this flush (or a failed one)
+    flushes.append(fs)
+
+
+def end_flushes(session: sa_orm.Session) -> None:
+    """Forget the session's flush; called once it is over, and when its transaction ends."""
+    active_flushes.pop(session.hash_key, None)
+
+
 # -- before_flush ---------------------------------------------------------------------------
 
 
@@ -100,103 +125,82 @@ def before_flush(st: SessionState, session: sa_orm.Session, context: Any) -> Non
         st.flush = None
         return
     fs = st.flush = FlushState(st, session, context)
-    _load_old_values(session, events, _changed_states(session))
+    _start(fs)
+    candidates = flush_candidates(session)
+    _load_old_values(session, fs.plan_of, candidates)
     vetoes: list[tuple[str, State, Callable[..., Any]]] = []
-    ran = True
-    while ran:  # callbacks may add objects: those get their callbacks too
+    seen, plan_of = fs.seen, fs.plan_of
+    while True:  # callbacks may add or change objects: those get their callbacks too
         ran = False
-        for op, obj in _flush_candidates(session):
-            state: State = sa.inspect(obj)
-            if state in fs.seen or not fs.events.registry.table(type(obj)).writes:
-                continue
-            fs.seen.add(state)
-            ran = True
-            vetoer = run_before(fs, op, obj, state)
-            if vetoer is not None:
-                vetoes.append((op, state, vetoer))
+        for op, states in zip(_OPS, candidates, strict=True):
+            for state in states:
+                if state in seen:
+                    continue
+                plan = plan_of(state.mapper)
+                if not plan.before:
+                    continue
+                seen.add(state)
+                ran = True
+                vetoer = run_before(fs, plan, op, state)
+                if vetoer is not None:
+                    vetoes.append((op, state, vetoer))
+        if not ran:
+            break
+        # what the callbacks set may have no loaded old value either
+        candidates = flush_candidates(session)
+        _load_old_values(session, plan_of, candidates)
     if vetoes:
-        _apply_vetoes(session, events, vetoes)
-    # callbacks may have set attributes whose old value is not loaded either
-    _load_old_values(session, events, _changed_states(session))
+        apply_vetoes(session, events, vetoes)
 
 
-def _flush_candidates(session: sa_orm.Session) -> Iterable[tuple[str, object]]:
-    for obj in list(session.new):
-        yield "insert", obj
-    for obj in list(session.dirty):
-        yield "update", obj
-    for obj in list(session.deleted):
-        yield "delete", obj
-
-
-def run_before(fs: FlushState, op: str, obj: object, state: State) -> Callable[..., Any] | None:
-    model = type(obj)
-    table = fs.events.registry.table(model)
-    if not table.writes:
-        return None
+def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callable[..., Any] | None:
+    """Run the before_* callbacks of one row; return the callback that vetoed it, if any."""
+    model, obj = plan.model, state.obj()
     if op == "insert":
-        return _before_save(table.get("before_save"), table.get("before_insert"), model, obj, state)
+        vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
+        if vetoer is None and plan.before_insert:
+            spec, values = plan.spec, state.dict
+            fields = {k: v for k, v in spec.scalar_defaults.items() if k not in values}
+            fields.update((k, values[k]) for k in spec.column_keys if k in values)
+            vetoer = _with_fields(plan, obj, fields, (fields,))
+        return vetoer
     if op == "update":
-        return _before_update(fs, table.get("before_save"), table.get("before_update"), obj, state)
-    rows = RowSet(model, fs.session, objects=[obj])
-    return first_veto(table.get("before_destroy"), model, obj) or first_veto(
-        table.get("before_delete"), model, rows
-    )
-
-
-def _before_save(
-    save: Callbacks, insert: Callbacks, model: type[Any], obj: object, state: State
-) -> Callable[..., Any] | None:
-    if not (save or insert):
-        return None
-    vetoer = first_veto(save, model, obj)
-    if vetoer is None and insert:
-        spec = mapper_spec(state.mapper)
-        values = state.dict
-        fields = {k: v for k, v in spec.scalar_defaults.items() if k not in values}
-        fields.update((k, values[k]) for k in spec.column_keys if k in values)
-        vetoer = _with_fields(insert, model, spec, obj, fields, lambda f: (f,))
-    return vetoer
-
-
-def _before_update(
-    fs: FlushState, save: Callbacks, update: Callbacks, obj: object, state: State
-) -> Callable[..., Any] | None:
-    if not (save or update):
-        return None
-    spec = mapper_spec(state.mapper)
-    fields = changed_fields(spec, state)
-    if not fields:  # nothing will be written for this row (e.g. only a collection changed)
-        return None
-    model = type(obj)
-    vetoer = first_veto(save, model, obj)
-    if vetoer is None and update:
-        rows = RowSet(model, fs.session, objects=[obj])
-        vetoer = _with_fields(update, model, spec, obj, fields, lambda f: (rows, f))
+        if not (plan.before_save or plan.before_update):
+            return None
+        fields = changed_fields(plan.spec, state)
+        if not fields:  # nothing will be written for this row (e.g. only a collection changed)
+            return None
+        vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
+        if vetoer is None and plan.before_update:
+            rows = RowSet(model, fs.session, objects=(obj,))
+            vetoer = _with_fields(plan, obj, fields, (rows, fields))
+        return vetoer
+    vetoer = first_veto(plan.before_destroy, model, obj) if plan.before_destroy else None
+    if vetoer is None and plan.before_delete:
+        vetoer = first_veto(plan.before_delete, model, RowSet(model, fs.session, objects=(obj,)))
     return vetoer
 
 
 def _with_fields(
-    callbacks: Callbacks,
-    model: type[Any],
-    spec: MapperSpec,
-    obj: object,
-    fields: dict[str, Any],
-    args: Callable[[dict[str, Any]], tuple[Any, ...]],
+    plan: ModelPlan, obj: object, fields: dict[str, Any], args: tuple[Any, ...]
 ) -> Callable[..., Any] | None:
-    """Run callbacks that receive ``fields``; write back what they changed."""
+    """Run before_insert / before_update with ``fields``; write back what they changed."""
+    callbacks = plan.before_insert if len(args) == 1 else plan.before_update
     original = dict(fields)
-    vetoer = first_veto(callbacks, model, *args(fields))
+    vetoer = first_veto(callbacks, plan.model, *args)
     if vetoer is None:
+        column_keys = plan.spec.column_keys
         for key, value in fields.items():
-            if value is not original.get(key, _UNSET):
-                if key not in spec.column_keys:
-                    raise ConfigurationError(
-                        f"{model.__name__}: a callback set fields[{key!r}], "
-                        f"which is not a column attribute of {model.__name__}",
-                        model=model,
-                    )
-                setattr(obj, key, value)
+            if value is original.get(key, _UNSET):
+                continue
+            if key not in column_keys:
+                name = plan.model.__name__
+                raise ConfigurationError(
+                    f"{name}: a callback set fields[{key!r}], which is not a column attribute "
+                    f"of {name}",
+                    model=plan.model,
+                )
+            setattr(obj, key, value)
     return vetoer
 
 
@@ -211,14 +215,15 @@ def changed_fields(spec: MapperSpec, state: State) -> dict[str, Any]:
     """
     values = state.dict
     fields: dict[str, Any] = {}
-    for key, old in committed_state(state).items():
-        if key in spec.column_keys:
+    column_keys = spec.column_keys
+    for key, old in state.committed_state.items():
+        if key in column_keys:
             new = values.get(key, NO_VALUE)
             if new is not NO_VALUE and (old is NO_VALUE or not same(old, new)):
                 fields[key] = new
         elif key in spec.many_to_one:
             target = values.get(key)
-            target_values = sa.inspect(target).dict if target is not None else None
+            target_values = sa_orm.attributes.instance_dict(target) if target is not None else None
             for local, remote in spec.many_to_one[key]:
                 new = None if target_values is None else target_values.get(remote)
                 if (new is not None or target is None) and not same(values.get(local), new):
@@ -227,109 +232,22 @@ def changed_fields(spec: MapperSpec, state: State) -> dict[str, Any]:
 
 
 def same(a: Any, b: Any) -> bool:
+    """Whether two column values are equal; values that can't tell count as different."""
+    if a is b:
+        return True
     try:
         return bool(a == b)
     except Exception:
         return False
 
 
-# -- vetoes ----------------------------------------------------------------------------------
-
-
-def _apply_vetoes(
-    session: sa_orm.Session, events: Events, vetoes: list[tuple[str, State, Callable[..., Any]]]
-) -> None:
-    """Skip each vetoed operation, or raise AbortError before touching anything."""
-    for op, state, fn in vetoes:
-        reason = None
-        if events.abort == "raise":
-            reason = 'Events(abort="raise")'
-        elif op == "insert":
-            reason = _strands_insert(session, state)
-        elif op == "update" and any(
-            key not in mapper_spec(state.mapper).column_keys for key in committed_state(state)
-        ):
-            reason = "its relationships changed too, and other rows would follow them"
-        if reason is not None:
-            model = state.class_
-            raise AbortError(
-                f"{model.__name__}: {getattr(fn, '__qualname__', fn)} vetoed the {op} of "
-                f"{sa_orm.util.state_str(state)}, which cannot be skipped alone: {reason}; "
-                "nothing was written",
-                model=model,
-                callback=fn,
-                instance=state.obj(),
-            )
-    for op, state, _ in vetoes:
-        obj = state.obj()
-        if op == "insert":
-            session.expunge(obj)
-        elif op == "update":
-            _revert(session, state, obj)
-        else:
-            _restore(session, state, obj)
-
-
-def _strands_insert(session: sa_orm.Session, state: State) -> str | None:
-    """Tell why expunging a pending object would strand other pending objects, if it would."""
-    leaving = {state}
-    leaving.update(st for _, _, st, _ in state.mapper.cascade_iterator("expunge", state))
-    pending = {sa.inspect(obj) for obj in session.new} | {sa.inspect(o) for o in session.dirty}
-    staying = pending - leaving
-    for st in leaving:
-        for other in _related_states(st):
-            if other in staying:
-                return f"{sa_orm.util.state_str(other)} is pending and related to it"
-    for st in staying:
-        for other in _related_states(st):
-            if other in leaving:
-                return f"{sa_orm.util.state_str(st)} is pending and refers to it"
-    return None
-
-
-def _related_states(state: State) -> Iterable[State]:
-    values = state.dict
-    for rel in state.mapper.relationships:
-        value = values.get(rel.key)
-        if value is None:
-            continue
-        items = value if rel.uselist and not isinstance(value, dict) else [value]
-        if isinstance(value, dict):
-            items = value.values()
-        for item in items:
-            yield sa.inspect(item)
-
-
-def _revert(session: sa_orm.Session, state: State, obj: object) -> None:
-    for key, old in list(committed_state(state).items()):
-        if old is NO_VALUE:
-            session.expire(obj, [key])
-        else:
-            sa_orm.attributes.set_committed_value(obj, key, old)
-
-
-def _restore(session: sa_orm.Session, state: State, obj: object) -> None:
-    deleted = {sa.inspect(o) for o in session.deleted}
-    cascade = [st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)]
-    # Session.add() takes a not yet flushed deletion back (SQLAlchemy's own undelete)
-    session.add(obj)
-    for st in cascade:
-        if st in deleted and st.obj() is not None:
-            session.add(st.obj())
-
-
 # -- old values ------------------------------------------------------------------------------
 
 
-def _changed_states(session: sa_orm.Session) -> Iterable[tuple[State, bool]]:
-    for obj in session.dirty:
-        yield sa.inspect(obj), False
-    for obj in session.deleted:
-        yield sa.inspect(obj), True
-
-
 def _load_old_values(
-    session: sa_orm.Session, events: Events, states: Iterable[tuple[State, bool]]
+    session: sa_orm.Session,
+    plan_of: Callable[[sa_orm.Mapper[Any]], ModelPlan],
+    candidates: tuple[list[State], ...],
 ) -> None:
     """Fetch the unknown old values of changed rows: one SELECT per mapper.
 
@@ -337,34 +255,43 @@ def _load_old_values(
     object may have expired columns.  The values are put where SQLAlchemy itself
     keeps them, so its own no-op detection benefits as well.
     """
+    _, dirty, deleted = candidates
     missing: dict[sa_orm.Mapper[Any], list[tuple[State, bool, list[str]]]] = {}
-    for state, deleted in states:
-        mapper = state.mapper
-        if not events.wants_old_values(mapper):
-            continue
-        spec = mapper_spec(mapper)
-        if deleted:
-            keys = [key for key in spec.column_keys if key not in state.dict]
+    for state in dirty:
+        committed = state.committed_state
+        for old in committed.values():
+            if old is NO_VALUE:
+                break
         else:
-            keys = [
-                key
-                for key, old in committed_state(state).items()
-                if old is NO_VALUE and key in spec.column_keys
-            ]
-        if keys and state.key is not None:
-            missing.setdefault(mapper, []).append((state, deleted, keys))
+            continue  # every old value is known: the common case
+        mapper = state.mapper
+        plan = plan_of(mapper)
+        if not plan.wants_old:
+            continue
+        column_keys = plan.spec.column_keys
+        keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+        if keys:
+            missing.setdefault(mapper, []).append((state, False, keys))
+    for state in deleted:
+        plan = plan_of(state.mapper)
+        if not plan.wants_old or state.key is None:
+            continue
+        values = state.dict
+        keys = [key for key in plan.spec.column_keys if key not in values]
+        if keys:
+            missing.setdefault(state.mapper, []).append((state, True, keys))
     for mapper, items in missing.items():
         keys = sorted({key for _, _, ks in items for key in ks})
         found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
-        for state, deleted, wanted in items:
+        for state, deleted_row, wanted in items:
             row = found.get(state.identity or ())
             if row is None:
                 continue  # gone already: the flush will report it
             for key in wanted:
-                if deleted:
+                if deleted_row:
                     sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
                 else:
-                    committed_state(state)[key] = row[key]
+                    state.committed_state[key] = row[key]
 
 
 def select_by_identity(
@@ -402,29 +329,30 @@ def select_by_identity(
 
 def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     """Run after_* callbacks for the rows this flush wrote."""
+    end_flushes(session)
     fs, st.flush = st.flush, None
     if fs is None or not fs.written:
         return
-    registry = fs.events.registry
-    for op, state, obj, fields in fs.written:
-        model = type(obj)
-        table = registry.table(model)
+    for op, plan, state, obj, fields in fs.written:
+        model = plan.model
         if op is Op.INSERT:
             ident = state.identity or ()
             pk = ident[0] if len(ident) == 1 else ident
-            for fn, _ in table.get("after_insert"):
+            for fn, _ in plan.after_insert:
                 fn(model, fields, pk)
-            for fn, _ in table.get("after_save"):
+            for fn, _ in plan.after_save:
                 fn(model, obj)
         elif op is Op.UPDATE:
-            rows = RowSet(model, session, objects=[obj])
-            for fn, _ in table.get("after_update"):
-                fn(model, rows, fields)
-            for fn, _ in table.get("after_save"):
+            if plan.after_update:
+                rows = RowSet(model, session, objects=(obj,))
+                for fn, _ in plan.after_update:
+                    fn(model, rows, fields)
+            for fn, _ in plan.after_save:
                 fn(model, obj)
         else:
-            rows = RowSet(model, session, objects=[obj], pks=[state.identity or ()])
-            for fn, _ in table.get("after_delete"):
-                fn(model, rows)
-            for fn, _ in table.get("after_destroy"):
+            if plan.after_delete:
+                rows = RowSet(model, session, objects=(obj,), pks=(state.identity or (),))
+                for fn, _ in plan.after_delete:
+                    fn(model, rows)
+            for fn, _ in plan.after_destroy:
                 fn(model, obj)

@@ -11,20 +11,19 @@ flush after ``before_flush`` (a cascade), whose ``before_*`` callbacks run late.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from .._compat import NO_VALUE, committed_state
+from .._compat import NO_VALUE
 from ..capture import Row
 from ..changes import Op
 from ..exceptions import AbortError
-from ..mapping import MapperSpec, TablePart, mapper_spec
-from ..session import STATE_KEY
-from .flush import FlushState, State, run_before, same, select_by_identity
+from ..mapping import MapperSpec, TablePart
+from .flush import FlushState, State, active_flushes, run_before, same, select_by_identity
+from .plan import ModelPlan
 
 if TYPE_CHECKING:
     from ..session import SessionState
@@ -37,48 +36,46 @@ _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 # -- mapper events: the rows really written ---------------------------------------------------
 
 
-def _flushes(state: State) -> list[FlushState]:
-    session = state.session
-    if session is None:
-        return []
-    states = session.info.get(STATE_KEY)
-    if not states:
-        return []
-    return [st.flush for st in states.values() if st.flush is not None]
-
-
 def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
-    for fs in _flushes(state):
-        spec = mapper_spec(mapper)
-        if spec.generated_keys and state.key is not None:
-            fs.generated_old[state] = {k: state.dict.get(k, NO_VALUE) for k in spec.generated_keys}
-        if state not in fs.seen:
-            late_before(fs, "update" if state.key is not None else "insert", state)
+    flushes = active_flushes.get(state.session_id)
+    if flushes is None:
+        return
+    for fs in flushes:
+        plan = fs.plan_of(mapper)
+        generated = plan.spec.generated_keys
+        if generated and state.key is not None and (plan.capture or plan.after):
+            values = state.dict
+            fs.generated_old[state] = {key: values.get(key, NO_VALUE) for key in generated}
+        if plan.before and state not in fs.seen:
+            late_before(fs, plan, "update" if state.key is not None else "insert", state)
 
 
 def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
-    for fs in _flushes(state):
-        if fs.events.wants_old_values(mapper):
-            spec = mapper_spec(mapper)
-            keys = [key for key in spec.column_keys if key not in state.dict]
+    flushes = active_flushes.get(state.session_id)
+    if flushes is None:
+        return
+    for fs in flushes:
+        plan = fs.plan_of(mapper)
+        if plan.wants_old:
+            values = state.dict
+            keys = [key for key in plan.spec.column_keys if key not in values]
             if keys:  # an orphan found by the flush itself, with columns not loaded
                 identity = state.identity or ()
                 row = select_by_identity(connection, mapper, keys, [identity]).get(identity)
                 for key, value in (row or {}).items():
                     if key in keys:
                         sa_orm.attributes.set_committed_value(state.obj(), key, value)
-        if state not in fs.seen:
-            late_before(fs, "delete", state)
+        if plan.before and state not in fs.seen:
+            late_before(fs, plan, "delete", state)
 
 
-def late_before(fs: FlushState, op: str, state: State) -> None:
+def late_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> None:
     """before_* callbacks for a row the flush found itself (an orphan, a key set by a relationship).
 
     The flush is already running: the row cannot be skipped any more, so a veto raises.
     """
     fs.seen.add(state)
-    obj = state.obj()
-    vetoer = run_before(fs, op, obj, state)
+    vetoer = run_before(fs, plan, op, state)
     if vetoer is not None:
         model = state.class_
         raise AbortError(
@@ -86,161 +83,157 @@ def late_before(fs: FlushState, op: str, state: State) -> None:
             f"{sa_orm.util.state_str(state)}, a row the flush itself found; it cannot be skipped",
             model=model,
             callback=vetoer,
-            instance=obj,
+            instance=state.obj(),
         )
 
 
 def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
-    for fs in _flushes(state):
-        spec = mapper_spec(mapper)
-        level = fs.events.level_of(mapper)
+    flushes = active_flushes.get(state.session_id)
+    if flushes is None:
+        return
+    for fs in flushes:
+        plan = fs.plan_of(mapper)
         values = state.dict
-        if level != "off":
+        if plan.capture:
+            spec = plan.spec
+            buffer = fs.buffer
             for part in spec.parts:
                 row, complete = _row_of(part, values)
-                pk = tuple(row.get(name) for name in part.spec.pk)
-                fs.buffer.add(
-                    part.spec.name,
-                    pk,
-                    Op.INSERT,
-                    spec.model,
-                    None,
-                    row if level != "keys" else None,
+                pk = tuple([row[name] for name in part.spec.pk])
+                buffer.add(
+                    part.spec.name, pk, Op.INSERT, spec.model, None, row if plan.keep_new else None
                 )
-                if not complete:
+                if not complete and plan.keep_new:
                     fs.incomplete.append((spec, state, row, part))
-        if fs.events.registry.table(spec.model).writes:
-            fields = {key: values[key] for key in spec.column_keys if key in values}
-            fs.written.append((Op.INSERT, state, state.obj(), fields))
+        if plan.after:
+            fields = (
+                {key: values[key] for key in plan.spec.column_keys if key in values}
+                if plan.after_insert
+                else {}
+            )
+            fs.written.append((Op.INSERT, plan, state, state.obj(), fields))
 
 
 def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
-    for fs in _flushes(state):
-        spec = mapper_spec(mapper)
+    flushes = active_flushes.get(state.session_id)
+    if flushes is None:
+        return
+    for fs in flushes:
+        plan = fs.plan_of(mapper)
+        if not (plan.capture or plan.after):
+            continue
+        spec = plan.spec
         values = state.dict
-        changed = committed_state(state)
+        changed = state.committed_state
+        columns_of_key = spec.columns_of_key
         olds: list[Row] = [{} for _ in spec.parts]
         news: list[Row] = [{} for _ in spec.parts]
         fields: dict[str, Any] = {}
         generated_old = fs.generated_old.pop(state, None)
-        for key, columns in _changed_keys(spec, changed):
-            _note_update(key, changed[key], values.get(key, NO_VALUE), columns, olds, news, fields)
+        for key, old in changed.items():
+            columns = columns_of_key.get(key)
+            if columns is not None:
+                new = values.get(key, NO_VALUE)
+                if old is NO_VALUE or new is NO_VALUE or not same(old, new):
+                    fields[key] = new
+                    _put(columns, old, new, olds, news)
         if not fields:
             continue  # SQLAlchemy reports every dirty object; no row was written for this one
         if generated_old:  # onupdate and version columns, set by the UPDATE itself
             for key, old in generated_old.items():
                 if key not in changed:
                     new = values.get(key, NO_VALUE)
-                    columns = spec.columns_of_key[key]
-                    _note_update(key, old, new, columns, olds, news, fields)
-        level = fs.events.level_of(mapper)
-        if level != "off":
-            _record_update(fs, spec, state, level, olds, news)
-        if fs.events.registry.table(spec.model).writes:
-            known = {k: v for k, v in fields.items() if v is not NO_VALUE}
-            fs.written.append((Op.UPDATE, state, state.obj(), known))
+                    if old is NO_VALUE or new is NO_VALUE or not same(old, new):
+                        fields[key] = new
+                        _put(spec.columns_of_key[key], old, new, olds, news)
+        if plan.capture:
+            _record_update(fs, plan, state, olds, news)
+        if plan.after:
+            known = (
+                {k: v for k, v in fields.items() if v is not NO_VALUE} if plan.after_update else {}
+            )
+            fs.written.append((Op.UPDATE, plan, state, state.obj(), known))
 
 
-def _changed_keys(
-    spec: MapperSpec, changed: dict[str, Any]
-) -> Iterable[tuple[str, tuple[tuple[int, str], ...]]]:
-    columns_of_key = spec.columns_of_key
-    for key in changed:
-        columns = columns_of_key.get(key)
-        if columns is not None:
-            yield key, columns
-
-
-def _note_update(
-    key: str,
-    old: Any,
-    new: Any,
-    columns: tuple[tuple[int, str], ...],
-    olds: list[Row],
-    news: list[Row],
-    fields: dict[str, Any],
+def _put(
+    columns: tuple[tuple[int, str], ...], old: Any, new: Any, olds: list[Row], news: list[Row]
 ) -> None:
-    if old is not NO_VALUE and new is not NO_VALUE and same(old, new):
-        return
-    fields[key] = new
+    """Note one changed attribute in the old and new rows of the tables it is stored in."""
+    if old is not NO_VALUE and type(old) not in _PLAIN:
+        old = _plain(old)
+    if type(new) not in _PLAIN and new is not NO_VALUE:
+        new = _plain(new)
     for index, name in columns:
         if old is not NO_VALUE:
-            olds[index][name] = _plain(old)
+            olds[index][name] = old
         news[index][name] = new  # NO_VALUE: set by a SQL expression, filled after the flush
 
 
 def _record_update(
-    fs: FlushState,
-    spec: MapperSpec,
-    state: State,
-    level: str,
-    olds: list[Row],
-    news: list[Row],
+    fs: FlushState, plan: ModelPlan, state: State, olds: list[Row], news: list[Row]
 ) -> None:
+    spec = plan.spec
     values = state.dict
+    keep_old, keep_new = plan.keep_old, plan.keep_new
+    buffer = fs.buffer
     for index, part in enumerate(spec.parts):
         new = news[index]
         if not new:
             continue
         old = olds[index]
-        pk = tuple(values.get(key) if key else None for _, key in part.pk)
+        pk = tuple([values.get(key) if key else None for _, key in part.pk])
         if any(name in new for name, _ in part.pk):
             # a new primary key is a different row to every consumer keyed by pk
             before = {**_row_of(part, values)[0], **old}
-            old_pk = tuple(before.get(name) for name, _ in part.pk)
-            fs.buffer.add(
-                part.spec.name,
-                old_pk,
-                Op.DELETE,
-                spec.model,
-                before if level == "old+new" else None,
-                None,
+            old_pk = tuple([before.get(name) for name, _ in part.pk])
+            buffer.add(
+                part.spec.name, old_pk, Op.DELETE, spec.model, before if keep_old else None, None
             )
             row, complete = _row_of(part, values)
-            fs.buffer.add(
-                part.spec.name, pk, Op.INSERT, spec.model, None, row if level != "keys" else None
-            )
-            if not complete:
+            buffer.add(part.spec.name, pk, Op.INSERT, spec.model, None, row if keep_new else None)
+            if not complete and keep_new:
                 fs.incomplete.append((spec, state, row, part))
             continue
-        incomplete = any(value is NO_VALUE for value in new.values())
-        fs.buffer.add(
+        buffer.add(
             part.spec.name,
             pk,
             Op.UPDATE,
             spec.model,
-            old if level == "old+new" else None,
-            new if level != "keys" else None,
+            old if keep_old else None,
+            new if keep_new else None,
         )
-        if incomplete:
+        if keep_new and any(value is NO_VALUE for value in new.values()):
             fs.incomplete.append((spec, state, new, part))
 
 
 def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
-    for fs in _flushes(state):
-        spec = mapper_spec(mapper)
-        level = fs.events.level_of(mapper)
-        if level != "off":
+    flushes = active_flushes.get(state.session_id)
+    if flushes is None:
+        return
+    for fs in flushes:
+        plan = fs.plan_of(mapper)
+        if plan.capture:
+            spec = plan.spec
             values = state.dict
-            changed = committed_state(state)
-            merged = {**values, **{k: v for k, v in changed.items() if v is not NO_VALUE}}
+            changed = state.committed_state
+            if changed:  # modified before it was deleted: the row is what the database had
+                values = {**values, **{k: v for k, v in changed.items() if v is not NO_VALUE}}
+            buffer = fs.buffer
             for part in spec.parts:
-                row = {k: v for k, v in _row_of(part, merged)[0].items() if v is not NO_VALUE}
-                pk = tuple(row.get(name) for name in part.spec.pk)
-                fs.buffer.add(
-                    part.spec.name,
-                    pk,
-                    Op.DELETE,
-                    spec.model,
-                    row if level == "old+new" else None,
-                    None,
+                row = _row_of(part, values, known_only=True)[0]
+                pk = tuple([row.get(name) for name in part.spec.pk])
+                buffer.add(
+                    part.spec.name, pk, Op.DELETE, spec.model, row if plan.keep_old else None, None
                 )
-        if fs.events.registry.table(spec.model).writes:
-            fs.written.append((Op.DELETE, state, state.obj(), {}))
+        if plan.after:
+            fs.written.append((Op.DELETE, plan, state, state.obj(), {}))
 
 
-def _row_of(part: TablePart, values: dict[str, Any]) -> tuple[Row, bool]:
-    """A table row from attribute values; False when some column is not known."""
+def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -> tuple[Row, bool]:
+    """A table row from attribute values; False when some column is not known.
+
+    Columns not known are NO_VALUE in the row, or left out with ``known_only``.
+    """
     row: Row = {}
     complete = True
     for name, key in part.columns:
@@ -248,8 +241,9 @@ def _row_of(part: TablePart, values: dict[str, Any]) -> tuple[Row, bool]:
             value = values[key]
             row[name] = value if type(value) in _PLAIN else _plain(value)
         else:
-            row[name] = NO_VALUE
             complete = False
+            if not known_only:
+                row[name] = NO_VALUE
     return row, complete
 
 

@@ -1,0 +1,107 @@
+"""Vetoes on the unit of work: take the vetoed operation out of the flush, or abort it.
+
+A vetoed insert is expunged, a vetoed update reverted, a vetoed delete undone,
+before the flush computes its work.  Where that would leave other pending rows
+pointing at something that is not written, nothing is written at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from .._compat import NO_VALUE, committed_state
+from ..exceptions import AbortError
+from ..mapping import mapper_spec
+
+if TYPE_CHECKING:
+    from ..events import Events
+
+__all__ = ["apply_vetoes"]
+
+State = sa_orm.InstanceState[Any]
+
+
+def apply_vetoes(
+    session: sa_orm.Session, events: Events, vetoes: list[tuple[str, State, Callable[..., Any]]]
+) -> None:
+    """Skip each vetoed operation, or raise AbortError before touching anything."""
+    for op, state, fn in vetoes:
+        reason = None
+        if events.abort == "raise":
+            reason = 'Events(abort="raise")'
+        elif op == "insert":
+            reason = _strands_insert(session, state)
+        elif op == "update" and any(
+            key not in mapper_spec(state.mapper).column_keys for key in committed_state(state)
+        ):
+            reason = "its relationships changed too, and other rows would follow them"
+        if reason is not None:
+            model = state.class_
+            raise AbortError(
+                f"{model.__name__}: {getattr(fn, '__qualname__', fn)} vetoed the {op} of "
+                f"{sa_orm.util.state_str(state)}, which cannot be skipped alone: {reason}; "
+                "nothing was written",
+                model=model,
+                callback=fn,
+                instance=state.obj(),
+            )
+    for op, state, _ in vetoes:
+        obj = state.obj()
+        if op == "insert":
+            session.expunge(obj)
+        elif op == "update":
+            _revert(session, state, obj)
+        else:
+            _restore(session, state, obj)
+
+
+def _strands_insert(session: sa_orm.Session, state: State) -> str | None:
+    """Tell why expunging a pending object would strand other pending objects, if it would."""
+    leaving = {state}
+    leaving.update(st for _, _, st, _ in state.mapper.cascade_iterator("expunge", state))
+    pending = {sa.inspect(obj) for obj in session.new} | {sa.inspect(o) for o in session.dirty}
+    staying = pending - leaving
+    for st in leaving:
+        for other in _related_states(st):
+            if other in staying:
+                return f"{sa_orm.util.state_str(other)} is pending and related to it"
+    for st in staying:
+        for other in _related_states(st):
+            if other in leaving:
+                return f"{sa_orm.util.state_str(st)} is pending and refers to it"
+    return None
+
+
+def _related_states(state: State) -> Iterable[State]:
+    values = state.dict
+    for rel in state.mapper.relationships:
+        value = values.get(rel.key)
+        if value is None:
+            continue
+        items = value if rel.uselist and not isinstance(value, dict) else [value]
+        if isinstance(value, dict):
+            items = value.values()
+        for item in items:
+            yield sa.inspect(item)
+
+
+def _revert(session: sa_orm.Session, state: State, obj: object) -> None:
+    for key, old in list(committed_state(state).items()):
+        if old is NO_VALUE:
+            session.expire(obj, [key])
+        else:
+            sa_orm.attributes.set_committed_value(obj, key, old)
+
+
+def _restore(session: sa_orm.Session, state: State, obj: object) -> None:
+    deleted = {sa.inspect(o) for o in session.deleted}
+    cascade = [st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)]
+    # Session.add() takes a not yet flushed deletion back (SQLAlchemy's own undelete)
+    session.add(obj)
+    for st in cascade:
+        if st in deleted and st.obj() is not None:
+            session.add(st.obj())
