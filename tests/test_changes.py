@@ -108,3 +108,20 @@ def test_accessors_filter_by_operation_table_and_model() -> None:
     assert len(cs) == 5 and list(cs) == list(cs.changes)
     assert cs.changes[1].values == {"x": 2}
     assert cs.changes[2].values == {"id": 3}
+
+
+def test_zoned_datetimes_keep_their_zone_in_a_gap_and_a_fold() -> None:
+    import zoneinfo
+
+    paris = zoneinfo.ZoneInfo("Europe/Paris")
+    values = {
+        "gap": dt.datetime(2024, 3, 31, 2, 30, tzinfo=paris),  # clocks jump 02:00 -> 03:00
+        "fold": dt.datetime(2024, 10, 27, 2, 30, fold=1, tzinfo=paris),  # 02:30 happens twice
+        "plain": dt.datetime(2024, 6, 1, 12, 0, tzinfo=paris),
+    }
+    original = changeset(Change(Op.INSERT, "deals", "Deal", (1,), None, MappingProxyType(values)))
+    restored = ChangeSet.from_json(original.to_json()).changes[0].new
+    assert restored == values
+    for key, value in values.items():
+        assert restored[key].tzinfo is paris  # type: ignore[index]
+        assert restored[key].fold == value.fold  # type: ignore[index]

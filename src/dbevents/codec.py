@@ -5,6 +5,7 @@ value a column commonly holds is written as a one-key object whose key names
 its type, so it is restored exactly without knowing the schema::
 
     datetime  {"$datetime": "2024-05-01T12:00:00+00:00"}   date, time likewise
+              {"$datetime": "2024-05-01T14:00:00+02:00[Europe/Paris]"}  (a zoneinfo zone, RFC 9557)
     timedelta {"$timedelta": [days, seconds, microseconds]}
     Decimal   {"$decimal": "12.50"}        UUID  {"$uuid": "..."}
     bytes     {"$bytes": "<base64>"}       Enum  {"$enum": ["module:Class", "NAME"]}
@@ -23,6 +24,7 @@ import enum
 import json
 import sys
 import uuid
+import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -92,6 +94,29 @@ def _encode_dict(value: dict[Any, Any]) -> Any:
     return encoded
 
 
+def _encode_datetime(value: dt.datetime) -> Any:
+    text = value.isoformat()
+    if isinstance(value.tzinfo, zoneinfo.ZoneInfo) and value.tzinfo.key:
+        # the zone, not only the offset: local times in a DST gap or fold compare by zone
+        text = f"{text}[{value.tzinfo.key}]"
+    return {"$datetime": text}
+
+
+def _decode_datetime(text: str) -> dt.datetime:
+    if not text.endswith("]"):
+        return dt.datetime.fromisoformat(text)
+    text, _, key = text[:-1].partition("[")
+    fixed = dt.datetime.fromisoformat(text)
+    try:
+        zone = zoneinfo.ZoneInfo(key)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return fixed  # a zone this machine does not know: the same instant, at its offset
+    local = fixed.replace(tzinfo=zone)
+    if local.utcoffset() != fixed.utcoffset():
+        local = local.replace(fold=1)  # the second of two wall times with the same digits
+    return local
+
+
 def _decode_enum(payload: list[str]) -> Any:
     path, name = payload
     module_name, _, qualname = path.partition(":")
@@ -105,7 +130,7 @@ def _decode_enum(payload: list[str]) -> Any:
 
 
 _ENCODERS: dict[type, Callable[[Any], Any]] = {
-    dt.datetime: lambda v: {"$datetime": v.isoformat()},
+    dt.datetime: _encode_datetime,
     dt.date: lambda v: {"$date": v.isoformat()},
     dt.time: lambda v: {"$time": v.isoformat()},
     dt.timedelta: lambda v: {"$timedelta": [v.days, v.seconds, v.microseconds]},
@@ -120,7 +145,7 @@ _ENCODERS: dict[type, Callable[[Any], Any]] = {
 }
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
-    "$datetime": dt.datetime.fromisoformat,
+    "$datetime": _decode_datetime,
     "$date": dt.date.fromisoformat,
     "$time": dt.time.fromisoformat,
     "$timedelta": lambda p: dt.timedelta(days=p[0], seconds=p[1], microseconds=p[2]),
