@@ -123,5 +123,5 @@ def test_zoned_datetimes_keep_their_zone_in_a_gap_and_a_fold() -> None:
     restored = ChangeSet.from_json(original.to_json()).changes[0].new
     assert restored == values
     for key, value in values.items():
-        assert restored[key].tzinfo is paris  # type: ignore[index]
-        assert restored[key].fold == value.fold  # type: ignore[index]
+        assert restored[key].tzinfo is paris
+        assert restored[key].fold == value.fold
