@@ -6,7 +6,9 @@ file of that name and run by pytest in a subprocess.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import pkgutil
 import re
 import subprocess
 import sys
@@ -117,3 +119,18 @@ def test_public_names_are_sorted_and_complete() -> None:
     public = {name for name in vars(dbevents) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(dbevents, name)).__name__ == "module"}
     assert set(dbevents.__all__) == public - (modules - {"sqlite"})
+
+
+def test_every_exception_and_every_sink_is_exported() -> None:
+    import dbevents
+    import dbevents.exceptions
+    import dbevents.sinks
+
+    assert set(dbevents.exceptions.__all__) <= set(dbevents.__all__)
+    assert dbevents.sinks.__all__ == sorted(dbevents.sinks.__all__)
+    for module in pkgutil.iter_modules(dbevents.sinks.__path__):
+        sinks = importlib.import_module(f"dbevents.sinks.{module.name}")
+        for name in sinks.__all__:
+            if name.endswith("Sink"):
+                assert name in dbevents.sinks.__all__, name
+                assert getattr(dbevents.sinks, name) is getattr(sinks, name)

@@ -274,3 +274,39 @@ def test_load_runs_no_callbacks_and_captures_nothing(target: sa.Engine, dumped: 
     with target.connect() as conn:
         names = set(conn.scalars(sa.select(Thing.name)))
     assert "changed by a callback" not in names
+
+
+@pytest.mark.parametrize("mode", ["insert", "truncate", "upsert"])
+def test_load_on_a_session_connection_is_no_raw_sql(
+    target: sa.Engine, dumped: Path, tmp_path: Path, mode: str
+) -> None:
+    # load's own driver SQL (executemany, TRUNCATE) must not look like an uncaptured write
+    events = dbevents.Events(sinks=[dbevents.MemorySink()], raw_sql="raise")
+    ran: list[str] = []
+    received: list[dbevents.ChangeSet] = []
+
+    @events.listens_for(Tag, "before_insert")
+    def inserting(model: type[Tag], fields: dict[str, Any]) -> None:
+        ran.append("before_insert")
+
+    events.on_commit(received.append)
+    maker = sa_orm.sessionmaker(target)
+    events.install(maker)
+    try:
+        with maker() as session:
+            connection = session.connection()
+            dbevents.load(connection, metadata, dumped, mode=mode)  # type: ignore[arg-type]
+            differences = dbevents.verify(connection, metadata, dumped)
+            kept = [] if mode == "truncate" else [("tags", (100,))]
+            assert [(d.table, d.key) for d in differences] == kept
+            dbevents.dump(connection, metadata, tmp_path / "again")
+            session.commit()
+            with pytest.raises(dbevents.UncapturedWriteError):  # still on afterwards
+                session.connection().exec_driver_sql("DELETE FROM tags")
+            session.rollback()
+    finally:
+        events.uninstall(maker)
+
+    assert ran == []
+    assert received == []
+    assert dbevents.verify(target, metadata, tmp_path / "again") == []

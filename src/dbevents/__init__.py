@@ -31,6 +31,7 @@ from .exceptions import (
     DbEventsWarning,
     LoadError,
     SinkError,
+    UncapturedWriteError,
 )
 from .load import load
 from .registry import Handler
@@ -60,6 +61,7 @@ __all__ = [
     "Sink",
     "SinkError",
     "TransactionalSink",
+    "UncapturedWriteError",
     "acting_as",
     "after_commit",
     "after_delete",

@@ -7,9 +7,17 @@ from typing import Any
 
 from ..delivery import Sink, TransactionalSink
 from .memory import MemorySink
+from .mirror import MirrorSink
 from .outbox import OutboxSink
 
-__all__ = ["MemorySink", "OutboxSink", "RedisStreamSink", "Sink", "TransactionalSink"]
+__all__ = [
+    "MemorySink",
+    "MirrorSink",
+    "OutboxSink",
+    "RedisStreamSink",
+    "Sink",
+    "TransactionalSink",
+]
 
 
 def __getattr__(name: str) -> Any:
