@@ -26,6 +26,7 @@ from dbevents import (
     before_save,
     before_update,
 )
+from dbevents.callbacks import EVENTS
 
 calls: list[tuple[Any, ...]] = []
 
@@ -410,3 +411,40 @@ def test_unconfigured_sqlite_bind_warns(tmp_path: Any) -> None:
     with pytest.warns(dbevents.DbEventsWarning, match="sqlite.configure"):
         dbevents.Events().install(sa_orm.sessionmaker(engine))
     engine.dispose()
+
+
+@pytest.mark.parametrize("event", [name for name in EVENTS if name != "after_commit"])
+def test_async_callbacks_are_refused_except_after_commit(event: str) -> None:
+    async def callback(*args: Any) -> None: ...
+
+    with pytest.raises(dbevents.ConfigurationError, match=f"{event}.*never be awaited"):
+        dbevents.Events().listens_for(Thing, event)(callback)
+    with pytest.raises(dbevents.ConfigurationError, match="only after_commit"):
+        getattr(dbevents, event)(callback)
+
+
+def test_async_callbacks_are_refused_in_a_class_body_and_as_callable_objects() -> None:
+    class Veto:
+        async def __call__(self, cls: Any, rows: Any) -> bool:
+            return True
+
+    with pytest.raises(dbevents.ConfigurationError, match="never be awaited"):
+        dbevents.Events().listens_for(Thing, "before_delete")(Veto())
+    with pytest.raises(dbevents.ConfigurationError, match="before_save"):
+
+        class Broken:
+            @before_save
+            @classmethod
+            async def stamp(cls, row: Any) -> None: ...
+
+
+def test_async_after_commit_callbacks_are_accepted() -> None:
+    async def published(cls: Any, op: Op, change: Any) -> None: ...
+
+    async def inserted(cls: Any, change: Any) -> None: ...
+
+    events = dbevents.Events()
+    events.listens_for(Thing, "after_commit")(published)
+    events.listens_for(Thing, "after_commit", op=Op.INSERT)(inserted)
+    after_commit(published)
+    after_commit.operation(Op.DELETE)(inserted)

@@ -63,10 +63,21 @@ class Mark:
 
 
 def check_signature(fn: Callable[..., Any], event: str, op: Op | None = None) -> None:
-    """Raise :class:`ConfigurationError` unless ``fn`` can take ``event``'s arguments."""
+    """Raise :class:`ConfigurationError` unless ``fn`` can take ``event``'s arguments.
+
+    Only ``after_commit`` callbacks may be ``async def``: they run at delivery, where
+    awaitables are awaited; the others run inside the flush or the commit.
+    """
     if event not in EVENTS:
         known = ", ".join(EVENTS)
         raise ConfigurationError(f"unknown event {event!r}; expected one of: {known}")
+    if event != "after_commit" and _is_async(fn):
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise ConfigurationError(
+            f"{name}: a {event} callback runs synchronously inside the transaction, where an "
+            "async def would never be awaited, so it would neither run nor veto; make it a "
+            "plain def (only after_commit callbacks may be async)"
+        )
     params = ("cls", "change") if op is not None else ("cls", *EVENTS[event])
     try:
         inspect.signature(fn).bind(*params)
@@ -79,6 +90,11 @@ def check_signature(fn: Callable[..., Any], event: str, op: Op | None = None) ->
         ) from None
     except ValueError:  # builtins without a signature: let them fail when called
         pass
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is an ``async def``, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def marks(value: Any) -> tuple[Mark, ...]:
