@@ -77,6 +77,7 @@ def test_load_error_exits_non_zero_naming_the_record(
 
     assert result.exit_code == 1
     assert "already in the database (things.jsonl, record 1)" in result.output
+    assert "--upsert or --truncate" in result.output  # the command's options, not mode=
 
 
 def test_load_takes_tables_and_refuses_two_modes(

@@ -192,6 +192,7 @@ def test_key_already_in_the_database(target: sa.Engine, dumped: Path) -> None:
 
     assert (error.record, error.column) == (2, "id")
     assert "already in the database" in str(error)
+    assert "mode='upsert' or mode='truncate' (--upsert or --truncate" in str(error)
 
 
 def test_manifest_from_another_schema(target: sa.Engine, dumped: Path) -> None:

@@ -285,7 +285,8 @@ class TableWriter:
             if key in known:
                 raise LoadError(
                     f"{self.name}: key {show(self.plan.key, key)} is already in the database "
-                    f"({path.name}, record {number}); load with mode='upsert' or 'truncate'",
+                    f"({path.name}, record {number}); load with mode='upsert' or "
+                    "mode='truncate' (--upsert or --truncate on the command line)",
                     path=path,
                     record=number,
                     column=self.plan.key[0],
