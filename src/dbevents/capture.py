@@ -39,10 +39,12 @@ class Entry:
 class Buffer:
     """Net changes keyed by (table, primary key), in the order rows were first changed."""
 
-    __slots__ = ("committed", "entries", "version")
+    __slots__ = ("committed", "entries", "frozen", "version")
 
     def __init__(self) -> None:
         self.entries: dict[Key, Entry] = {}
+        #: entries already frozen into a Change (for before_commit), until they change again
+        self.frozen: dict[Key, Change] = {}
         #: set when SQLAlchemy reports this transaction committed (or released)
         self.committed = False
         #: bumped on every change, so a change set built early can be checked
@@ -67,6 +69,8 @@ class Buffer:
         if entry is None:
             self.entries[key] = Entry(op, model, old, new)
             return
+        if self.frozen:
+            self.frozen.pop(key, None)
         if not _merge(entry, op, old, new):
             del self.entries[key]
 
@@ -77,21 +81,37 @@ class Buffer:
 
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
-        return tuple(_change(key, entry) for key, entry in self.entries.items())
+        frozen = self.frozen
+        if not frozen:
+            return tuple([_change(key, entry) for key, entry in self.entries.items()])
+        return tuple(
+            [frozen.get(key) or _change(key, entry) for key, entry in self.entries.items()]
+        )
 
     def change(self, key: Key) -> Change:
-        """Freeze the net change of one row."""
-        return _change(key, self.entries[key])
+        """Freeze the net change of one row (kept until the row changes again)."""
+        change = self.frozen.get(key)
+        if change is None:
+            change = self.frozen[key] = _change(key, self.entries[key])
+        return change
+
+
+_new_tuple = tuple.__new__
 
 
 def _change(key: Key, entry: Entry) -> Change:
-    return Change(
-        entry.op,
-        key[0],
-        None if entry.model is None else entry.model.__name__,
-        key[1],
-        None if entry.old is None else MappingProxyType(entry.old),
-        None if entry.new is None else MappingProxyType(entry.new),
+    model, old, new = entry.model, entry.old, entry.new
+    # Change(...) through tuple.__new__: its generated __new__ costs a Python call per row
+    return _new_tuple(
+        Change,
+        (
+            entry.op,
+            key[0],
+            None if model is None else model.__name__,
+            key[1],
+            None if old is None else MappingProxyType(old),
+            None if new is None else MappingProxyType(new),
+        ),
     )
 
 

@@ -58,10 +58,14 @@ def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
     """
     errors: list[Exception] = []
     registry = events.registry
+    callbacks_of: dict[type[Any], tuple[tuple[Callable[..., Any], Any], ...]] = {}
     for change, model in zip(changeset.changes, models, strict=True):
         if model is None:
             continue
-        for fn, op in registry.table(model).get("after_commit"):
+        callbacks = callbacks_of.get(model)
+        if callbacks is None:
+            callbacks = callbacks_of[model] = registry.table(model).get("after_commit")
+        for fn, op in callbacks:
             if op is None:
                 _call(events, fn, changeset, errors, model, change.op, change)
             elif op is change.op:
@@ -81,7 +85,7 @@ def _call(
 ) -> None:
     try:
         result = fn(*args)
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             _await(result)
     except Exception as error:
         errors.append(error)

@@ -80,16 +80,25 @@ class SessionState:
     def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer) -> None:
         registry = self.events.registry
         done: set[Any] = set()
+        callbacks_of: dict[type[Any], Any] = {}
         for _ in range(_MAX_COMMIT_ROUNDS):
             ran = False
-            for key in [key for key in buffer.entries if key not in done]:
+            for key, entry in list(buffer.entries.items()):
+                if key in done:
+                    continue
                 done.add(key)
-                model = buffer.entries[key].model if key in buffer.entries else None
-                callbacks = registry.table(model).get("before_commit") if model else ()
+                model = entry.model
+                if model is None:
+                    continue  # association and Core-only tables have no model callbacks
+                callbacks = callbacks_of.get(model)
+                if callbacks is None:
+                    callbacks = callbacks_of[model] = registry.table(model).get("before_commit")
+                if not callbacks or key not in buffer.entries:
+                    continue  # an earlier callback's flush may have netted this row away
+                ran = True
                 for fn, _ in callbacks:
                     change = buffer.change(key)
                     fn(model, change.op, change)
-                    ran = True
             if not ran:
                 return
             session.flush()  # what the callbacks changed joins this transaction
