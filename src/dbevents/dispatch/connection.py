@@ -19,7 +19,7 @@ import enum
 import re
 import warnings
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Final, final
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import False_
 
 from .._compat import explicit_returning, where_criteria
@@ -36,23 +35,21 @@ from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
+from .stored import (
+    SKIP_CAPTURE,
+    inserted_rows,
+    pk_of,
+    read_rows,
+    record_keys,
+    record_rows,
+    returned_rows,
+)
 
 if TYPE_CHECKING:
     from ..session import SessionState
 
-__all__ = [
-    "SKIP_CAPTURE",
-    "Written",
-    "bind_connection",
-    "read_rows",
-    "record_rows",
-    "written_rows",
-]
+__all__ = ["SKIP_CAPTURE", "Written", "bind_connection", "written_rows"]
 
-#: execution option: this statement is dbevents' own bookkeeping (the outbox, load):
-#: neither captured nor reported as raw SQL, on a statement or on a whole connection
-SKIP_CAPTURE: Final = "dbevents_skip_capture"
-_CHUNK: Final = 500
 _LISTENING: Final = "dbevents.listening"
 
 Row = dict[str, Any]
@@ -131,7 +128,17 @@ _OLD_PREFIX: Final = "dbevents_old_"
 class _Plan:
     """What to do after one statement ran."""
 
-    __slots__ = ("before", "columns", "op", "returns", "session", "spec", "statement", "states")
+    __slots__ = (
+        "before",
+        "columns",
+        "keys_only",
+        "op",
+        "returns",
+        "session",
+        "spec",
+        "statement",
+        "states",
+    )
 
     def __init__(
         self,
@@ -143,8 +150,11 @@ class _Plan:
         before: dict[tuple[Any, ...], Row] | None,
         columns: Sequence[sa.ColumnElement[Any]],
         returns: Returns,
+        keys_only: bool,
     ) -> None:
         self.statement = statement
+        #: only the primary keys of the rows are wanted (and read)
+        self.keys_only = keys_only
         self.returns = returns
         #: the statement's own column objects (annotated in ORM statements): RETURNING keys
         self.columns = columns
@@ -181,9 +191,13 @@ def _before_execute(
         return statement, multiparams, params  # the flush's own rows: mapper events have them
     if any(isinstance(c, False_) for c in where_criteria(statement)):
         return statement, multiparams, params  # WHERE false (a veto): no row can change
+    wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
+    if wanted is None:
+        return statement, multiparams, params  # nobody needs these rows
+    keys_only = wanted == "keys"
     parameters = multiparams or [params]
     dialect = connection.dialect
-    columns: list[Any] = list(table.columns)
+    columns: list[Any] = [table.c[name] for name in spec.pk] if keys_only else list(table.columns)
     before = None
     returns = Returns.NEW
     if isinstance(statement, sa.Insert):
@@ -205,22 +219,43 @@ def _before_execute(
             # DELETE ... RETURNING: the deleted rows, exactly, in the statement itself
             statement = statement.return_defaults(supplemental_cols=columns)
             returns = Returns.OLD
+        elif single and op is Op.UPDATE and keys_only and dialect.update_returning:
+            statement = statement.return_defaults(supplemental_cols=columns)
         elif single and op is Op.UPDATE and dialect.name == "postgresql" and table.primary_key:
             statement, old_columns = _update_from_locked(statement, spec)
             columns = [*old_columns, *columns]
             returns = Returns.OLD_AND_NEW
         else:  # read first, locked where the database can
-            before = read_rows(connection, spec, statement.whereclause, parameters)
+            before = read_rows(
+                connection, spec, statement.whereclause, parameters, keys_only=keys_only
+            )
             returning = (
                 dialect.update_executemany_returning
                 if len(parameters) > 1
                 else dialect.update_returning
             )
-            if op is Op.UPDATE and before and returning and not explicit_returning(statement):
+            if (
+                op is Op.UPDATE
+                and before
+                and returning
+                and not keys_only
+                and not explicit_returning(statement)
+            ):
                 statement = statement.return_defaults(supplemental_cols=columns)
-    plan = _Plan(statement, op, spec, session, states, before, columns, returns)
+    plan = _Plan(statement, op, spec, session, states, before, columns, returns, keys_only)
     _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
+
+
+def _wanted(states: list[SessionState], spec: TableSpec, insert: bool) -> str | None:
+    """What of the rows a statement writes is needed: ``"rows"``, ``"keys"`` or nothing."""
+    levels = {st.events.level_of_table(spec) for st in states}
+    collecting = _written.get() is not None  # statement after_* callbacks are waiting
+    if "old+new" in levels or "new" in levels or (insert and collecting):
+        return "rows"  # (after_insert receives the rows as stored)
+    if "keys" in levels or collecting:
+        return "keys"
+    return None
 
 
 def _after_execute(
@@ -236,27 +271,29 @@ def _after_execute(
         return
     plan = plans.pop()
     spec = plan.spec
-    if plan.op in (Op.INSERT, Op.LINK):
-        inserted = _inserted_rows(connection, plan, result)
+    if plan.keys_only:
+        _after_keys(connection, plan, result)
+    elif plan.op in (Op.INSERT, Op.LINK):
+        inserted = inserted_rows(connection, spec, plan.columns, result)
         record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
         _report(Written(spec, plan.op, None, inserted))
     elif plan.returns is not Returns.NEW:
-        both = _returned_rows(plan, result) or []
-        before = {_pk_of(spec, old): old for old in (_old_part(row) for row in both)}
+        both = returned_rows(plan.columns, result) or []
+        before = {pk_of(spec, old): old for old in (_old_part(row) for row in both)}
         if plan.returns is Returns.OLD:
             record_rows(plan.session, plan.states, spec, plan.op, before, None)
             _report(Written(spec, plan.op, before, None))
         else:
             after = [{k: v for k, v in row.items() if k in spec.columns} for row in both]
-            by_pk = {_pk_of(spec, row): row for row in after}
+            by_pk = {pk_of(spec, row): row for row in after}
             record_rows(plan.session, plan.states, spec, Op.UPDATE, before, by_pk)
             _report(Written(spec, Op.UPDATE, before, after))
     elif plan.op is Op.UPDATE:
         if not plan.before:
             return
-        returned = _returned_rows(plan, result)
+        returned = returned_rows(plan.columns, result)
         if returned is not None and all(len(row) == len(spec.columns) for row in returned):
-            updated = {_pk_of(spec, row): row for row in returned}
+            updated = {pk_of(spec, row): row for row in returned}
         else:
             updated = read_rows(connection, spec, None, [], pks=list(plan.before))
         record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, updated)
@@ -264,6 +301,22 @@ def _after_execute(
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
         _report(Written(spec, plan.op, plan.before, None))
+
+
+def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[Any]) -> None:
+    """Record and report the rows of a statement whose keys are all that is wanted."""
+    spec, op = plan.spec, plan.op
+    if op in (Op.INSERT, Op.LINK):
+        rows = inserted_rows(connection, spec, plan.columns, result, keys_only=True)
+    elif plan.before is not None:
+        rows = list(plan.before.values())
+    else:
+        rows = returned_rows(plan.columns, result) or []
+    record_keys(plan.session, plan.states, spec, op, (pk_of(spec, row) for row in rows))
+    if op in (Op.DELETE, Op.UNLINK):
+        _report(Written(spec, op, {pk_of(spec, row): row for row in rows}, None))
+    else:
+        _report(Written(spec, op, None, rows))
 
 
 def _update_from_locked(statement: Any, spec: TableSpec) -> tuple[Any, list[Any]]:
@@ -335,193 +388,3 @@ def _raw_write(states: list[SessionState], sql: str) -> None:
         raise UncapturedWriteError(message)
     if "warn" in policies:
         warnings.warn(message, DbEventsWarning, stacklevel=2)
-
-
-# -- reading and recording rows ----------------------------------------------------------------
-
-
-def read_rows(
-    connection: sa.Connection,
-    spec: TableSpec,
-    where: Any,
-    parameters: Sequence[Mapping[str, Any]],
-    *,
-    pks: Sequence[tuple[Any, ...]] | None = None,
-) -> dict[tuple[Any, ...], Row]:
-    """The rows a WHERE clause selects (locked on databases that can), by primary key."""
-    table = spec.table
-    lock = connection.dialect.name != "sqlite"
-    if pks is None:
-        criteria = _equality_criteria(table, where)
-        if (
-            criteria is not None
-            and parameters
-            and all(all(key in p for key in criteria.values()) for p in parameters)
-        ):
-            # the unit of work's many-to-many DELETE: one row per parameter set
-            values = [tuple(p[key] for key in criteria.values()) for p in parameters]
-            columns = [table.c[name] for name in criteria]
-            if set(criteria) == set(spec.columns):
-                return {
-                    _pk_of(spec, dict(zip(criteria, v, strict=True))): dict(
-                        zip(criteria, v, strict=True)
-                    )
-                    for v in values
-                }
-            return _select_in(connection, spec, columns, values, lock)
-        query = sa.select(*table.columns)
-        if where is not None:
-            query = query.where(where)
-        if lock:
-            query = query.with_for_update()
-        found: dict[tuple[Any, ...], Row] = {}
-        for p in parameters or [{}]:
-            for row in connection.execute(query, dict(p)).mappings():
-                values_row = dict(row)
-                found[_pk_of(spec, values_row)] = values_row
-        return found
-    columns = [table.c[name] for name in spec.pk]
-    return _select_in(connection, spec, columns, list(pks), False)
-
-
-def _select_in(
-    connection: sa.Connection,
-    spec: TableSpec,
-    columns: list[sa.Column[Any]],
-    values: list[tuple[Any, ...]],
-    lock: bool,
-) -> dict[tuple[Any, ...], Row]:
-    found: dict[tuple[Any, ...], Row] = {}
-    for start in range(0, len(values), _CHUNK):
-        chunk = values[start : start + _CHUNK]
-        where = (
-            columns[0].in_([v[0] for v in chunk])
-            if len(columns) == 1
-            else sa.tuple_(*columns).in_(chunk)
-        )
-        query = sa.select(*spec.table.columns).where(where)
-        if lock:
-            query = query.with_for_update()
-        for row in connection.execute(query, execution_options={SKIP_CAPTURE: True}).mappings():
-            values_row = dict(row)
-            found[_pk_of(spec, values_row)] = values_row
-    return found
-
-
-def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
-    """``col = :param AND ...`` -> {column name: parameter key}, else None."""
-    if where is None:
-        return None
-    clauses = where.clauses if isinstance(where, sa.BooleanClauseList) else [where]
-    if isinstance(where, sa.BooleanClauseList) and where.operator is not operators.and_:
-        return None
-    criteria: dict[str, str] = {}
-    for clause in clauses:
-        if not isinstance(clause, sa.BinaryExpression) or clause.operator is not operators.eq:
-            return None
-        left, right = clause.left, clause.right
-        if not (isinstance(left, sa.Column) and left.table is table):
-            return None
-        if not isinstance(right, sa.BindParameter) or right.value is not None:
-            return None
-        criteria[left.name] = right.key
-    return criteria or None
-
-
-def _inserted_rows(
-    connection: sa.Connection, plan: _Plan, result: sa.CursorResult[Any]
-) -> list[Row]:
-    """The inserted rows as stored: from RETURNING, else from what was sent, then re-read."""
-    spec = plan.spec
-    rows = _returned_rows(plan, result)
-    if rows is None and result.rowcount == 0:
-        rows = []
-    if rows is None:  # no RETURNING: the values sent, and the key where the driver tells it
-        compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
-        try:
-            keys: Iterable[Any] = result.inserted_primary_key_rows
-        except sa.exc.InvalidRequestError:
-            keys = [None] * len(compiled)
-        rows = []
-        for params, key in zip(compiled, keys, strict=False):
-            row = {c.name: params[c.key] for c in spec.table.columns if c.key in params}
-            for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
-                if value is not None:
-                    row[column.name] = value
-            if any(row.get(name) is not None for name in spec.pk):  # else not identifiable
-                rows.append(row)
-    # server defaults the statement did not return: one SELECT for the rows that lack them
-    width = len(spec.columns)
-    partial = [pk for row in rows if len(row) < width and None not in (pk := _pk_of(spec, row))]
-    if partial:
-        stored = read_rows(connection, spec, None, [], pks=partial)
-        rows = [stored.get(_pk_of(spec, row), row) if len(row) < width else row for row in rows]
-    return rows
-
-
-def _returned_rows(plan: _Plan, result: sa.CursorResult[Any]) -> list[Row] | None:
-    """The rows RETURNING gave back (only the columns it returned), or None without it."""
-    try:
-        returned = result.returned_defaults_rows
-    except sa.exc.InvalidRequestError:
-        return None
-    if returned is None:
-        return None
-    if not returned:
-        return []
-    mapping = returned[0]._mapping
-    # ORM statements key their rows by name, not by column object; an explicit RETURNING
-    # of the caller's may hold only some columns
-    keys = [
-        (c.name, c if c in mapping else c.name)
-        for c in plan.columns
-        if c in mapping or c.name in mapping
-    ]
-    return [{name: record._mapping[key] for name, key in keys} for record in returned]
-
-
-def _pk_of(spec: TableSpec, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(row.get(name) for name in spec.pk)
-
-
-def record_rows(
-    session: sa_orm.Session,
-    states: Iterable[SessionState],
-    spec: TableSpec,
-    op: Op,
-    before: Mapping[tuple[Any, ...], Row] | None,
-    after: Iterable[Row] | Mapping[tuple[Any, ...], Row] | None,
-) -> None:
-    """Record row changes of one statement into each capturing session's buffer."""
-    model = spec.mapped_class()
-    for st in states:
-        level = st.events.level_of_table(spec)
-        if level == "off":
-            continue
-        buffer = st.buffer(session)
-        keep_new = level != "keys"
-        keep_old = level == "old+new"
-        if op in (Op.INSERT, Op.LINK):
-            assert after is not None
-            for row in after.values() if isinstance(after, Mapping) else after:
-                buffer.add(spec.name, _pk_of(spec, row), op, model, None, row if keep_new else None)
-        elif op is Op.UPDATE:
-            assert before is not None and isinstance(after, Mapping)
-            for pk, old in before.items():
-                new = after.get(pk)
-                if new is None:
-                    continue
-                changed = [name for name, value in new.items() if old.get(name) != value]
-                if changed:
-                    buffer.add(
-                        spec.name,
-                        pk,
-                        op,
-                        model,
-                        {n: old[n] for n in changed} if keep_old else None,
-                        {n: new[n] for n in changed} if keep_new else None,
-                    )
-        else:
-            assert before is not None
-            for pk, old in before.items():
-                buffer.add(spec.name, pk, op, model, old if keep_old else None, None)

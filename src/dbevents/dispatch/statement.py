@@ -90,7 +90,7 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
                 statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
         with written_rows() as written:  # from_select() and multi-row values(): after_* only
             result = orm_state.invoke_statement(statement=statement)
-    stored = _merged_rows(spec, written, Op.INSERT)
+    stored = _inserted(spec, written)
     after_insert, after_save = callbacks.get("after_insert"), callbacks.get("after_save")
     for pk, fields in stored.items():
         for fn, _ in after_insert:
@@ -146,12 +146,14 @@ def _update_or_delete(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callb
             keep_out = RowSet(model, session, objects=vetoed).where
             statement = statement.where(sa.not_(keep_out))
             doomed = [obj for obj in doomed if obj not in vetoed]
+    set_after = callbacks.get("after_update" if update else "after_delete")
+    if not (set_after or row_after):
+        return orm_state.invoke_statement(statement=statement)  # nobody asks what was written
     with written_rows() as written:
         result = orm_state.invoke_statement(statement=statement)
-    op = Op.UPDATE if update else Op.DELETE
-    pks = list(_merged_rows(spec, written, op, before=not update))
+    pks = _written_keys(spec, written, Op.UPDATE if update else Op.DELETE)
     done = RowSet(model, session, pks=pks)
-    for fn, _ in callbacks.get("after_update" if update else "after_delete"):
+    for fn, _ in set_after:
         fn(model, *((done, fields) if update else (done,)))
     if row_after:
         objects = _objects(session, model, pks) if update else doomed
@@ -190,7 +192,7 @@ def _update_by_key(
     with written_rows() as written:
         result = _invoke_with(orm_state, kept)
     by_pk = {tuple(row[k] for k in pk_keys): row for row in kept}
-    for pk in _merged_rows(spec, written, Op.UPDATE):
+    for pk in _written_keys(spec, written, Op.UPDATE):
         row = by_pk.get(pk, {})
         fields = {k: v for k, v in row.items() if k not in pk_keys}
         for fn, _ in callbacks.get("after_update"):
@@ -236,22 +238,41 @@ def _check_keys(spec: MapperSpec, fields: Row) -> None:
         )
 
 
-def _merged_rows(
-    spec: MapperSpec, written: list[Written], op: Op, *, before: bool = False
-) -> dict[tuple[Any, ...], Row]:
-    """The rows of this model a statement wrote, by primary key, keyed by attribute."""
+def _inserted(spec: MapperSpec, written: list[Written]) -> dict[tuple[Any, ...], Row]:
+    """The rows of this model a statement inserted, by primary key, keyed by attribute."""
     names = {part.spec.name: part for part in spec.parts}
     merged: dict[tuple[Any, ...], Row] = {}
     for item in written:
         part = names.get(item.spec.name)
+        if part is None or item.op is not Op.INSERT:
+            continue
+        pk_names = [name for name, _ in part.pk]
+        columns = [(name, key) for name, key in part.columns if key]
+        for row in item.after or ():
+            pk = tuple([row.get(name) for name in pk_names])
+            target = merged.get(pk)
+            if target is None:
+                target = merged[pk] = {}
+            for name, key in columns:
+                if name in row:
+                    target[key] = row[name]
+    return merged
+
+
+def _written_keys(spec: MapperSpec, written: list[Written], op: Op) -> list[tuple[Any, ...]]:
+    """The primary keys of the rows of this model a statement updated or deleted."""
+    parts = {part.spec.name: part for part in spec.parts}
+    keys: dict[tuple[Any, ...], None] = {}
+    for item in written:
+        part = parts.get(item.spec.name)
         if part is None or item.op is not op:
             continue
-        source = list(item.before.values()) if before and item.before else item.after or []
-        for row in source:
-            pk = tuple(row.get(name) for name, _ in part.pk)
-            target = merged.setdefault(pk, {})
-            target.update((key, row[name]) for name, key in part.columns if key and name in row)
-    return merged
+        if op is Op.DELETE and item.before is not None:  # by primary key already
+            keys.update(dict.fromkeys(item.before))
+        else:
+            names = [name for name, _ in part.pk]
+            keys.update((tuple([row.get(n) for n in names]), None) for row in item.after or ())
+    return list(keys)
 
 
 def _objects(session: sa_orm.Session, model: type[Any], pks: list[tuple[Any, ...]]) -> list[Any]:
