@@ -30,7 +30,7 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql.elements import False_
 
-from .._compat import explicit_returning, where_criteria
+from .._compat import dml_values, explicit_returning, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
@@ -197,7 +197,12 @@ def _before_execute(
     keys_only = wanted == "keys"
     parameters = multiparams or [params]
     dialect = connection.dialect
-    columns: list[Any] = [table.c[name] for name in spec.pk] if keys_only else list(table.columns)
+    if keys_only:
+        columns: list[Any] = [table.c[name] for name in spec.pk]
+    elif isinstance(statement, sa.Update):
+        columns = _updated_columns(table, spec, statement, parameters)
+    else:
+        columns = list(table.columns)
     before = None
     returns = Returns.NEW
     if isinstance(statement, sa.Insert):
@@ -222,13 +227,11 @@ def _before_execute(
         elif single and op is Op.UPDATE and keys_only and dialect.update_returning:
             statement = statement.return_defaults(supplemental_cols=columns)
         elif single and op is Op.UPDATE and dialect.name == "postgresql" and table.primary_key:
-            statement, old_columns = _update_from_locked(statement, spec)
+            statement, old_columns = _update_from_locked(statement, spec, columns)
             columns = [*old_columns, *columns]
             returns = Returns.OLD_AND_NEW
         else:  # read first, locked where the database can
-            before = read_rows(
-                connection, spec, statement.whereclause, parameters, keys_only=keys_only
-            )
+            before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
             returning = (
                 dialect.update_executemany_returning
                 if len(parameters) > 1
@@ -292,10 +295,13 @@ def _after_execute(
         if not plan.before:
             return
         returned = returned_rows(plan.columns, result)
-        if returned is not None and all(len(row) == len(spec.columns) for row in returned):
+        width = len(plan.columns)
+        if returned is not None and all(len(row) == width for row in returned):
             updated = {pk_of(spec, row): row for row in returned}
         else:
-            updated = read_rows(connection, spec, None, [], pks=list(plan.before))
+            updated = read_rows(
+                connection, spec, None, [], pks=list(plan.before), columns=plan.columns
+            )
         record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, updated)
         _report(Written(spec, Op.UPDATE, plan.before, list(updated.values())))
     else:
@@ -319,21 +325,63 @@ def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[
         _report(Written(spec, op, None, rows))
 
 
-def _update_from_locked(statement: Any, spec: TableSpec) -> tuple[Any, list[Any]]:
+def _updated_columns(
+    table: sa.Table, spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]
+) -> list[Any]:
+    """The columns an UPDATE may change, and the key: all a change set of it needs.
+
+    Those it SETs (by its values, or the keys of its parameter sets) and those with
+    an ``onupdate``; every column when that can't be told, or when it sets the key.
+    """
+    pairs = dml_values(statement)
+    names = {column.key: column.name for column in table.columns}
+    if pairs:
+        keys = [_column_key(key) for key, _ in pairs]
+    elif parameters and parameters[0]:
+        keys = list(parameters[0])
+    else:
+        return list(table.columns)
+    if any(key not in names for key in keys):
+        return list(table.columns)
+    changed = {names[key] for key in keys}
+    if changed & set(spec.pk):
+        return list(table.columns)  # a new key: old and new rows can't be paired by key
+    changed.update(
+        column.name
+        for column in table.columns
+        if column.onupdate is not None or column.server_onupdate is not None
+    )
+    return [column for column in table.columns if column.name in spec.pk or column.name in changed]
+
+
+def _column_key(key: Any) -> Any:
+    """A SET target's column key: from a string, a column, or an ORM attribute."""
+    if isinstance(key, str):
+        return key
+    prop = getattr(key, "property", None)
+    columns = getattr(prop, "columns", None)
+    if columns:
+        return columns[0].key
+    return getattr(key, "key", None)
+
+
+def _update_from_locked(
+    statement: Any, spec: TableSpec, columns: list[Any]
+) -> tuple[Any, list[Any]]:
     """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR UPDATE) old WHERE t.pk = old.pk``.
 
     One statement gives old and new values of exactly the rows it locked and changed,
     so a row another transaction inserts meanwhile can't be updated uncaptured.
     """
     table = statement.table
-    old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in table.columns))
+    old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in columns))
     if statement.whereclause is not None:
         old_query = old_query.where(statement.whereclause)
     old = old_query.with_for_update().subquery("dbevents_old")
     same_row = [table.c[name] == old.c[_OLD_PREFIX + name] for name in spec.pk]
     old_columns = list(old.c)
     statement = statement.where(*same_row).return_defaults(
-        supplemental_cols=[*old_columns, *table.columns]
+        supplemental_cols=[*old_columns, *columns]
     )
     return statement, old_columns
 

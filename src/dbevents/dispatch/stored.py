@@ -51,16 +51,16 @@ def read_rows(
     parameters: Sequence[Mapping[str, Any]],
     *,
     pks: Sequence[tuple[Any, ...]] | None = None,
-    keys_only: bool = False,
+    columns: Sequence[sa.ColumnElement[Any]] | None = None,
 ) -> dict[tuple[Any, ...], Row]:
     """The rows a WHERE clause selects (locked on databases that can), by primary key.
 
     :param pks: read these rows instead.
-    :param keys_only: read only the primary-key columns.
+    :param columns: read only these columns (they include the primary key).
     """
     table = spec.table
     lock = connection.dialect.name != "sqlite"
-    columns = [table.c[name] for name in spec.pk] if keys_only else list(table.columns)
+    columns = list(table.columns) if columns is None else list(columns)
     if pks is not None:
         return _select_in(connection, spec, columns, [table.c[n] for n in spec.pk], pks, False)
     criteria = _equality_criteria(table, where)
@@ -90,7 +90,7 @@ def read_rows(
 def _select_in(
     connection: sa.Connection,
     spec: TableSpec,
-    columns: list[sa.Column[Any]],
+    columns: list[Any],
     by: list[sa.Column[Any]],
     values: Sequence[tuple[Any, ...]],
     lock: bool,
