@@ -20,6 +20,7 @@ from ..changes import Op
 from ..mapping import TableSpec
 
 if TYPE_CHECKING:
+    from ..capture import Buffer
     from ..session import SessionState
 
 __all__ = [
@@ -230,24 +231,50 @@ def record_rows(
                 buffer.add(spec.name, pk_of(spec, row), op, model, None, row if keep_new else None)
         elif op is Op.UPDATE:
             assert before is not None and isinstance(after, Mapping)
-            for pk, old in before.items():
-                new = after.get(pk)
-                if new is None:
-                    continue
-                changed = [name for name, value in new.items() if not _same(old.get(name), value)]
-                if changed:
-                    buffer.add(
-                        spec.name,
-                        pk,
-                        op,
-                        model,
-                        {n: old[n] for n in changed} if keep_old else None,
-                        {n: new[n] for n in changed} if keep_new else None,
-                    )
+            _record_updates(buffer, spec, model, before, after, keep_old, keep_new)
         else:
             assert before is not None
             for pk, old in before.items():
                 buffer.add(spec.name, pk, op, model, old if keep_old else None, None)
+
+
+def _record_updates(
+    buffer: Buffer,
+    spec: TableSpec,
+    model: type[Any] | None,
+    before: Mapping[tuple[Any, ...], Row],
+    after: Mapping[tuple[Any, ...], Row],
+    keep_old: bool,
+    keep_new: bool,
+) -> None:
+    """Record the columns whose value changed, old and new, per row (a hot loop: kept flat)."""
+    name, add, new_of = spec.name, buffer.add, after.get
+    for pk, old in before.items():
+        new = new_of(pk)
+        if new is None:
+            continue
+        old_part: Row = {}
+        new_part: Row = {}
+        for column, value in new.items():
+            was = old.get(column)
+            if was is value:
+                continue
+            try:
+                if was == value:
+                    continue
+            except Exception:  # values whose __eq__ fails or is ambiguous: changed
+                pass
+            old_part[column] = was
+            new_part[column] = value
+        if new_part:
+            add(
+                name,
+                pk,
+                Op.UPDATE,
+                model,
+                old_part if keep_old else None,
+                new_part if keep_new else None,
+            )
 
 
 def record_keys(
@@ -265,12 +292,3 @@ def record_keys(
             buffer = st.buffer(session)
             for pk in pks:
                 buffer.add(spec.name, pk, op, model, None, None)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is b:
-        return True
-    try:
-        return bool(a == b)
-    except Exception:  # values whose __eq__ fails or is ambiguous: treat as changed
-        return False
