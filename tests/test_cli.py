@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,15 @@ import click
 import pytest
 import redis
 import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
 from click.testing import CliRunner, Result
 
 import dbevents
 from dbevents.changes import Change, ChangeSet, Op, new_id
-from dbevents.cli import main, make_sink
+from dbevents.cli import main, make_sink, opened_sinks
+from dbevents.fileformat import Source
 from tests.datamodels import Thing, fill, metadata, table_rows
+from tests.models import Company
 
 ROOT = Path(__file__).resolve().parent.parent
 METADATA = "tests.datamodels:metadata"
@@ -159,6 +163,74 @@ def test_make_sink_from_a_target(tmp_path: Path) -> None:
         make_sink("redis://127.0.0.1:1/0")
     with pytest.raises(click.BadParameter, match="unknown sink"):
         make_sink("kafka://x")
+
+
+def outbox_of(tables: sa.Engine, table_name: str, ids: range) -> None:
+    """Commit one company per id through an OutboxSink writing into ``table_name``."""
+    outbox = dbevents.OutboxSink(table_name=table_name)
+    outbox.create_table(tables)
+    events = dbevents.Events(sinks=[outbox])
+    maker = events.install(sa_orm.sessionmaker(tables))
+    try:
+        for i in ids:
+            with maker() as session:
+                session.add(Company(id=i, name=f"c{i}"))
+                session.commit()
+    finally:
+        events.uninstall(maker)
+
+
+def test_relay_drains_a_renamed_outbox_into_a_mirror_and_a_stream(
+    tables: sa.Engine, db_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    outbox_of(tables, "app_outbox", range(1, 3))
+    stream = f"dbevents-cli-{uuid.uuid4().hex}"
+    mirror = tmp_path / "mirror"
+
+    result = run(
+        "relay",
+        *("--db", db_url, "--table-name", "app_outbox", "--once"),
+        *("--to", f"mirror:{mirror}", "--to", f"{redis_url}?stream={stream}"),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "delivered 2 change sets\n"
+    source = Source(mirror)
+    entry = source.manifest.entry("companies")
+    assert entry is not None
+    assert sorted(row["id"] for _, _, row in source.records(entry)) == [1, 2]
+    client = redis.Redis.from_url(redis_url)
+    assert client.xlen(stream) == 2
+    client.close()
+
+
+def test_relay_refuses_an_empty_table_name(db_url: str, tmp_path: Path) -> None:
+    result = run(
+        "relay", "--db", db_url, "--table-name", "", "--once", "--to", f"mirror:{tmp_path}"
+    )
+
+    assert result.exit_code == 1
+    assert "Error: relay: table_name must name the outbox table" in result.output
+
+
+def test_relay_closes_the_sinks_it_made(redis_url: str, tmp_path: Path) -> None:
+    name = f"dbevents-cli-{uuid.uuid4().hex}"
+    observer = redis.Redis.from_url(redis_url)
+
+    def connected() -> bool:
+        return any(client["name"] == name for client in observer.client_list())
+
+    with opened_sinks([f"mirror:{tmp_path}", f"{redis_url}?stream={name}"]) as sinks:
+        sinks[1].client.client_setname(name)  # type: ignore[attr-defined]
+        assert connected()
+    for _ in range(100):  # the server notices the closed socket a moment later
+        if not connected():
+            break
+        time.sleep(0.01)
+    assert not connected()
+    with pytest.raises(click.BadParameter), opened_sinks([f"{redis_url}?stream=x", "kafka://x"]):
+        pass
+    observer.close()
 
 
 def test_python_dash_m_runs_the_command() -> None:

@@ -314,6 +314,47 @@ def test_bad_input_is_reported_without_a_traceback(make_app: MakeApp, tmp_path: 
         assert result.output.startswith("Error: ") and "manifest.json" in result.output
 
 
+def test_relay_drains_a_renamed_outbox(make_app: MakeApp, db_url: str) -> None:
+    outbox, memory = dbevents.OutboxSink(table_name="app_outbox"), dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[outbox, memory])
+    with app.app_context():
+        outbox.create_table(db.engine)
+        _add_memo("one")
+
+    result = app.test_cli_runner().invoke(args=["dbevents", "relay", "--once"])  # its own outbox
+
+    assert result.output == "relayed 1 change sets\n"
+    assert len(memory.changesets) == 1
+    with app.app_context():
+        _add_memo("two")
+    configured, given = dbevents.MemorySink(), dbevents.MemorySink()
+    worker = make_app(db_url, DBEVENTS_SINKS=[configured], DBEVENTS_OUTBOX_TABLE="app_outbox")
+    result = worker.test_cli_runner().invoke(args=["dbevents", "relay", "--once"])
+    assert result.output == "relayed 1 change sets\n"
+    with app.app_context():
+        _add_memo("three")
+    plain = make_app(db_url, DBEVENTS_SINKS=[given])
+    args = ["dbevents", "relay", "--once", "--table-name", "app_outbox"]
+    result = plain.test_cli_runner().invoke(args=args)
+    assert result.output == "relayed 1 change sets\n"
+    inserted = [cs.changes[0].new for cs in (*configured.changesets, *given.changesets)]
+    assert [row and row["title"] for row in inserted] == ["two", "three"]
+
+
+def test_relay_errors_are_reported_without_a_traceback(make_app: MakeApp, db_url: str) -> None:
+    app = make_app(db_url, DBEVENTS_SINKS=[dbevents.MemorySink()])
+
+    result = app.test_cli_runner().invoke(args=["dbevents", "relay", "--once", "--table-name", ""])
+
+    assert result.exit_code == 1
+    assert result.output == "Error: relay: table_name must name the outbox table\n"
+    two = [dbevents.OutboxSink(table_name="a"), dbevents.OutboxSink(table_name="b")]
+    app = make_app(db_url, DBEVENTS_SINKS=[*two, dbevents.MemorySink()])
+    result = app.test_cli_runner().invoke(args=["dbevents", "relay", "--once"])
+    assert result.exit_code == 2
+    assert "several outboxes (a, b): choose with --table-name" in result.output
+
+
 def test_handlers_lists_the_callbacks(ext: DBEvents, make_app: MakeApp, tmp_path: Path) -> None:
     app = make_app(f"sqlite:///{tmp_path / 'x.db'}")
 

@@ -15,8 +15,8 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess
 import importlib
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -31,6 +31,7 @@ from .events import Events
 from .exceptions import DbEventsError
 from .fileformat import JOURNAL, resolve_metadata
 from .load import Mode, load
+from .sinks.outbox import DEFAULT_TABLE
 from .verify import verify
 
 __all__ = ["main"]
@@ -202,14 +203,37 @@ def handlers_command(spec: str) -> None:
     help="mirror:DIR or redis://host:port/0?stream=NAME (repeatable).",
 )
 @click.option("--once", is_flag=True, help="Deliver what is there, then exit.")
-def relay_command(db: str, targets: tuple[str, ...], once: bool) -> None:
+@click.option(
+    "--table-name",
+    default=DEFAULT_TABLE,
+    show_default=True,
+    help="The outbox table: the table_name given to OutboxSink.",
+)
+def relay_command(db: str, targets: tuple[str, ...], once: bool, table_name: str) -> None:
     """Deliver outbox rows to sinks at least once; stop with SIGTERM or Ctrl-C."""
     from .relay import relay  # type: ignore[import-not-found, unused-ignore]
 
-    sinks = [make_sink(target) for target in targets]
-    with _reported():
-        count = relay(db, sinks, once=once)
+    with opened_sinks(targets) as sinks, _reported():
+        count = relay(db, sinks, once=once, table_name=table_name)
     click.echo(f"delivered {count} change sets")
+
+
+@contextmanager
+def opened_sinks(targets: Iterable[str]) -> Iterator[list[Sink]]:
+    """The sinks :func:`make_sink` makes of ``targets``, closed when the block ends.
+
+    The command made them, so it closes them (a Redis client, for one), even when
+    a later target is refused or the relay fails.
+    """
+    with ExitStack() as stack:
+        sinks = []
+        for target in targets:
+            sink = make_sink(target)
+            close = getattr(sink, "close", None)
+            if callable(close):
+                stack.callback(close)
+            sinks.append(sink)
+        yield sinks
 
 
 def make_sink(target: str) -> Sink:

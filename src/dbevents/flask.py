@@ -21,6 +21,8 @@ Configuration, read per app:
 - ``DBEVENTS_ACTOR``: a callable (or ``"module:attr"``) returning the actor; by default the
   logged-in user's ``get_id()`` when Flask-Login is installed and a request is active.
 - ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`.
+- ``DBEVENTS_OUTBOX_TABLE``: the outbox table ``flask dbevents relay`` drains; by default that of
+  the app's :class:`~dbevents.sinks.outbox.OutboxSink`, else ``dbevents_outbox``.
 
 The sinks of an app receive the change sets committed while that app is current.
 With an outbox among them, the others are fed by ``flask dbevents relay`` only.
@@ -73,6 +75,8 @@ class _AppState:
     transactional: tuple[TransactionalSink, ...]
     data_dir: Path | None
     actor: Callable[[], Any] | None
+    #: ``DBEVENTS_OUTBOX_TABLE``: the outbox the relay drains, when it is not the app's own
+    outbox_table: str | None
 
 
 @final
@@ -129,6 +133,7 @@ class DBEvents:
             transactional=tuple(s for s in sinks if isinstance(s, TransactionalSink)),
             data_dir=Path(data_dir) if data_dir else None,
             actor=_resolve(actor) if isinstance(actor, str) else actor,
+            outbox_table=config.get("DBEVENTS_OUTBOX_TABLE") or None,
         )
         if config.get("DBEVENTS_SQLITE_CONFIGURE", True):
             _configure_sqlite(app, db)
@@ -324,16 +329,34 @@ def _verify(directory: Path, tables: str | None) -> None:
 
 @_group.command("relay")
 @click.option("--once", is_flag=True, help="Deliver what the outbox holds, then exit.")
+@click.option(
+    "--table-name",
+    help="The outbox table [default: DBEVENTS_OUTBOX_TABLE, else the app's OutboxSink's].",
+)
 @with_appcontext
-def _relay(once: bool) -> None:
+def _relay(once: bool, table_name: str | None) -> None:
     """Deliver the outbox's change sets to the app's other sinks."""
     relay = importlib.import_module("dbevents.relay").relay
     state = _state(None)
     sinks = [sink for sink in state.sinks if not isinstance(sink, TransactionalSink)]
     if not sinks:
         raise click.UsageError("no sink to relay to: set DBEVENTS_SINKS or DBEVENTS_DATA_DIR")
-    count = relay(state.db.engine, sinks, once=once)
+    if table_name is None:
+        table_name = state.outbox_table or _outbox_of(state)
+    with _reported():
+        count = relay(state.db.engine, sinks, once=once, table_name=table_name)
     click.echo(f"relayed {count} change sets")
+
+
+def _outbox_of(state: _AppState) -> str:
+    """The table of the app's own OutboxSink, so a renamed outbox needs no second setting."""
+    outbox = importlib.import_module("dbevents.sinks.outbox")
+    names = {sink.table.name for sink in state.transactional if isinstance(sink, outbox.OutboxSink)}
+    if len(names) > 1:
+        raise click.UsageError(
+            f"the app has several outboxes ({', '.join(sorted(names))}): choose with --table-name"
+        )
+    return names.pop() if names else str(outbox.DEFAULT_TABLE)
 
 
 @_group.command("handlers")

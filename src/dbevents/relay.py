@@ -68,6 +68,7 @@ def relay(
     :param batch_size: rows per transaction.
     :param poll_interval: seconds between looks at an idle outbox (PostgreSQL
         wakes up at once on ``NOTIFY``; this is its safety net).
+    :param table_name: the outbox table's name, as given to ``OutboxSink(table_name=...)``.
     :param max_attempts: failures of one row before it may be parked.
     :param backoff: seconds before the first retry; doubled per failure, up to ``max_backoff``.
     :returns: how many change sets were delivered.
@@ -77,6 +78,8 @@ def relay(
         raise ConfigurationError(
             f"relay needs sinks with a publish(changeset) method, got {sinks!r}"
         )
+    if not table_name:
+        raise ConfigurationError("relay: table_name must name the outbox table")
     if batch_size < 1 or max_attempts < 1:
         raise ConfigurationError("relay: batch_size and max_attempts must be at least 1")
     if poll_interval <= 0 or backoff <= 0 or max_backoff < backoff:
