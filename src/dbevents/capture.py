@@ -24,7 +24,7 @@ Key = tuple[str, tuple[Any, ...]]
 
 @final
 class Entry:
-    """The net change of one row so far."""
+    """The net change of one row so far, while a later change is merged into it."""
 
     __slots__ = ("model", "new", "old", "op")
 
@@ -37,13 +37,22 @@ class Entry:
 
 @final
 class Buffer:
-    """Net changes keyed by (table, primary key), in the order rows were first changed."""
+    """Net changes keyed by (table, primary key), in the order rows were first changed.
 
-    __slots__ = ("committed", "entries", "frozen", "version")
+    A change is kept across four dicts rather than as one object per row: a flush
+    of many rows would otherwise leave as many objects for the garbage collector
+    to walk, and their count alone makes it run its full collections.
+    """
+
+    __slots__ = ("committed", "frozen", "models", "news", "olds", "ops", "version")
 
     def __init__(self) -> None:
-        self.entries: dict[Key, Entry] = {}
-        #: entries already frozen into a Change (for before_commit), until they change again
+        #: the net operation of each row, in the order rows were first changed
+        self.ops: dict[Key, Op] = {}
+        self.models: dict[Key, type[Any] | None] = {}
+        self.olds: dict[Key, Row | None] = {}
+        self.news: dict[Key, Row | None] = {}
+        #: rows already frozen into a Change (for before_commit), until they change again
         self.frozen: dict[Key, Change] = {}
         #: set when SQLAlchemy reports this transaction committed (or released)
         self.committed = False
@@ -51,7 +60,7 @@ class Buffer:
         self.version = 0
 
     def __bool__(self) -> bool:
-        return bool(self.entries)
+        return bool(self.ops)
 
     def add(
         self,
@@ -65,47 +74,58 @@ class Buffer:
         """Fold one row change into the net result (rules in DESIGN §4)."""
         self.version += 1
         key = (table, pk)
-        entry = self.entries.get(key)
-        if entry is None:
-            self.entries[key] = Entry(op, model, old, new)
+        ops = self.ops
+        first = ops.get(key)
+        if first is None:
+            ops[key] = op
+            self.models[key] = model
+            self.olds[key] = old
+            self.news[key] = new
             return
         if self.frozen:
             self.frozen.pop(key, None)
-        if not _merge(entry, op, old, new):
-            del self.entries[key]
+        entry = Entry(first, self.models[key], self.olds[key], self.news[key])
+        if _merge(entry, op, old, new):
+            ops[key], self.olds[key], self.news[key] = entry.op, entry.old, entry.new
+        else:
+            del ops[key], self.models[key], self.olds[key], self.news[key]
 
     def merge_into(self, parent: Buffer) -> None:
         """Fold this (released savepoint's) buffer into its parent."""
-        for (table, pk), entry in self.entries.items():
-            parent.add(table, pk, entry.op, entry.model, entry.old, entry.new)
+        models, olds, news = self.models, self.olds, self.news
+        for (table, pk), op in self.ops.items():
+            key = (table, pk)
+            parent.add(table, pk, op, models[key], olds[key], news[key])
 
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
-        frozen = self.frozen
-        if not frozen:
-            return tuple([_change(key, entry) for key, entry in self.entries.items()])
+        frozen, models, olds, news = self.frozen, self.models, self.olds, self.news
         return tuple(
-            [frozen.get(key) or _change(key, entry) for key, entry in self.entries.items()]
+            [
+                frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
+                for key, op in self.ops.items()
+            ]
         )
 
     def change(self, key: Key) -> Change:
         """Freeze the net change of one row (kept until the row changes again)."""
         change = self.frozen.get(key)
         if change is None:
-            change = self.frozen[key] = _change(key, self.entries[key])
+            change = self.frozen[key] = _change(
+                key, self.ops[key], self.models[key], self.olds[key], self.news[key]
+            )
         return change
 
 
 _new_tuple = tuple.__new__
 
 
-def _change(key: Key, entry: Entry) -> Change:
-    model, old, new = entry.model, entry.old, entry.new
+def _change(key: Key, op: Op, model: type[Any] | None, old: Row | None, new: Row | None) -> Change:
     # Change(...) through tuple.__new__: its generated __new__ costs a Python call per row
     return _new_tuple(
         Change,
         (
-            entry.op,
+            op,
             key[0],
             None if model is None else model.__name__,
             key[1],

@@ -83,17 +83,16 @@ class SessionState:
         callbacks_of: dict[type[Any], Any] = {}
         for _ in range(_MAX_COMMIT_ROUNDS):
             ran = False
-            for key, entry in list(buffer.entries.items()):
+            for key, model in list(buffer.models.items()):
                 if key in done:
                     continue
                 done.add(key)
-                model = entry.model
                 if model is None:
                     continue  # association and Core-only tables have no model callbacks
                 callbacks = callbacks_of.get(model)
                 if callbacks is None:
                     callbacks = callbacks_of[model] = registry.table(model).get("before_commit")
-                if not callbacks or key not in buffer.entries:
+                if not callbacks or key not in buffer.ops:
                     continue  # an earlier callback's flush may have netted this row away
                 ran = True
                 for fn, _ in callbacks:
@@ -132,7 +131,7 @@ class SessionState:
                     "the in-transaction sinks did not see them"
                 )
             changeset = self._changeset(buffer, prepared[0] if prepared else None)
-        models = [entry.model for entry in buffer.entries.values()]
+        models = list(buffer.models.values())
         deliver(self.events, changeset, models)
 
     def _enclosing_buffer(self, transaction: Transaction) -> Buffer:

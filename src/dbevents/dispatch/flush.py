@@ -81,9 +81,11 @@ class FlushState:
         self._buffer: Buffer | None = None
         #: states whose before_* callbacks already ran in before_flush
         self.seen: set[State] = set()
-        #: (op, plan, state, object, fields) for the after_* callbacks, in the order rows
-        #: were written; the object is held so that it outlives the flush
-        self.written: list[tuple[Op, ModelPlan, State, object, dict[str, Any]]] = []
+        #: op, plan, state, object, fields of each row for the after_* callbacks, in the
+        #: order rows were written, five items per row in one flat list (a tuple per row
+        #: would give the garbage collector one more object per row to walk); the object
+        #: is held so that it outlives the flush
+        self.written: list[Any] = []
         #: rows recorded with some values the database generated: filled after the flush
         self.incomplete: list[tuple[MapperSpec, State, Row, TablePart]] = []
         #: values of onupdate / version columns before the UPDATE overwrote them
@@ -333,7 +335,8 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     fs, st.flush = st.flush, None
     if fs is None or not fs.written:
         return
-    for op, plan, state, obj, fields in fs.written:
+    items = iter(fs.written)
+    for op, plan, state, obj, fields in zip(*[items] * 5, strict=True):
         model = plan.model
         if op is Op.INSERT:
             ident = state.identity or ()

@@ -111,7 +111,7 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 if plan.after_insert
                 else {}
             )
-            fs.written.append((Op.INSERT, plan, state, state.obj(), fields))
+            fs.written.extend((Op.INSERT, plan, state, state.obj(), fields))
 
 
 def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
@@ -152,7 +152,7 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             known = (
                 {k: v for k, v in fields.items() if v is not NO_VALUE} if plan.after_update else {}
             )
-            fs.written.append((Op.UPDATE, plan, state, state.obj(), known))
+            fs.written.extend((Op.UPDATE, plan, state, state.obj(), known))
 
 
 def _put(
@@ -226,7 +226,7 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     part.spec.name, pk, Op.DELETE, spec.model, row if plan.keep_old else None, None
                 )
         if plan.after:
-            fs.written.append((Op.DELETE, plan, state, state.obj(), {}))
+            fs.written.extend((Op.DELETE, plan, state, state.obj(), {}))
 
 
 def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -> tuple[Row, bool]:
