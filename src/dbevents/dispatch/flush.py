@@ -335,8 +335,9 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     fs, st.flush = st.flush, None
     if fs is None or not fs.written:
         return
-    items = iter(fs.written)
-    for op, plan, state, obj, fields in zip(*[items] * 5, strict=True):
+    written = fs.written
+    for at in range(0, len(written), 5):
+        op, plan, state, obj, fields = written[at : at + 5]
         model = plan.model
         if op is Op.INSERT:
             ident = state.identity or ()
