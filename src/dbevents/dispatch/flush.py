@@ -340,7 +340,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
         op, plan, state, obj, fields = written[at : at + 5]
         model = plan.model
         if op is Op.INSERT:
-            ident = state.identity or ()
+            ident: tuple[Any, ...] = state.identity or ()
             pk = ident[0] if len(ident) == 1 else ident
             for fn, _ in plan.after_insert:
                 fn(model, fields, pk)
