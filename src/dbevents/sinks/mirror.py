@@ -3,10 +3,10 @@
 Each committed change set is appended to ``.journal.jsonl`` and fsynced before
 ``publish`` returns.  Compaction folds the journal into the per-table files:
 every table file is rewritten through a temp file, fsync and rename, then the
-manifest, and only then is the journal emptied.  Replaying a journal over table
-files that already hold part of it gives the same rows (an INSERT or DELETE sets
-the row, an UPDATE sets columns), so a crash at any point leaves a directory
-that loads.
+manifest, and only then is the journal replaced by an empty one.  Replaying a
+journal over table files that already hold part of it gives the same rows (an
+INSERT or DELETE sets the row, an UPDATE sets columns), so a crash at any point
+leaves a directory that loads.
 
 Several processes may share one directory: every append and every compaction
 holds an exclusive ``flock`` on ``.lock``, opened anew each time, so threads and
@@ -156,12 +156,9 @@ class MirrorSink:
                 entry = dataclasses.replace(entry, rows=count)
             entries.append(entry)
         self._write_manifest(entries)
-        fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            os.ftruncate(fd, 0)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        # a new empty journal replaces the old one rather than emptying it in place, so a
+        # reader holding the old one (dbevents tail) can finish it and tell the two apart
+        write_atomic(self.directory / JOURNAL, [])
         self._since = None
 
     def _write_manifest(self, entries: Any) -> None:
