@@ -6,7 +6,8 @@
 - ``bulk update by pk``: ``session.execute(update(M), dicts_with_pk)``
 
 ``M`` is :class:`~benchmarks.bench_uow.SetContact`, with the six set-level
-callbacks (no-ops) and no row-level ones.
+callbacks (no-ops) and no row-level ones; the keys-only capture variant uses
+:class:`~benchmarks.bench_uow.PlainContact`, which has no callbacks.
 
 Each is committed.  Besides the raw driver and bare SQLAlchemy, UPDATE and
 DELETE have a floor: the bare statement plus one Core SELECT of the rows it
@@ -24,6 +25,7 @@ from benchmarks import common
 from benchmarks.bench_uow import (
     CAPTURE_KEYS,
     Base,
+    PlainContact,
     SetContact,
     insert_sql,
     seed,
@@ -46,6 +48,7 @@ class Statement:
     def __init__(self, db: Database, rows: int, op: str, variant: str) -> None:
         self.db, self.rows, self.op, self.variant = db, rows, op, variant
         self.maker, self.sink = sessionmaker_for(db, BARE if variant == FLOOR else variant)
+        self.model: Any = PlainContact if variant == CAPTURE_KEYS else SetContact
         self.params: list[dict[str, Any]] = []
 
     def setup(self) -> None:
@@ -57,7 +60,7 @@ class Statement:
                 {"name": n, "email": e, "score": s, "active": a} for n, e, s, a in values(self.rows)
             ]
             return
-        seed(self.db, self.rows, SetContact)
+        seed(self.db, self.rows, self.model)
         if self.op == "bulk update by pk":
             self.params = [
                 {"id": i + 1, "name": f"name {i} (renamed)", "score": i + 1}
@@ -74,18 +77,17 @@ class Statement:
             session.commit()
 
     def _execute(self, session: sa_orm.Session) -> None:
+        model = self.model
         if self.op == "stmt update":
             session.execute(
-                sa.update(SetContact)
-                .where(SetContact.id <= self.rows)
-                .values(name="renamed", score=7)
+                sa.update(model).where(model.id <= self.rows).values(name="renamed", score=7)
             )
         elif self.op == "stmt delete":
-            session.execute(sa.delete(SetContact).where(SetContact.id <= self.rows))
+            session.execute(sa.delete(model).where(model.id <= self.rows))
         elif self.op == "bulk insert":
-            session.execute(sa.insert(SetContact), self.params)
+            session.execute(sa.insert(model), self.params)
         else:
-            session.execute(sa.update(SetContact), self.params)
+            session.execute(sa.update(model), self.params)
 
     def teardown(self) -> None:
         self.params = []
@@ -103,7 +105,7 @@ class RawStatement:
             self.db.reset(Base.metadata)
             self.params = list(values(self.rows))
             return
-        seed(self.db, self.rows, SetContact)
+        seed(self.db, self.rows, self.model)
         if self.op == "bulk update by pk":
             self.params = [(f"name {i} (renamed)", i + 1, i + 1) for i in range(self.rows)]
 
