@@ -105,7 +105,7 @@ class RawStatement:
             self.db.reset(Base.metadata)
             self.params = list(values(self.rows))
             return
-        seed(self.db, self.rows, self.model)
+        seed(self.db, self.rows, SetContact)
         if self.op == "bulk update by pk":
             self.params = [(f"name {i} (renamed)", i + 1, i + 1) for i in range(self.rows)]
 
