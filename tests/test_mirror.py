@@ -16,7 +16,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 from dbevents.changes import Change, ChangeSet, Op, new_id
-from dbevents.fileformat import JOURNAL, Manifest, Source
+from dbevents.fileformat import JOURNAL, Manifest, Source, fk_order
 from dbevents.sinks.mirror import MirrorSink
 from tests import datamodels
 from tests.datamodels import Author, Book, Color, Node, Tag, Thing, metadata, table_rows
@@ -180,6 +180,27 @@ def test_a_core_table_keys_by_the_columns_holding_the_key(tmp_path: Path) -> Non
     sink.publish(changeset(Change(Op.INSERT, "audit", None, (7,), None, {"at": 1, "ref": 7})))
 
     assert Manifest.read(directory).tables[0].key == ("ref",)
+
+
+@pytest.mark.parametrize("known", ["metadata", "mapped classes"])
+def test_the_manifest_lists_tables_parents_first_as_dump_does(tmp_path: Path, known: str) -> None:
+    sink = MirrorSink(tmp_path, metadata=metadata if known == "metadata" else None)
+    book = {"id": 1, "title": "B", "author_id": 1}
+    author = {"id": 1, "name": "Ann", "favorite_book_id": None}
+    link = {"thing_id": 1, "tag_id": 1}
+    sink.publish(changeset(Change(Op.LINK, "thing_tags", None, (1, 1), None, link)))
+    sink.publish(changeset(Change(Op.INSERT, "books", "Book", (1,), None, book)))
+    sink.publish(tag_changeset(1))  # children seen before their parents
+    sink.publish(changeset(Change(Op.INSERT, "authors", "Author", (1,), None, author)))
+    sink.publish(changeset(Change(Op.INSERT, "audit", None, (7,), None, {"at": 1, "ref": 7})))
+
+    listed = [entry.name for entry in Manifest.read(tmp_path).tables]
+    dumped = [table.fullname for table in fk_order(metadata)[0] if table.fullname in listed]
+    assert listed == [*dumped, "audit"]  # a table no registry knows comes last
+    assert listed.index("authors") < listed.index("books")
+    assert listed.index("tags") < listed.index("thing_tags")
+    sink.compact()
+    assert [entry.name for entry in Manifest.read(tmp_path).tables] == listed
 
 
 def test_several_processes_share_one_directory(tmp_path: Path) -> None:

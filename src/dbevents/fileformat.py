@@ -41,6 +41,7 @@ __all__ = [
     "file_name",
     "fingerprint",
     "fk_order",
+    "fk_sorted",
     "fsync_dir",
     "key_of",
     "resolve_metadata",
@@ -95,6 +96,13 @@ def fk_order(
         if unknown:
             raise ConfigurationError(f"unknown table(s) {', '.join(unknown)} in the metadata")
         chosen = [metadata.tables[name] for name in wanted]
+    return fk_sorted(chosen)
+
+
+def fk_sorted(
+    chosen: Iterable[sa.Table],
+) -> tuple[list[sa.Table], list[sa.ForeignKeyConstraint]]:
+    """Tables parents first, others in the order given, and the foreign keys that close a cycle."""
     tables: list[sa.Table] = []
     cyclic: list[sa.ForeignKeyConstraint] = []
     for table, constraints in sa.schema.sort_tables_and_constraints(chosen):  # type: ignore[no-untyped-call, unused-ignore]

@@ -41,6 +41,7 @@ from ..fileformat import (
     TableEntry,
     file_name,
     fingerprint,
+    fk_sorted,
     key_of,
     resolve_metadata,
     write_atomic,
@@ -162,11 +163,38 @@ class MirrorSink:
         self._since = None
 
     def _write_manifest(self, entries: Any) -> None:
-        entries = tuple(entries)
+        entries = self._in_fk_order(tuple(entries))
         digest = None
         if self._metadata is not None and all(e.name in self._metadata.tables for e in entries):
             digest = fingerprint(self._metadata.tables[e.name] for e in entries)
         Manifest("mirror", entries, digest).write(self.directory)
+
+    def _in_fk_order(self, entries: tuple[TableEntry, ...]) -> tuple[TableEntry, ...]:
+        """Entries parents first, as ``dump`` lists them, where their tables are known.
+
+        Tables no registry knows (Core only, keyed by guess) follow, as they came.
+        """
+        registries = [self._metadata] if self._metadata is not None else []
+        for mapper in all_mappers():
+            metadata = getattr(mapper.local_table, "metadata", None)
+            if isinstance(metadata, sa.MetaData) and metadata not in registries:
+                registries.append(metadata)
+        known: dict[str, sa.Table] = {}
+        for entry in entries:
+            table = _table_of(entry, registries)
+            if table is not None:
+                known[entry.name] = table
+
+        def definition_order(table: sa.Table) -> tuple[int, int]:
+            metadata = table.metadata
+            return registries.index(metadata), list(metadata.tables).index(table.key)
+
+        parents_first, _ = fk_sorted(sorted(known.values(), key=definition_order))
+        by_name = {entry.name: entry for entry in entries}
+        return (
+            *(by_name[table.fullname] for table in parents_first),
+            *(entry for entry in entries if entry.name not in known),
+        )
 
     def _register(self, changes: tuple[Change, ...]) -> None:
         """Add the tables this change set names to the manifest, before the journal names them."""
@@ -197,6 +225,19 @@ class MirrorSink:
                 if table not in found:
                     found.append(table)
         return found
+
+
+def _table_of(entry: TableEntry, registries: list[sa.MetaData]) -> sa.Table | None:
+    """The table a manifest entry describes: same name, columns and key, in the first registry."""
+    for metadata in registries:
+        table = metadata.tables.get(entry.name)
+        if (
+            table is not None
+            and tuple(column.name for column in table.columns) == entry.columns
+            and key_of(table) == entry.key
+        ):
+            return table
+    return None
 
 
 def _entry(change: Change, candidates: list[sa.Table]) -> TableEntry:
