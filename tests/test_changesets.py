@@ -506,3 +506,51 @@ def test_memory_sink_keeps_latest_rows(Session: Any, memory: dbevents.MemorySink
         session.commit()
     assert memory.rows("contacts") == {}
     assert len(memory.changesets) == 3
+
+
+@pytest.mark.parametrize("level", ["keys", "new", "old+new"])
+def test_statement_capture_levels(tables: sa.Engine, level: Any) -> None:
+    received: list[ChangeSet] = []
+    events = dbevents.Events(capture={Contact: level})
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add_all([Contact(email="a@x", name="A"), Contact(email="b@x", name="B")])
+        session.commit()
+        # one row really changes; the other is set to the name it already has
+        session.execute(sa.update(Contact).values(name="B"))
+        session.execute(sa.delete(Contact).where(Contact.email == "a@x"))
+        session.commit()
+    changes = {(c.op, c.pk): c for c in received[1].changes}
+    deleted = changes.pop((Op.DELETE, (1,)))
+    assert deleted.new is None
+    row = {"id": 1, "email": "a@x", "name": "A", "company_id": None}  # as the transaction found it
+    assert deleted.old == (row if level == "old+new" else None)
+    if level == "keys":
+        # only keys are read: the unchanged row is reported too (docs/limits.md)
+        assert set(changes) == {(Op.UPDATE, (2,))}
+        assert (changes[(Op.UPDATE, (2,))].old, changes[(Op.UPDATE, (2,))].new) == (None, None)
+    else:
+        assert changes == {}  # row 1's update folded into its delete; row 2 did not change
+
+
+def test_a_statement_nobody_listens_to_is_not_read(tables: sa.Engine) -> None:
+    selects: list[str] = []
+    sa.event.listen(
+        tables,
+        "before_cursor_execute",
+        lambda conn, cursor, sql, *args: selects.append(sql) if "SELECT" in sql else None,
+    )
+    received: list[ChangeSet] = []
+    events = dbevents.Events(capture={Contact: "off"})
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add(Contact(email="a@x", name="A"))
+        session.commit()
+        selects.clear()
+        result = session.execute(sa.update(Contact).values(name="B"))
+        assert result.rowcount == 1
+        session.commit()
+    assert selects == []
+    assert received == []
