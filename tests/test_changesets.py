@@ -549,7 +549,9 @@ def test_a_statement_nobody_listens_to_is_not_read(tables: sa.Engine) -> None:
         session.add(Contact(email="a@x", name="A"))
         session.commit()
         selects.clear()
-        result = session.execute(sa.update(Contact).values(name="B"))
+        result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            sa.update(Contact).values(name="B")
+        )
         assert result.rowcount == 1
         session.commit()
     assert selects == []
