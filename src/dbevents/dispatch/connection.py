@@ -15,7 +15,6 @@ affected rows first (``FOR UPDATE`` where the database has it).
 
 from __future__ import annotations
 
-import enum
 import re
 import warnings
 import weakref
@@ -30,11 +29,12 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql.elements import False_
 
-from .._compat import dml_values, explicit_returning, where_criteria
+from .._compat import explicit_returning, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
+from .returning import Returns, old_part, update_from_locked, updated_columns
 from .stored import (
     SKIP_CAPTURE,
     inserted_rows,
@@ -113,17 +113,6 @@ def _capturing(connection: sa.Connection) -> tuple[sa_orm.Session | None, list[S
     return session, [st for st in states.values() if not st.events.is_muted]
 
 
-class Returns(enum.Enum):
-    """What the RETURNING clause dbevents added gives back."""
-
-    NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first)
-    OLD = "old"  # DELETE: the rows as they were
-    OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
-
-
-_OLD_PREFIX: Final = "dbevents_old_"
-
-
 @final
 class _Plan:
     """What to do after one statement ran."""
@@ -200,7 +189,7 @@ def _before_execute(
     if keys_only:
         columns: list[Any] = [table.c[name] for name in spec.pk]
     elif isinstance(statement, sa.Update):
-        columns = _updated_columns(table, spec, statement, parameters)
+        columns = updated_columns(table, spec, statement, parameters)
     else:
         columns = list(table.columns)
     before = None
@@ -227,7 +216,7 @@ def _before_execute(
         elif single and op is Op.UPDATE and keys_only and dialect.update_returning:
             statement = statement.return_defaults(supplemental_cols=columns)
         elif single and op is Op.UPDATE and dialect.name == "postgresql" and table.primary_key:
-            statement, old_columns = _update_from_locked(statement, spec, columns)
+            statement, old_columns = update_from_locked(statement, spec, columns)
             columns = [*old_columns, *columns]
             returns = Returns.OLD_AND_NEW
         else:  # read first, locked where the database can
@@ -282,7 +271,7 @@ def _after_execute(
         _report(Written(spec, plan.op, None, inserted))
     elif plan.returns is not Returns.NEW:
         both = returned_rows(plan.columns, result) or []
-        before = {pk_of(spec, old): old for old in (_old_part(row) for row in both)}
+        before = {pk_of(spec, old): old for old in (old_part(row) for row in both)}
         if plan.returns is Returns.OLD:
             record_rows(plan.session, plan.states, spec, plan.op, before, None)
             _report(Written(spec, plan.op, before, None))
@@ -323,74 +312,6 @@ def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[
         _report(Written(spec, op, {pk_of(spec, row): row for row in rows}, None))
     else:
         _report(Written(spec, op, None, rows))
-
-
-def _updated_columns(
-    table: sa.Table, spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]
-) -> list[Any]:
-    """The columns an UPDATE may change, and the key: all a change set of it needs.
-
-    Those it SETs (by its values, or the keys of its parameter sets) and those with
-    an ``onupdate``; every column when that can't be told, or when it sets the key.
-    """
-    pairs = dml_values(statement)
-    names = {column.key: column.name for column in table.columns}
-    if pairs:
-        keys = [_column_key(key) for key, _ in pairs]
-    elif parameters and parameters[0]:
-        keys = list(parameters[0])
-    else:
-        return list(table.columns)
-    if any(key not in names for key in keys):
-        return list(table.columns)
-    changed = {names[key] for key in keys}
-    if changed & set(spec.pk):
-        return list(table.columns)  # a new key: old and new rows can't be paired by key
-    changed.update(
-        column.name
-        for column in table.columns
-        if column.onupdate is not None or column.server_onupdate is not None
-    )
-    return [column for column in table.columns if column.name in spec.pk or column.name in changed]
-
-
-def _column_key(key: Any) -> Any:
-    """A SET target's column key: from a string, a column, or an ORM attribute."""
-    if isinstance(key, str):
-        return key
-    prop = getattr(key, "property", None)
-    columns = getattr(prop, "columns", None)
-    if columns:
-        return columns[0].key
-    return getattr(key, "key", None)
-
-
-def _update_from_locked(
-    statement: Any, spec: TableSpec, columns: list[Any]
-) -> tuple[Any, list[Any]]:
-    """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR UPDATE) old WHERE t.pk = old.pk``.
-
-    One statement gives old and new values of exactly the rows it locked and changed,
-    so a row another transaction inserts meanwhile can't be updated uncaptured.
-    """
-    table = statement.table
-    old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in columns))
-    if statement.whereclause is not None:
-        old_query = old_query.where(statement.whereclause)
-    old = old_query.with_for_update().subquery("dbevents_old")
-    same_row = [table.c[name] == old.c[_OLD_PREFIX + name] for name in spec.pk]
-    old_columns = list(old.c)
-    statement = statement.where(*same_row).return_defaults(
-        supplemental_cols=[*old_columns, *columns]
-    )
-    return statement, old_columns
-
-
-def _old_part(row: Row) -> Row:
-    """The old values of a row RETURNING gave with both (DELETE: all of them)."""
-    if not any(key.startswith(_OLD_PREFIX) for key in row):
-        return row
-    return {k[len(_OLD_PREFIX) :]: v for k, v in row.items() if k.startswith(_OLD_PREFIX)}
 
 
 def _report(written: Written) -> None:

@@ -1,0 +1,101 @@
+"""How a statement is made to return the rows it writes, and which columns it needs to.
+
+INSERT and UPDATE return the rows as stored through ``return_defaults()``, so the
+caller's result keeps its type and ``rowcount``.  On PostgreSQL an UPDATE returns
+its old values too, from a locked subquery in the same statement.  An UPDATE
+needs only its key and the columns it sets.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from .._compat import dml_values
+from ..mapping import TableSpec
+
+__all__ = ["Returns", "old_part", "update_from_locked", "updated_columns"]
+
+Row = dict[str, Any]
+
+
+class Returns(enum.Enum):
+    """What the RETURNING clause dbevents added gives back."""
+
+    NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first)
+    OLD = "old"  # DELETE: the rows as they were
+    OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
+
+
+_OLD_PREFIX: Final = "dbevents_old_"
+
+
+def updated_columns(
+    table: sa.Table, spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]
+) -> list[Any]:
+    """The columns an UPDATE may change, and the key: all a change set of it needs.
+
+    Those it SETs (by its values, or the keys of its parameter sets) and those with
+    an ``onupdate``; every column when that can't be told, or when it sets the key.
+    """
+    pairs = dml_values(statement)
+    names = {column.key: column.name for column in table.columns}
+    if pairs:
+        keys = [_column_key(key) for key, _ in pairs]
+    elif parameters and parameters[0]:
+        keys = list(parameters[0])
+    else:
+        return list(table.columns)
+    if any(key not in names for key in keys):
+        return list(table.columns)
+    changed = {names[key] for key in keys}
+    if changed & set(spec.pk):
+        return list(table.columns)  # a new key: old and new rows can't be paired by key
+    changed.update(
+        column.name
+        for column in table.columns
+        if column.onupdate is not None or column.server_onupdate is not None
+    )
+    return [column for column in table.columns if column.name in spec.pk or column.name in changed]
+
+
+def _column_key(key: Any) -> Any:
+    """A SET target's column key: from a string, a column, or an ORM attribute."""
+    if isinstance(key, str):
+        return key
+    prop = getattr(key, "property", None)
+    columns = getattr(prop, "columns", None)
+    if columns:
+        return columns[0].key
+    return getattr(key, "key", None)
+
+
+def update_from_locked(
+    statement: Any, spec: TableSpec, columns: list[Any]
+) -> tuple[Any, list[Any]]:
+    """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR UPDATE) old WHERE t.pk = old.pk``.
+
+    One statement gives old and new values of exactly the rows it locked and changed,
+    so a row another transaction inserts meanwhile can't be updated uncaptured.
+    """
+    table = statement.table
+    old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in columns))
+    if statement.whereclause is not None:
+        old_query = old_query.where(statement.whereclause)
+    old = old_query.with_for_update().subquery("dbevents_old")
+    same_row = [table.c[name] == old.c[_OLD_PREFIX + name] for name in spec.pk]
+    old_columns = list(old.c)
+    statement = statement.where(*same_row).return_defaults(
+        supplemental_cols=[*old_columns, *columns]
+    )
+    return statement, old_columns
+
+
+def old_part(row: Row) -> Row:
+    """The old values of a row RETURNING gave with both (DELETE: all of them)."""
+    if not any(key.startswith(_OLD_PREFIX) for key in row):
+        return row
+    return {k[len(_OLD_PREFIX) :]: v for k, v in row.items() if k.startswith(_OLD_PREFIX)}
