@@ -274,6 +274,38 @@ def test_nothing_is_stamped_while_muted(
                 session.commit()
 
 
+def test_a_load_keeps_the_mirrors_ids_times_and_authors(
+    events: dbevents.Events,
+    engine: sa.Engine,
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tmp_path: Any,
+) -> None:
+    events.add_sink(dbevents.MirrorSink(tmp_path / "data", metadata=FBase.metadata))
+    notes = FBase.metadata.tables["notes"]
+    with Session() as session, dbevents.acting_as("ada"):
+        session.add_all(
+            [Note(title="stamped"), Note(title="given", created_at=PAST, created_by="bob")]
+        )
+        session.commit()
+    with engine.connect() as conn:
+        mirrored = [
+            dict(row) for row in conn.execute(sa.select(notes).order_by(notes.c.id)).mappings()
+        ]
+    assert {row["created_by"] for row in mirrored} == {"ada", "bob"}
+    stamped: list[dbevents.ChangeSet] = []
+    events.on_commit(stamped.append)
+    # the load runs on an installed session's connection, as another actor: nothing is stamped
+    with Session() as session, dbevents.acting_as("carol"):
+        dbevents.load(session.connection(), FBase.metadata, tmp_path / "data", mode="truncate")
+        session.commit()
+    with engine.connect() as conn:
+        loaded = [
+            dict(row) for row in conn.execute(sa.select(notes).order_by(notes.c.id)).mappings()
+        ]
+    assert loaded == mirrored
+    assert stamped == []
+
+
 # -- actor isolation ---------------------------------------------------------------------------
 
 
