@@ -24,7 +24,7 @@ from ..capture import Buffer, Row
 from ..changes import Op
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, TablePart
-from ..registry import first_veto
+from ..registry import Callbacks, first_veto
 from ..rowset import RowSet
 from .plan import ModelPlan
 from .vetoes import apply_vetoes
@@ -61,6 +61,7 @@ class FlushState:
     __slots__ = (
         "_buffer",
         "context",
+        "deleting",
         "events",
         "generated_old",
         "incomplete",
@@ -81,6 +82,8 @@ class FlushState:
         self._buffer: Buffer | None = None
         #: states whose before_* callbacks already ran in before_flush
         self.seen: set[State] = set()
+        #: deleted states whose unloaded columns before_flush already read
+        self.deleting: set[State] = set()
         #: op, plan, state, object, fields of each row for the after_* callbacks, in the
         #: order rows were written, five items per row in one flat list (a tuple per row
         #: would give the garbage collector one more object per row to walk); the object
@@ -151,6 +154,7 @@ def before_flush(st: SessionState, session: sa_orm.Session, context: Any) -> Non
         # what the callbacks set may have no loaded old value either
         candidates = flush_candidates(session)
         _load_old_values(session, plan_of, candidates)
+    fs.deleting = set(candidates[2])
     if vetoes:
         apply_vetoes(session, events, vetoes)
 
@@ -164,7 +168,7 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
             spec, values = plan.spec, state.dict
             fields = {k: v for k, v in spec.scalar_defaults.items() if k not in values}
             fields.update((k, values[k]) for k in spec.column_keys if k in values)
-            vetoer = _with_fields(plan, obj, fields, (fields,))
+            vetoer = _with_fields(plan.before_insert, plan, obj, fields, (fields,))
         return vetoer
     if op == "update":
         if not (plan.before_save or plan.before_update):
@@ -175,7 +179,7 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_update:
             rows = RowSet(model, fs.session, objects=(obj,))
-            vetoer = _with_fields(plan, obj, fields, (rows, fields))
+            vetoer = _with_fields(plan.before_update, plan, obj, fields, (rows, fields))
         return vetoer
     vetoer = first_veto(plan.before_destroy, model, obj) if plan.before_destroy else None
     if vetoer is None and plan.before_delete:
@@ -184,10 +188,13 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
 
 
 def _with_fields(
-    plan: ModelPlan, obj: object, fields: dict[str, Any], args: tuple[Any, ...]
+    callbacks: Callbacks,
+    plan: ModelPlan,
+    obj: object,
+    fields: dict[str, Any],
+    args: tuple[Any, ...],
 ) -> Callable[..., Any] | None:
     """Run before_insert / before_update with ``fields``; write back what they changed."""
-    callbacks = plan.before_insert if len(args) == 1 else plan.before_update
     original = dict(fields)
     vetoer = first_veto(callbacks, plan.model, *args)
     if vetoer is None:

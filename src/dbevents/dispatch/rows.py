@@ -56,7 +56,7 @@ def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, sta
         return
     for fs in flushes:
         plan = fs.plan_of(mapper)
-        if plan.wants_old:
+        if plan.wants_old and state not in fs.deleting:  # before_flush read the others
             values = state.dict
             keys = [key for key in plan.spec.column_keys if key not in values]
             if keys:  # an orphan found by the flush itself, with columns not loaded
