@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import enum
@@ -70,6 +71,18 @@ def test_json_is_readable_text() -> None:
     )
     text = cs.to_json().decode()
     assert '"$decimal":"1.10"' in text and "\n" not in text
+
+
+def test_json_is_made_once_and_never_outlives_its_values() -> None:
+    cs = changeset(Change(Op.INSERT, "deals", "Deal", (1,), None, {"stage": Stage.WON}))
+    text = cs.to_json()
+    assert cs.to_json() is text  # every sink of a commit shares one encoding
+    restored = ChangeSet.from_json(text.decode())
+    assert restored.to_json() == text and restored == cs
+    # a copy with other values is encoded afresh, and equality ignores the cached text
+    other = dataclasses.replace(restored, actor="bob")
+    assert ChangeSet.from_json(other.to_json()).actor == "bob"
+    assert other != cs and dataclasses.replace(other, actor="ada") == cs
 
 
 def test_ids_are_unique_and_sort_by_creation_time() -> None:

@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -25,6 +25,10 @@ class Op(enum.Enum):
     DELETE = "delete"
     LINK = "link"
     UNLINK = "unlink"
+
+
+#: Op by value, for decoding (``Op(value)`` goes through the enum machinery each time)
+_OPS: Mapping[str, Op] = MappingProxyType({op.value: op for op in Op})
 
 
 class Change(NamedTuple):
@@ -57,26 +61,32 @@ class Change(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form used by :meth:`ChangeSet.to_json`."""
+        old, new = self.old, self.new
         return {
             "op": self.op.value,
             "table": self.table,
             "model": self.model,
-            "pk": [codec.encode(value) for value in self.pk],
-            "old": None if self.old is None else codec.encode_row(self.old),
-            "new": None if self.new is None else codec.encode_row(self.new),
+            "pk": codec.encode_values(self.pk),
+            "old": None if old is None else codec.encode_row(old),
+            "new": None if new is None else codec.encode_row(new),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
         """Restore a change from :meth:`to_dict` output."""
         old, new = data.get("old"), data.get("new")
-        return cls(
-            op=Op(data["op"]),
-            table=data["table"],
-            model=data.get("model"),
-            pk=tuple(codec.decode(value) for value in data["pk"]),
-            old=None if old is None else MappingProxyType(codec.decode_row(old)),
-            new=None if new is None else MappingProxyType(codec.decode_row(new)),
+        # tuple.__new__: a relay or a tail decodes every change it reads, and the
+        # named tuple's keyword constructor is several times slower
+        return tuple.__new__(
+            cls,
+            (
+                _OPS[data["op"]],
+                data["table"],
+                data.get("model"),
+                tuple(codec.decode_values(data["pk"])),
+                None if old is None else MappingProxyType(codec.decode_row(old)),
+                None if new is None else MappingProxyType(codec.decode_row(new)),
+            ),
         )
 
 
@@ -93,6 +103,9 @@ class ChangeSet:
     committed_at: dt.datetime
     actor: str | None
     changes: tuple[Change, ...]
+    # the JSON form, made once: every sink that serializes (outbox, mirror, Redis) and a
+    # relay passing on what it read share it instead of encoding the change set again
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -156,7 +169,17 @@ class ChangeSet:
 
     def to_json(self) -> bytes:
         """Serialize to compact UTF-8 JSON that :meth:`from_json` restores exactly."""
-        return codec.dumps(self.to_dict()).encode()
+        if self._json is None:
+            # one change at a time: the JSON-ready dict of each is gone before the next is
+            # made, where a whole to_dict() of a big commit would set off the garbage collector
+            dumps = codec.dumps
+            head = dumps(
+                {"id": self.id, "committed_at": self.committed_at.isoformat(), "actor": self.actor}
+            )
+            body = ",".join([dumps(change.to_dict()) for change in self.changes])
+            object.__setattr__(self, "_json", f'{head[:-1]},"changes":[{body}]}}'.encode())
+            assert self._json is not None
+        return self._json
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeSet:
@@ -165,13 +188,17 @@ class ChangeSet:
             id=data["id"],
             committed_at=dt.datetime.fromisoformat(data["committed_at"]),
             actor=data.get("actor"),
-            changes=tuple(Change.from_dict(item) for item in data["changes"]),
+            changes=tuple([Change.from_dict(item) for item in data["changes"]]),
         )
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ChangeSet:
-        """Parse what :meth:`to_json` wrote."""
-        return cls.from_dict(codec.loads(data))
+        """Parse what :meth:`to_json` wrote; :meth:`to_json` of the result returns ``data``."""
+        changeset = cls.from_dict(codec.loads(data))
+        object.__setattr__(
+            changeset, "_json", data.encode() if isinstance(data, str) else bytes(data)
+        )
+        return changeset
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from .changes import ChangeSet
 from .delivery import Sink
@@ -76,6 +77,12 @@ class Batcher:
         #: (seq, id) -> indexes of the sinks that accepted a row not yet acknowledged
         self.accepted: dict[tuple[int, str], set[int]] = {}
         self.dead_ready = False
+        # acknowledging a batch: one array parameter on PostgreSQL, the driver's executemany
+        # on SQLite; an IN list of hundreds of parameters is rendered and parsed each time
+        seqs = sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger))
+        self._delete_any = self.outbox.delete().where(self.outbox.c.seq == sa.any_(seqs))
+        table = engine.dialect.identifier_preparer.format_table(self.outbox)
+        self._delete_one = f"DELETE FROM {table} WHERE seq = ?"
 
     def run(self) -> Outcome:
         """Take, deliver and acknowledge one batch, in one transaction."""
@@ -174,7 +181,11 @@ class Batcher:
         acked = good[: outcome.delivered]
         table = self.outbox
         if acked:
-            connection.execute(table.delete().where(table.c.seq.in_([row.seq for row in acked])))
+            seqs = [row.seq for row in acked]
+            if self.sqlite:
+                connection.exec_driver_sql(self._delete_one, [(seq,) for seq in seqs])
+            else:
+                connection.execute(self._delete_any, {"seqs": seqs})
         to_park = [(row, row.broken) for row in rows if row.broken is not None]
         if outcome.failed is not None:
             row, sink, error = outcome.failed
