@@ -163,6 +163,8 @@ class PyDAL:
             folder = os.path.dirname(common.open_database("sqlite").path or ".")
             uri = f"postgres:psycopg2://{url.username}@{url.host}:{url.port}/{url.database}"
         self.dal = pydal.DAL(uri, folder=folder, pool_size=0, check_reserved=None)
+        if db.backend == "sqlite":
+            self.dal.executesql(common.SQLITE_NO_SYNC)
         self.table: Any = None
 
     def setup(self) -> None:

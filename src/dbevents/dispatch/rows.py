@@ -123,36 +123,49 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if not (plan.capture or plan.after):
             continue
         spec = plan.spec
-        values = state.dict
-        changed = state.committed_state
-        columns_of_key = spec.columns_of_key
-        olds: list[Row] = [{} for _ in spec.parts]
-        news: list[Row] = [{} for _ in spec.parts]
-        fields: dict[str, Any] = {}
-        generated_old = fs.generated_old.pop(state, None)
-        for key, old in changed.items():
-            columns = columns_of_key.get(key)
-            if columns is not None:
-                new = values.get(key, NO_VALUE)
-                if old is NO_VALUE or new is NO_VALUE or not same(old, new):
-                    fields[key] = new
-                    _put(columns, old, new, olds, news)
+        generated_old = fs.generated_old.pop(state, None) if spec.generated_keys else None
+        fields = _written_fields(spec, state, generated_old)
         if not fields:
             continue  # SQLAlchemy reports every dirty object; no row was written for this one
-        if generated_old:  # onupdate and version columns, set by the UPDATE itself
-            for key, old in generated_old.items():
-                if key not in changed:
-                    new = values.get(key, NO_VALUE)
-                    if old is NO_VALUE or new is NO_VALUE or not same(old, new):
-                        fields[key] = new
-                        _put(spec.columns_of_key[key], old, new, olds, news)
         if plan.capture:
+            changed = state.committed_state
+            olds: list[Row] = [{} for _ in spec.parts]
+            news: list[Row] = [{} for _ in spec.parts]
+            for key, new in fields.items():
+                old = changed[key] if key in changed else generated_old[key]  # type: ignore[index]
+                _put(spec.columns_of_key[key], old, new, olds, news)
             _record_update(fs, plan, state, olds, news)
         if plan.after:
             known = (
                 {k: v for k, v in fields.items() if v is not NO_VALUE} if plan.after_update else {}
             )
             fs.written.extend((Op.UPDATE, plan, state, state.obj(), known))
+
+
+def _written_fields(
+    spec: MapperSpec, state: State, generated_old: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The columns the UPDATE of ``state`` wrote: new values by attribute key.
+
+    NO_VALUE for a value set by a SQL expression; ``generated_old`` holds what
+    onupdate and version columns were before the UPDATE set them.
+    """
+    values = state.dict
+    changed = state.committed_state
+    columns_of_key = spec.columns_of_key
+    fields: dict[str, Any] = {}
+    for key, old in changed.items():
+        if key in columns_of_key:
+            new = values.get(key, NO_VALUE)
+            if old is NO_VALUE or new is NO_VALUE or not same(old, new):
+                fields[key] = new
+    if fields and generated_old:
+        for key, old in generated_old.items():
+            if key not in changed:
+                new = values.get(key, NO_VALUE)
+                if old is NO_VALUE or new is NO_VALUE or not same(old, new):
+                    fields[key] = new
+    return fields
 
 
 def _put(
@@ -303,5 +316,7 @@ def listen_mappers() -> None:
         ("after_update", _on_after_update),
         ("after_delete", _on_after_delete),
     ):
-        sa_event.listen(sa_orm.Mapper, name, fn, raw=True)
+        # retval: SQLAlchemy calls the function itself rather than through a wrapper that
+        # only discards its return value (these events ignore it); one call less per row
+        sa_event.listen(sa_orm.Mapper, name, fn, raw=True, retval=True)
     _listening = True
