@@ -278,6 +278,35 @@ def test_vetoed_delete_keeps_the_rows(
     assert calls == [("before_delete", ["n2", "veto"])]
 
 
+@pytest.mark.parametrize(
+    ("level", "pks"), [("off", (None, None)), ("keys", (((2,), (3,)), ((3,),)))]
+)
+def test_statement_rows_are_keys_when_captured_else_the_where_clause(
+    level: str, pks: tuple[Any, Any], db: sa.Engine
+) -> None:
+    events = dbevents.Events(capture={Item: level})  # type: ignore[dict-item]
+    seen: Calls = []
+
+    @events.listens_for(Item, "after_update")
+    def updated(cls: type[Item], rows: RowSet[Item], fields: dict[str, Any]) -> None:
+        seen.append((rows.pks, sorted(item.id for item in rows.select()), dict(fields)))
+
+    @events.listens_for(Item, "after_delete")
+    def deleted(cls: type[Item], rows: RowSet[Item]) -> None:
+        seen.append((rows.pks, rows.count()))
+
+    maker = events.install(sa_orm.sessionmaker(db))
+    try:
+        with maker() as session:
+            session.execute(sa.update(Item).where(Item.qty >= 2).values(name="x"))
+            session.execute(sa.delete(Item).where(Item.id == 3))
+            session.commit()
+    finally:
+        events.uninstall(maker)
+    # off: Emmett's dbset, the WHERE clause read when asked; else the keys of the rows written
+    assert seen == [(pks[0], [2, 3], {"name": "x"}), (pks[1], 0)]
+
+
 # -- paths without callbacks, skip and mute ----------------------------------------------------
 
 CAPTURE_ONLY: dict[str, Write] = {

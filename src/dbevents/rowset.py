@@ -43,7 +43,11 @@ class RowSet(Generic[M]):
 
     @property
     def pks(self) -> tuple[tuple[Any, ...], ...] | None:
-        """Primary keys of the rows, as tuples, when known (always on the unit of work)."""
+        """Primary keys of the rows, as tuples, when known.
+
+        Always on the unit of work; on a statement when the model's rows are
+        captured, ``None`` when it is named by its WHERE clause alone.
+        """
         if self._pks is None and self._objects is not None:
             self._pks = tuple(
                 sa.inspect(obj).identity or ()

@@ -58,7 +58,8 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
     if orm_state.is_update and _by_primary_key(orm_state.statement, params):
         rows = [dict(p) for p in (params if isinstance(params, Sequence) else [params]) if p]
         return _update_by_key(orm_state, spec, callbacks, rows)
-    return _update_or_delete(orm_state, spec, callbacks)
+    captured = st.events.level_of(spec.mapper) != "off"
+    return _update_or_delete(orm_state, spec, callbacks, captured)
 
 
 def _by_primary_key(statement: Any, params: Any) -> bool:
@@ -121,7 +122,15 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
 # -- UPDATE / DELETE with a WHERE clause --------------------------------------------------------
 
 
-def _update_or_delete(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table) -> Any:
+def _update_or_delete(
+    orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, captured: bool
+) -> Any:
+    """A statement UPDATE or DELETE with a WHERE clause (or none: every row).
+
+    The after_* ``rows`` name the rows written by their keys when the model's rows
+    are captured; with capture ``"off"`` nothing is read back, and ``rows`` is the
+    statement's WHERE clause, as Emmett's ``dbset`` (``rows.pks`` is None).
+    """
     statement: Any = orm_state.statement
     session, model = orm_state.session, spec.model
     update = orm_state.is_update
@@ -149,6 +158,13 @@ def _update_or_delete(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callb
     set_after = callbacks.get("after_update" if update else "after_delete")
     if not (set_after or row_after):
         return orm_state.invoke_statement(statement=statement)  # nobody asks what was written
+    if not (captured or row_after):
+        result = orm_state.invoke_statement(statement=statement)
+        where = statement.whereclause
+        named = RowSet(model, session, where=sa.true() if where is None else where)
+        for fn, _ in set_after:
+            fn(model, *((named, fields) if update else (named,)))
+        return result
     with written_rows() as written:
         result = orm_state.invoke_statement(statement=statement)
     pks = _written_keys(spec, written, Op.UPDATE if update else Op.DELETE)
