@@ -5,6 +5,8 @@
   capture and no sink, and dbevents with an :class:`~dbevents.OutboxSink`.
   The note under the table gives the outbox's cost per change row: the
   OutboxSink time minus the capture time, over the rows (target: 10 µs).
+  Small commits also run bare with one ``SELECT 1`` more per commit (the
+  floor): the outbox's INSERT is one more statement in every transaction.
 - ``relay drain`` (20,000 change sets of one row each, batches of 500):
   :func:`dbevents.relay` with ``once=True`` into a sink that drops them, into a
   :class:`~dbevents.MemorySink`, and into a :class:`RedisStreamSink` on a
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from benchmarks import common
-from benchmarks.common import BARE, CAPTURE, Database, Result
+from benchmarks.common import BARE, CAPTURE, FLOOR, Database, Result
 from dbevents.changes import Change, ChangeSet, Op, new_id
 
 __all__ = ["run"]
@@ -33,7 +36,8 @@ NULL = "relay → null sink"
 MEMORY_SINK = "relay → MemorySink"
 REDIS = "relay → Redis stream"
 ONE_COMMIT = "outbox: uow insert"
-SMALL_COMMITS = "outbox: commits of 10 rows"
+PER_SMALL_COMMIT = 10
+SMALL_COMMITS = f"outbox: commits of {PER_SMALL_COMMIT} rows"
 DRAIN = "relay drain"
 BATCH = 500
 
@@ -57,16 +61,21 @@ def run(quick: bool) -> list[Result]:
     rows = common.rows_for(10_000, 2_000)
     cases = [
         case
-        for operation, per_commit in ((ONE_COMMIT, 0), (SMALL_COMMITS, 10))
+        for operation, per_commit, variants in (
+            (ONE_COMMIT, 0, (BARE, CAPTURE, OUTBOX)),
+            (SMALL_COMMITS, PER_SMALL_COMMIT, (BARE, FLOOR, CAPTURE, OUTBOX)),
+        )
         for case in common.cases_for(
             operation,
             rows,
             [
                 (v, f"{__name__}:Commits", {"variant": v, "per_commit": per_commit})
-                for v in (BARE, CAPTURE, OUTBOX)
+                for v in variants
             ],
         )
     ]
+    # the floor is bare SQLAlchemy too: no dbevents listeners in its process
+    cases = [replace(case, group=BARE) if case.variant == FLOOR else case for case in cases]
     drained = common.rows_for(20_000, 5_000)
     sinks = [(NULL, "null"), (MEMORY_SINK, "memory")]
     redis_server = _start_redis()
@@ -105,6 +114,14 @@ def _notes(results: list[Result]) -> list[Result]:
         if variant != OUTBOX or capture is None:
             continue
         added = (row["seconds"] - capture["seconds"]) / row["rows"] * 1e6
+        note = f"{operation} on {backend}: the outbox adds {added:.1f} µs per change row"
+        floor, bare = timed.get((operation, backend, FLOOR)), timed.get((operation, backend, BARE))
+        if floor is not None and bare is not None:
+            statement = (floor["seconds"] - bare["seconds"]) / row["rows"] * 1e6
+            note += (
+                f" ({added * PER_SMALL_COMMIT:.0f} µs per commit, where one more statement"
+                f" in a commit costs {statement * PER_SMALL_COMMIT:.0f} µs)"
+            )
         notes.append(
             Result(
                 operation=operation,
@@ -113,8 +130,7 @@ def _notes(results: list[Result]) -> list[Result]:
                 seconds=float("nan"),
                 rows=row["rows"],
                 peak_mb=None,
-                note=f"{operation} on {backend}: the outbox adds {added:.1f} µs per change row"
-                + (f" ({added * 10:.0f} µs per commit)" if operation == SMALL_COMMITS else ""),
+                note=note,
             )
         )
     return notes
@@ -134,7 +150,8 @@ class Commits:
             pass
 
         self.maker = sa_orm.sessionmaker(db.engine, class_=BenchSession)
-        if variant != BARE:
+        self.floor = variant == FLOOR
+        if variant not in (BARE, FLOOR):
             sinks = [self.outbox] if variant == OUTBOX else []
             dbevents.Events(sinks=sinks).install(self.maker)
         self.data: list[tuple[str, str, int, bool]] = []
@@ -155,6 +172,8 @@ class Commits:
                         for c, e, t, p in self.data[start : start + step]
                     ]
                 )
+                if self.floor:  # what one more statement in the transaction costs
+                    session.execute(sa.select(sa.literal(1)))
                 session.commit()
 
     def teardown(self) -> None:
