@@ -107,9 +107,13 @@ def _c_encoder() -> Callable[[Any, int], Any] | None:
         return None
     # markers=None: no check for cycles, which column values (read from a database) can't have
     arguments = (None, _ENCODER.default, json.encoder.encode_basestring)
-    encode = make(*arguments, None, ":", ",", False, False, True)
     sample = {"a": [1, 2.5, None, True], "b": "é\n"}
-    return encode if "".join(encode(sample, 0)) == _ENCODER.encode(sample) else None
+    try:  # its arguments are the json module's own business: check them, else do without
+        encode = make(*arguments, None, ":", ",", False, False, True)
+        same = "".join(encode(sample, 0)) == _ENCODER.encode(sample)
+    except (TypeError, ValueError):
+        return None
+    return encode if same else None
 
 
 _C_ENCODE = _c_encoder()
