@@ -17,7 +17,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 import dbevents.sinks
-from dbevents.changes import ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op, new_id
 from dbevents.sinks.outbox import OutboxSink
 from dbevents.sinks.redis import RedisStreamSink
 from tests.models import Company, Contact
@@ -107,6 +107,43 @@ def test_maxlen_trims_the_stream(client: redis.Redis[Any], stream: str) -> None:
     sink.publish_many([changeset] * 1000)
     # approximate trimming keeps whole nodes: at least maxlen, far fewer than were added
     assert 10 <= client.xlen(stream) < 1000
+
+
+@pytest.mark.parametrize("scripts", [True, False], ids=["scripted", "no scripts allowed"])
+def test_a_batch_arrives_in_order_with_or_without_scripts(
+    scripts: bool, client: redis.Redis[Any], redis_url: str, stream: str
+) -> None:
+    url = redis_url
+    if not scripts:  # a user whose ACL refuses scripts: the sink pipelines instead
+        user = f"noscript{uuid4().hex[:8]}"
+        client.acl_setuser(
+            user, enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-@scripting"]
+        )
+        url = redis_url.replace("redis://", f"redis://{user}:pw@", 1)
+        with (
+            redis.Redis.from_url(url) as limited,
+            pytest.raises(redis.exceptions.NoPermissionError),
+        ):
+            limited.execute_command("EVAL", "return 1", 0)
+    sink = RedisStreamSink(url, stream, per_change=True)
+    changesets = [
+        ChangeSet(new_id(), dt.datetime.now(dt.UTC), None, (change(i), change(i + 100)))
+        for i in range(3)
+    ]
+    for _ in range(2):  # the second batch after the refusal went straight to the pipeline
+        sink.publish_many(changesets)
+    sink.close()
+    got = entries(client, stream)
+    assert [(e["id"].decode(), e["index"]) for e in got] == 2 * [
+        (cs.id, index) for cs in changesets for index in (b"0", b"1")
+    ]
+    assert [ChangeSet.from_json(e["changeset"]).changes[0].pk for e in got] == 2 * [
+        (i + offset,) for i in range(3) for offset in (0, 100)
+    ]
+
+
+def change(i: int) -> Change:
+    return Change(Op.INSERT, "contacts", "Contact", (i,), None, {"id": i})
 
 
 def test_behind_the_relay_every_change_set_arrives_in_order(
