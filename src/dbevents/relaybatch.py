@@ -122,7 +122,7 @@ class Batcher:
         )
         if not self.sqlite:
             query = query.with_for_update(skip_locked=True)
-        rows = [Row(*row) for row in connection.execute(query)]
+        rows = [Row(*row) for row in connection.execute(query).all()]  # one fetch, not one per row
         for row in rows:
             try:
                 row.changeset = ChangeSet.from_json(row.payload)
