@@ -78,11 +78,13 @@ class Batcher:
         self.accepted: dict[tuple[int, str], set[int]] = {}
         self.dead_ready = False
         # acknowledging a batch: one array parameter on PostgreSQL, the driver's executemany
-        # on SQLite; an IN list of hundreds of parameters is rendered and parsed each time
+        # on SQLite; an IN list of hundreds of parameters, rendered and parsed each time,
+        # only where neither is known to work
+        self._by_array = engine.dialect.name == "postgresql"
         seqs = sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger))
         self._delete_any = self.outbox.delete().where(self.outbox.c.seq == sa.any_(seqs))
         table = engine.dialect.identifier_preparer.format_table(self.outbox)
-        self._delete_one = f"DELETE FROM {table} WHERE seq = ?"
+        self._delete_each = f"DELETE FROM {table} WHERE seq = ?"
 
     def run(self) -> Outcome:
         """Take, deliver and acknowledge one batch, in one transaction."""
@@ -181,11 +183,7 @@ class Batcher:
         acked = good[: outcome.delivered]
         table = self.outbox
         if acked:
-            seqs = [row.seq for row in acked]
-            if self.sqlite:
-                connection.exec_driver_sql(self._delete_one, [(seq,) for seq in seqs])
-            else:
-                connection.execute(self._delete_any, {"seqs": seqs})
+            self._acknowledge(connection, [row.seq for row in acked])
         to_park = [(row, row.broken) for row in rows if row.broken is not None]
         if outcome.failed is not None:
             row, sink, error = outcome.failed
@@ -203,6 +201,15 @@ class Batcher:
         outcome.parked = len(to_park)
         gone = {row.seq for row in acked} | {row.seq for row, _ in to_park}
         outcome.pending = [(row.seq, row.id) for row in rows if row.seq not in gone]
+
+    def _acknowledge(self, connection: sa.Connection, seqs: list[int]) -> None:
+        """Delete the outbox rows every sink accepted."""
+        if self._by_array:
+            connection.execute(self._delete_any, {"seqs": seqs})
+        elif self.sqlite:
+            connection.exec_driver_sql(self._delete_each, [(seq,) for seq in seqs])
+        else:
+            connection.execute(self.outbox.delete().where(self.outbox.c.seq.in_(seqs)))
 
     def _park(self, connection: sa.Connection, row: Row, reason: str) -> None:
         if not self.dead_ready:
