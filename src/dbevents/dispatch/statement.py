@@ -285,9 +285,14 @@ def _written_keys(spec: MapperSpec, written: list[Written], op: Op) -> list[tupl
             continue
         if op is Op.DELETE and item.before is not None:  # by primary key already
             keys.update(dict.fromkeys(item.before))
+        elif len(part.pk) == 1:  # the usual case, without a list per row
+            ((name, _),) = part.pk
+            keys.update(dict.fromkeys([(row.get(name),) for row in item.after or ()]))
         else:
             names = [name for name, _ in part.pk]
-            keys.update((tuple([row.get(n) for n in names]), None) for row in item.after or ())
+            keys.update(
+                dict.fromkeys([tuple([row.get(n) for n in names]) for row in item.after or ()])
+            )
     return list(keys)
 
 
