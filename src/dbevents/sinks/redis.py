@@ -50,7 +50,7 @@ class RedisStreamSink:
     """Append committed change sets to the Redis stream ``stream``.
 
     Use it directly as a sink, or behind :func:`dbevents.relay` (which hands it
-    whole batches: one pipelined round trip per batch).
+    whole batches: one round trip per batch).
 
     :param url_or_client: a ``redis://`` URL, or a ``redis.Redis`` client to use
         (then left open by :meth:`close`).
