@@ -79,6 +79,8 @@ def test_json_is_made_once_and_never_outlives_its_values() -> None:
     assert cs.to_json() is text  # every sink of a commit shares one encoding
     restored = ChangeSet.from_json(text.decode())
     assert restored.to_json() == text and restored == cs
+    # a journal line keeps its newline; what is passed on (tail --json, a relay) does not
+    assert ChangeSet.from_json(text + b"\n").to_json() == text
     # a copy with other values is encoded afresh, and equality ignores the cached text
     other = dataclasses.replace(restored, actor="bob")
     assert ChangeSet.from_json(other.to_json()).actor == "bob"

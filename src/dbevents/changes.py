@@ -160,26 +160,23 @@ class ChangeSet:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form (tagged values, see :mod:`dbevents.codec`)."""
-        return {
-            "id": self.id,
-            "committed_at": self.committed_at.isoformat(),
-            "actor": self.actor,
-            "changes": [change.to_dict() for change in self.changes],
-        }
+        return {**self._head(), "changes": [change.to_dict() for change in self.changes]}
+
+    def _head(self) -> dict[str, Any]:
+        """The JSON-ready form without the changes."""
+        return {"id": self.id, "committed_at": self.committed_at.isoformat(), "actor": self.actor}
 
     def to_json(self) -> bytes:
         """Serialize to compact UTF-8 JSON that :meth:`from_json` restores exactly."""
-        if self._json is None:
+        text = self._json
+        if text is None:
             # one change at a time: the JSON-ready dict of each is gone before the next is
             # made, where a whole to_dict() of a big commit would set off the garbage collector
             dumps = codec.dumps
-            head = dumps(
-                {"id": self.id, "committed_at": self.committed_at.isoformat(), "actor": self.actor}
-            )
             body = ",".join([dumps(change.to_dict()) for change in self.changes])
-            object.__setattr__(self, "_json", f'{head[:-1]},"changes":[{body}]}}'.encode())
-            assert self._json is not None
-        return self._json
+            text = f'{dumps(self._head())[:-1]},"changes":[{body}]}}'.encode()
+            object.__setattr__(self, "_json", text)
+        return text
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeSet:
@@ -193,11 +190,14 @@ class ChangeSet:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ChangeSet:
-        """Parse what :meth:`to_json` wrote; :meth:`to_json` of the result returns ``data``."""
+        """Parse what :meth:`to_json` wrote (a line of it, say).
+
+        :meth:`to_json` of the result returns that text again, without the
+        whitespace around it, rather than encoding the change set anew.
+        """
         changeset = cls.from_dict(codec.loads(data))
-        object.__setattr__(
-            changeset, "_json", data.encode() if isinstance(data, str) else bytes(data)
-        )
+        text = data.strip()
+        object.__setattr__(changeset, "_json", text.encode() if isinstance(text, str) else text)
         return changeset
 
 

@@ -16,6 +16,7 @@ from ..changes import ChangeSet
 
 try:
     import redis
+    from redis.commands.core import Script
 except ImportError as error:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
         "dbevents.sinks.redis needs the redis package: pip install 'dbevents[redis]'"
@@ -82,7 +83,7 @@ class RedisStreamSink:
         self.per_change = per_change
         # None once the server refuses scripts (ACLs, renamed commands): batches are
         # pipelined instead
-        self._append_all: Any = self.client.register_script(_APPEND_ALL)
+        self._append_all: Script | None = self.client.register_script(_APPEND_ALL)
 
     def publish(self, changeset: ChangeSet) -> None:
         """Append ``changeset``: one ``XADD``, or a pipeline of them with ``per_change``."""
