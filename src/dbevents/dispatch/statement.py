@@ -158,17 +158,15 @@ def _update_or_delete(
     set_after = callbacks.get("after_update" if update else "after_delete")
     if not (set_after or row_after):
         return orm_state.invoke_statement(statement=statement)  # nobody asks what was written
-    if not (captured or row_after):
+    if captured or row_after:
+        with written_rows() as written:
+            result = orm_state.invoke_statement(statement=statement)
+        pks = _written_keys(spec, written, Op.UPDATE if update else Op.DELETE)
+        done = RowSet(model, session, pks=pks)
+    else:  # nothing captured: the rows are named by the WHERE clause, and nothing is read back
         result = orm_state.invoke_statement(statement=statement)
         where = statement.whereclause
-        named = RowSet(model, session, where=sa.true() if where is None else where)
-        for fn, _ in set_after:
-            fn(model, *((named, fields) if update else (named,)))
-        return result
-    with written_rows() as written:
-        result = orm_state.invoke_statement(statement=statement)
-    pks = _written_keys(spec, written, Op.UPDATE if update else Op.DELETE)
-    done = RowSet(model, session, pks=pks)
+        done = RowSet(model, session, where=sa.true() if where is None else where)
     for fn, _ in set_after:
         fn(model, *((done, fields) if update else (done,)))
     if row_after:
