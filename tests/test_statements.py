@@ -231,6 +231,26 @@ def test_vetoed_update_returns_rowcount_zero_and_leaves_rows(
     assert [c[0] for c in calls] == ["before_update"]
 
 
+KEY_UPDATES: dict[str, Write] = {
+    "one row": lambda s: s.execute(sa.update(Item).where(Item.id == 1).values(id=10, name="x")),
+    "shifted": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(id=Item.id + 100)),
+    "core, key and value": lambda s: s.execute(
+        items.update().where(items.c.id == 3).values(id=30, qty=items.c.qty + 1)
+    ),
+}
+
+
+@pytest.mark.parametrize("path", KEY_UPDATES)
+def test_update_statement_that_sets_the_key_moves_the_rows(
+    path: str, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    # a row under a new key is a different row to every consumer keyed by it: the old
+    # key is delivered as deleted and the new one as inserted, as on the unit of work
+    check_delivered(db, Session, changesets, KEY_UPDATES[path])
+    ops = sorted(change.op.value for cs in changesets for change in cs.changes)
+    assert ops and set(ops) == {"delete", "insert"}
+
+
 def test_bulk_update_by_primary_key_vetoes_and_captures_per_row(
     Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
 ) -> None:

@@ -34,14 +34,17 @@ from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
-from .returning import Returns, old_part, update_from_locked, updated_columns
+from .returning import Returns, set_columns, update_from_locked, updated_columns
 from .stored import (
     SKIP_CAPTURE,
     inserted_rows,
     pk_of,
     read_rows,
+    record_diffs,
     record_keys,
     record_rows,
+    record_update,
+    returned_diffs,
     returned_rows,
 )
 
@@ -68,12 +71,12 @@ _WRITE_SQL = re.compile(
 
 @dataclass(frozen=True, slots=True)
 class Written:
-    """The rows one statement wrote: ``before`` by primary key, ``after`` as stored."""
+    """What one statement wrote: the keys of the rows, and the inserted rows as stored."""
 
     spec: TableSpec
     op: Op
-    before: Mapping[tuple[Any, ...], Row] | None
-    after: Sequence[Row] | None
+    keys: Sequence[tuple[Any, ...]]
+    rows: Sequence[Row] = ()
 
 
 _written: ContextVar[list[Written] | None] = ContextVar("dbevents.written", default=None)
@@ -121,9 +124,11 @@ class _Plan:
         "before",
         "columns",
         "keys_only",
+        "old_columns",
         "op",
         "returns",
         "session",
+        "sets_key",
         "spec",
         "statement",
         "states",
@@ -140,6 +145,8 @@ class _Plan:
         columns: Sequence[sa.ColumnElement[Any]],
         returns: Returns,
         keys_only: bool,
+        old_columns: Sequence[sa.ColumnElement[Any]] = (),
+        sets_key: bool = False,
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -147,6 +154,10 @@ class _Plan:
         self.returns = returns
         #: the statement's own column objects (annotated in ORM statements): RETURNING keys
         self.columns = columns
+        #: Returns.OLD_AND_NEW: the labelled old values, one for each of ``columns``
+        self.old_columns = old_columns
+        #: UPDATE: the statement sets primary key columns (rows may move to new keys)
+        self.sets_key = sets_key
         self.session = session
         self.op = op
         self.spec = spec
@@ -194,6 +205,10 @@ def _before_execute(
         columns = list(table.columns)
     before = None
     returns = Returns.NEW
+    old_columns: list[Any] = []
+    sets_key = isinstance(statement, sa.Update) and bool(
+        (set_columns(table, statement, parameters) or set()) & set(spec.pk)
+    )
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         if not explicit_returning(statement) and (
@@ -215,9 +230,14 @@ def _before_execute(
             returns = Returns.OLD
         elif single and op is Op.UPDATE and keys_only and dialect.update_returning:
             statement = statement.return_defaults(supplemental_cols=columns)
-        elif single and op is Op.UPDATE and dialect.name == "postgresql" and table.primary_key:
+        elif (
+            single
+            and op is Op.UPDATE
+            and dialect.name == "postgresql"
+            and table.primary_key
+            and not sets_key  # old and new rows are paired by key, which must hold still
+        ):
             statement, old_columns = update_from_locked(statement, spec, columns)
-            columns = [*old_columns, *columns]
             returns = Returns.OLD_AND_NEW
         else:  # read first, locked where the database can
             before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
@@ -234,7 +254,19 @@ def _before_execute(
                 and not explicit_returning(statement)
             ):
                 statement = statement.return_defaults(supplemental_cols=columns)
-    plan = _Plan(statement, op, spec, session, states, before, columns, returns, keys_only)
+    plan = _Plan(
+        statement,
+        op,
+        spec,
+        session,
+        states,
+        before,
+        columns,
+        returns,
+        keys_only,
+        old_columns,
+        sets_key,
+    )
     _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
 
@@ -268,34 +300,44 @@ def _after_execute(
     elif plan.op in (Op.INSERT, Op.LINK):
         inserted = inserted_rows(connection, spec, plan.columns, result)
         record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
-        _report(Written(spec, plan.op, None, inserted))
-    elif plan.returns is not Returns.NEW:
-        both = returned_rows(plan.columns, result) or []
-        before = {pk_of(spec, old): old for old in (old_part(row) for row in both)}
-        if plan.returns is Returns.OLD:
-            record_rows(plan.session, plan.states, spec, plan.op, before, None)
-            _report(Written(spec, plan.op, before, None))
+        _report(Written(spec, plan.op, (), inserted))
+    elif plan.returns is Returns.OLD:
+        deleted = returned_rows(plan.columns, result) or []
+        before = {pk_of(spec, row): row for row in deleted}
+        record_rows(plan.session, plan.states, spec, plan.op, before, None)
+        _report(Written(spec, plan.op, list(before)))
+    elif plan.returns is Returns.OLD_AND_NEW:
+        changes = returned_diffs(spec, plan.old_columns, plan.columns, result)
+        if changes is None:  # rows keyed otherwise: pair them by key through dicts
+            names = [column.name for column in plan.columns]
+            olds = returned_rows(plan.old_columns, result, names=names) or []
+            news = returned_rows(plan.columns, result) or []
+            before = {pk_of(spec, row): row for row in olds}
+            after = {pk_of(spec, row): row for row in news}
+            record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+            _report(Written(spec, Op.UPDATE, list(after)))
         else:
-            after = [{k: v for k, v in row.items() if k in spec.columns} for row in both]
-            by_pk = {pk_of(spec, row): row for row in after}
-            record_rows(plan.session, plan.states, spec, Op.UPDATE, before, by_pk)
-            _report(Written(spec, Op.UPDATE, before, after))
+            diffs, keys = changes
+            record_diffs(plan.session, plan.states, spec, diffs)
+            _report(Written(spec, Op.UPDATE, keys))
     elif plan.op is Op.UPDATE:
         if not plan.before:
             return
         returned = returned_rows(plan.columns, result)
         width = len(plan.columns)
+        sets_key = plan.sets_key
         if returned is not None and all(len(row) == width for row in returned):
             updated = {pk_of(spec, row): row for row in returned}
-        else:
+        else:  # re-read by key: a row the UPDATE moved to a new key can't be found
+            sets_key = False
             updated = read_rows(
                 connection, spec, None, [], pks=list(plan.before), columns=plan.columns
             )
-        record_rows(plan.session, plan.states, spec, Op.UPDATE, plan.before, updated)
-        _report(Written(spec, Op.UPDATE, plan.before, list(updated.values())))
+        record_update(plan.session, plan.states, spec, plan.before, updated, sets_key=sets_key)
+        _report(Written(spec, Op.UPDATE, list(updated)))
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
-        _report(Written(spec, plan.op, plan.before, None))
+        _report(Written(spec, plan.op, list(plan.before or ())))
 
 
 def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[Any]) -> None:
@@ -307,11 +349,9 @@ def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[
         rows = list(plan.before.values())
     else:
         rows = returned_rows(plan.columns, result) or []
-    record_keys(plan.session, plan.states, spec, op, (pk_of(spec, row) for row in rows))
-    if op in (Op.DELETE, Op.UNLINK):
-        _report(Written(spec, op, {pk_of(spec, row): row for row in rows}, None))
-    else:
-        _report(Written(spec, op, None, rows))
+    keys = [pk_of(spec, row) for row in rows]
+    record_keys(plan.session, plan.states, spec, op, keys)
+    _report(Written(spec, op, keys, rows if op in (Op.INSERT, Op.LINK) else ()))
 
 
 def _report(written: Written) -> None:

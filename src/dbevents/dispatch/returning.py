@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from .._compat import dml_values
 from ..mapping import TableSpec
 
-__all__ = ["Returns", "old_part", "update_from_locked", "updated_columns"]
+__all__ = ["Returns", "set_columns", "update_from_locked", "updated_columns"]
 
 Row = dict[str, Any]
 
@@ -41,6 +41,23 @@ def updated_columns(
     Those it SETs (by its values, or the keys of its parameter sets) and those with
     an ``onupdate``; every column when that can't be told, or when it sets the key.
     """
+    changed = set_columns(table, statement, parameters)
+    if changed is None:
+        return list(table.columns)
+    if changed & set(spec.pk):
+        return list(table.columns)  # a new key: the row must be told whole under it
+    changed.update(
+        column.name
+        for column in table.columns
+        if column.onupdate is not None or column.server_onupdate is not None
+    )
+    return [column for column in table.columns if column.name in spec.pk or column.name in changed]
+
+
+def set_columns(
+    table: sa.Table, statement: Any, parameters: Sequence[Mapping[str, Any]]
+) -> set[str] | None:
+    """The names of the columns an UPDATE SETs, or None when that can't be told."""
     pairs = dml_values(statement)
     names = {column.key: column.name for column in table.columns}
     if pairs:
@@ -48,18 +65,10 @@ def updated_columns(
     elif parameters and parameters[0]:
         keys = list(parameters[0])
     else:
-        return list(table.columns)
+        return None
     if any(key not in names for key in keys):
-        return list(table.columns)
-    changed = {names[key] for key in keys}
-    if changed & set(spec.pk):
-        return list(table.columns)  # a new key: old and new rows can't be paired by key
-    changed.update(
-        column.name
-        for column in table.columns
-        if column.onupdate is not None or column.server_onupdate is not None
-    )
-    return [column for column in table.columns if column.name in spec.pk or column.name in changed]
+        return None
+    return {names[key] for key in keys}
 
 
 def _column_key(key: Any) -> Any:
@@ -92,10 +101,3 @@ def update_from_locked(
         supplemental_cols=[*old_columns, *columns]
     )
     return statement, old_columns
-
-
-def old_part(row: Row) -> Row:
-    """The old values of a row RETURNING gave with both (DELETE: all of them)."""
-    if not any(key.startswith(_OLD_PREFIX) for key in row):
-        return row
-    return {k[len(_OLD_PREFIX) :]: v for k, v in row.items() if k.startswith(_OLD_PREFIX)}

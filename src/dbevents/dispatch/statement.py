@@ -262,7 +262,7 @@ def _inserted(spec: MapperSpec, written: list[Written]) -> dict[tuple[Any, ...],
             continue
         pk_names = [name for name, _ in part.pk]
         columns = [(name, key) for name, key in part.columns if key]
-        for row in item.after or ():
+        for row in item.rows:
             pk = tuple([row.get(name) for name in pk_names])
             target = merged.get(pk)
             if target is None:
@@ -275,22 +275,11 @@ def _inserted(spec: MapperSpec, written: list[Written]) -> dict[tuple[Any, ...],
 
 def _written_keys(spec: MapperSpec, written: list[Written], op: Op) -> list[tuple[Any, ...]]:
     """The primary keys of the rows of this model a statement updated or deleted."""
-    parts = {part.spec.name: part for part in spec.parts}
+    names = {part.spec.name for part in spec.parts}
     keys: dict[tuple[Any, ...], None] = {}
     for item in written:
-        part = parts.get(item.spec.name)
-        if part is None or item.op is not op:
-            continue
-        if op is Op.DELETE and item.before is not None:  # by primary key already
-            keys.update(dict.fromkeys(item.before))
-        elif len(part.pk) == 1:  # the usual case, without a list per row
-            ((name, _),) = part.pk
-            keys.update(dict.fromkeys([(row.get(name),) for row in item.after or ()]))
-        else:
-            names = [name for name, _ in part.pk]
-            keys.update(
-                dict.fromkeys([tuple([row.get(n) for n in names]) for row in item.after or ()])
-            )
+        if item.spec.name in names and item.op is op:
+            keys.update(dict.fromkeys(item.keys))
     return list(keys)
 
 

@@ -9,7 +9,8 @@ which rows were written).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -20,16 +21,21 @@ from ..changes import Op
 from ..mapping import TableSpec
 
 if TYPE_CHECKING:
-    from ..capture import Buffer
     from ..session import SessionState
 
 __all__ = [
+    "Diff",
     "SKIP_CAPTURE",
     "inserted_rows",
     "pk_of",
     "read_rows",
     "record_keys",
+    "diff_rows",
+    "diff_values",
+    "record_diffs",
     "record_rows",
+    "record_update",
+    "returned_diffs",
     "returned_rows",
 ]
 
@@ -146,13 +152,16 @@ def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
 
 
 def returned_rows(
-    columns: Sequence[sa.ColumnElement[Any]], result: sa.CursorResult[Any]
+    columns: Sequence[sa.ColumnElement[Any]],
+    result: sa.CursorResult[Any],
+    *,
+    names: Sequence[str] | None = None,
 ) -> list[Row] | None:
-    """The rows RETURNING gave back (only those of ``columns`` it returned), or None without it."""
-    try:
-        returned = result.returned_defaults_rows
-    except sa.exc.InvalidRequestError:
-        return None
+    """The rows RETURNING gave back (only those of ``columns`` it returned), or None without it.
+
+    :param names: the keys of the rows, one per column, instead of the column names.
+    """
+    returned = _returned(result)
     if returned is None:
         return None
     if not returned:
@@ -160,15 +169,89 @@ def returned_rows(
     mapping = returned[0]._mapping
     # ORM statements key their rows by name, not by column object; an explicit RETURNING
     # of the caller's may hold only some columns
-    keys = [
-        (column.name, column if column in mapping else column.name)
-        for column in columns
-        if column in mapping or column.name in mapping
+    at = {key: i for i, key in enumerate(mapping.keys())}
+    if names is None:
+        names = [column.name for column in columns]
+    keyed = [
+        (name, column.name if column.name in at else column)
+        for name, column in zip(names, columns, strict=True)
+        if column.name in at or column in mapping
     ]
-    names = [name for name, _ in keys]
-    if list(mapping.keys()) == names:  # the usual case: RETURNING exactly these, in order
-        return [dict(zip(names, record, strict=True)) for record in returned]
-    return [{name: record._mapping[key] for name, key in keys} for record in returned]
+    if any(not isinstance(key, str) for _, key in keyed):  # keyed by the column object alone
+        return [{name: record._mapping[key] for name, key in keyed} for record in returned]
+    if not keyed:
+        return [{} for _ in returned]
+    row_keys = [name for name, _ in keyed]
+    positions = [at[key] for _, key in keyed]
+    if positions == list(range(len(at))):  # the usual case: RETURNING exactly these, in order
+        return [dict(zip(row_keys, record, strict=True)) for record in returned]
+    if len(positions) == 1:
+        ((position, key),) = zip(positions, row_keys, strict=True)
+        return [{key: record[position]} for record in returned]
+    # one C-level pick per row rather than a lookup per column
+    pick = operator.itemgetter(*positions)
+    return [dict(zip(row_keys, pick(record), strict=True)) for record in returned]
+
+
+def returned_diffs(
+    spec: TableSpec,
+    old_columns: Sequence[sa.ColumnElement[Any]],
+    columns: Sequence[sa.ColumnElement[Any]],
+    result: sa.CursorResult[Any],
+) -> tuple[list[Diff], list[tuple[Any, ...]]] | None:
+    """The changes of an UPDATE that returned each row's old values next to its new ones.
+
+    Pairs ``old_columns`` with ``columns`` by position, row by row, without a dict per
+    row for what did not change.  Returns the changed rows and the keys of every row
+    the UPDATE matched, or None when the rows are keyed otherwise than by name.
+    """
+    rows = _returned(result)
+    if rows is None:
+        return None
+    if not rows:
+        return [], []
+    at = {key: i for i, key in enumerate(rows[0]._mapping.keys())}
+    pk_names = set(spec.pk)
+    try:
+        key_at = [at[name] for name in spec.pk]
+        pairs = [
+            (new.name, at[old.name], at[new.name])
+            for old, new in zip(old_columns, columns, strict=True)
+            if new.name not in pk_names
+        ]
+    except KeyError:
+        return None
+    names = [name for name, _, _ in pairs]
+    key_of, olds_of, news_of = (
+        _picker(positions)
+        for positions in (key_at, [o for _, o, _ in pairs], [n for _, _, n in pairs])
+    )
+    diffs: list[Diff] = []
+    keys: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = tuple(row)  # a tuple is read many times faster than a Row
+        pk = key_of(values)
+        keys.append(pk)
+        changed = diff_values(names, olds_of(values), news_of(values))
+        if changed is not None:
+            diffs.append((pk, *changed))
+    return diffs, keys
+
+
+def _picker(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """A function picking these positions of a tuple, as a tuple."""
+    if len(positions) == 1:
+        (position,) = positions
+        return lambda values: (values[position],)
+    return operator.itemgetter(*positions) if positions else lambda values: ()
+
+
+def _returned(result: sa.CursorResult[Any]) -> Sequence[sa.Row[Any]] | None:
+    """The rows ``return_defaults()`` gave back, or None without RETURNING."""
+    try:
+        return result.returned_defaults_rows
+    except sa.exc.InvalidRequestError:
+        return None
 
 
 def inserted_rows(
@@ -208,6 +291,10 @@ def inserted_rows(
     return rows
 
 
+#: one updated row: its primary key, and the columns it changed, old and new
+Diff = tuple[tuple[Any, ...], Row, Row]
+
+
 def record_rows(
     session: sa_orm.Session,
     states: Iterable[SessionState],
@@ -216,7 +303,7 @@ def record_rows(
     before: Mapping[tuple[Any, ...], Row] | None,
     after: Iterable[Row] | Mapping[tuple[Any, ...], Row] | None,
 ) -> None:
-    """Record row changes of one statement into each capturing session's buffer."""
+    """Record the rows one INSERT or DELETE wrote into each capturing session's buffer."""
     model = spec.mapped_class()
     for st in states:
         level = st.events.level_of_table(spec)
@@ -224,57 +311,89 @@ def record_rows(
             continue
         buffer = st.buffer(session)
         keep_new = level != "keys"
-        keep_old = level == "old+new"
         if op in (Op.INSERT, Op.LINK):
             assert after is not None
             for row in after.values() if isinstance(after, Mapping) else after:
                 buffer.add(spec.name, pk_of(spec, row), op, model, None, row if keep_new else None)
-        elif op is Op.UPDATE:
-            assert before is not None and isinstance(after, Mapping)
-            _record_updates(buffer, spec, model, before, after, keep_old, keep_new)
         else:
             assert before is not None
+            keep_old = level == "old+new"
             for pk, old in before.items():
                 buffer.add(spec.name, pk, op, model, old if keep_old else None, None)
 
 
-def _record_updates(
-    buffer: Buffer,
+def record_update(
+    session: sa_orm.Session,
+    states: Sequence[SessionState],
     spec: TableSpec,
-    model: type[Any] | None,
     before: Mapping[tuple[Any, ...], Row],
     after: Mapping[tuple[Any, ...], Row],
-    keep_old: bool,
-    keep_new: bool,
+    *,
+    sets_key: bool,
 ) -> None:
-    """Record the columns whose value changed, old and new, per row (a hot loop: kept flat)."""
-    name, add, new_of = spec.name, buffer.add, after.get
+    """Record the rows one UPDATE changed, read before and after it and paired by key.
+
+    :param sets_key: the UPDATE sets primary key columns.  A row whose key changed is
+        a different row to every consumer keyed by it: its old key is recorded as
+        deleted and its new one as inserted, as on the unit of work.
+    """
+    record_diffs(session, states, spec, diff_rows(before, after))
+    if sets_key:
+        gone = {pk: row for pk, row in before.items() if pk not in after}
+        came = [row for pk, row in after.items() if pk not in before]
+        record_rows(session, states, spec, Op.DELETE, gone, None)
+        record_rows(session, states, spec, Op.INSERT, None, came)
+
+
+def record_diffs(
+    session: sa_orm.Session, states: Iterable[SessionState], spec: TableSpec, diffs: list[Diff]
+) -> None:
+    """Record updated rows into each capturing session's buffer."""
+    model = spec.mapped_class()
+    name, update = spec.name, Op.UPDATE
+    for st in states:
+        level = st.events.level_of_table(spec)
+        if level == "off":
+            continue
+        add = st.buffer(session).add
+        keep_old, keep_new = level == "old+new", level != "keys"
+        for pk, old, new in diffs:
+            add(name, pk, update, model, old if keep_old else None, new if keep_new else None)
+
+
+def diff_rows(
+    before: Mapping[tuple[Any, ...], Row], after: Mapping[tuple[Any, ...], Row]
+) -> list[Diff]:
+    """The changed columns of each row read before and after an UPDATE, paired by key."""
+    diffs: list[Diff] = []
+    new_of = after.get
     for pk, old in before.items():
         new = new_of(pk)
-        if new is None:
+        if new is not None:
+            olds = [old.get(column) for column in new]
+            changed = diff_values(list(new), olds, new.values())
+            if changed is not None:
+                diffs.append((pk, *changed))
+    return diffs
+
+
+def diff_values(
+    names: Sequence[str], olds: Iterable[Any], news: Iterable[Any]
+) -> tuple[Row, Row] | None:
+    """The columns whose value changed, old and new; None when none did (a hot loop: kept flat)."""
+    old_part: Row = {}
+    new_part: Row = {}
+    for name, was, value in zip(names, olds, news, strict=True):
+        if was is value:
             continue
-        old_part: Row = {}
-        new_part: Row = {}
-        for column, value in new.items():
-            was = old.get(column)
-            if was is value:
+        try:
+            if was == value:
                 continue
-            try:
-                if was == value:
-                    continue
-            except Exception:  # values whose __eq__ fails or is ambiguous: changed
-                pass
-            old_part[column] = was
-            new_part[column] = value
-        if new_part:
-            add(
-                name,
-                pk,
-                Op.UPDATE,
-                model,
-                old_part if keep_old else None,
-                new_part if keep_new else None,
-            )
+        except Exception:  # values whose __eq__ fails or is ambiguous: changed
+            pass
+        old_part[name] = was
+        new_part[name] = value
+    return (old_part, new_part) if new_part else None
 
 
 def record_keys(
