@@ -6,10 +6,12 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import pickle
 import threading
 from types import MappingProxyType
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -140,3 +142,20 @@ def test_zoned_datetimes_keep_their_zone_in_a_gap_and_a_fold() -> None:
     for key, value in values.items():
         assert restored[key].tzinfo is paris
         assert restored[key].fold == value.fold
+
+
+def test_a_change_cannot_be_changed_through_its_rows() -> None:
+    given_new = {"stage": "won"}
+    change = Change(Op.UPDATE, "deals", "Deal", (1,), {"stage": "lead"}, given_new)
+    given_new["stage"] = "lost"  # the caller's dict is not the change's
+    unpacked = list(change)
+    replaced = change._replace(table="deals_archive")
+    copied = pickle.loads(pickle.dumps(replaced))
+    for rows in (change, unpacked[4:], replaced, copied):
+        old, new = rows if isinstance(rows, list) else (rows.old, rows.new)
+        with pytest.raises(TypeError):
+            new["stage"] = "lost"  # type: ignore[index]
+        with pytest.raises(TypeError):
+            old["stage"] = "lost"  # type: ignore[index]
+    assert change.new == replaced.new == copied.new == {"stage": "won"}
+    assert copied == replaced and copied.table == "deals_archive"

@@ -8,7 +8,6 @@ discards it, and only the root's buffer is ever delivered.
 
 from __future__ import annotations
 
-from types import MappingProxyType
 from typing import Any, Final, Literal, final
 
 from .changes import Change, Op
@@ -129,8 +128,8 @@ def _change(key: Key, op: Op, model: type[Any] | None, old: Row | None, new: Row
             key[0],
             None if model is None else model.__name__,
             key[1],
-            None if old is None else MappingProxyType(old),
-            None if new is None else MappingProxyType(new),
+            old,
+            new,
         ),
     )
 

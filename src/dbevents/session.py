@@ -80,26 +80,27 @@ class SessionState:
     def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer) -> None:
         registry = self.events.registry
         done: set[Any] = set()
-        callbacks_of: dict[type[Any], Any] = {}
         for _ in range(_MAX_COMMIT_ROUNDS):
-            ran = False
-            for key, model in list(buffer.models.items()):
-                if key in done:
-                    continue
+            # models first: a commit of many rows of models without before_commit costs a set
+            callbacks_of = {
+                model: callbacks
+                for model in set(buffer.models.values())
+                if model is not None and (callbacks := registry.table(model).get("before_commit"))
+            }
+            pending = [
+                (key, model)
+                for key, model in buffer.models.items()
+                if model in callbacks_of and key not in done
+            ]
+            if not pending:
+                return
+            for key, model in pending:
                 done.add(key)
-                if model is None:
-                    continue  # association and Core-only tables have no model callbacks
-                callbacks = callbacks_of.get(model)
-                if callbacks is None:
-                    callbacks = callbacks_of[model] = registry.table(model).get("before_commit")
-                if not callbacks or key not in buffer.ops:
-                    continue  # an earlier callback's flush may have netted this row away
-                ran = True
-                for fn, _ in callbacks:
+                if key not in buffer.ops:
+                    continue  # an earlier callback's flush netted this row away
+                for fn, _ in callbacks_of[model]:
                     change = buffer.change(key)
                     fn(model, change.op, change)
-            if not ran:
-                return
             session.flush()  # what the callbacks changed joins this transaction
         raise RuntimeError("before_commit callbacks keep changing rows; gave up after 100 rounds")
 
