@@ -213,6 +213,16 @@ def test_relay_refuses_an_empty_table_name(db_url: str, tmp_path: Path) -> None:
     assert "Error: relay: table_name must name the outbox table" in result.output
 
 
+def test_relay_names_a_missing_outbox_table(db_url: str, tmp_path: Path) -> None:
+    result = run(
+        "relay", "--db", db_url, "--table-name", "nowhere", "--once", "--to", f"mirror:{tmp_path}"
+    )
+
+    assert result.exit_code == 1
+    assert "Error: relay: there is no outbox table 'nowhere'" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_relay_closes_the_sinks_it_made(redis_url: str, tmp_path: Path) -> None:
     name = f"dbevents-cli-{uuid.uuid4().hex}"
     observer = redis.Redis.from_url(redis_url)

@@ -262,6 +262,21 @@ def test_bad_arguments_are_refused(tables: sa.Engine) -> None:
         relay(tables, [Recorder()], once=True, batch_size=0)
 
 
+@pytest.mark.parametrize("once", [True, False])
+def test_a_missing_outbox_table_is_refused_at_once(tables: sa.Engine, once: bool) -> None:
+    # no waiting and retrying with backoff, as for a database that is restarting:
+    # waiting would not bring the table
+    stop = threading.Event()
+    timer = threading.Timer(30, stop.set)  # a relay that kept retrying would end here
+    timer.start()
+    try:
+        with pytest.raises(dbevents.ConfigurationError, match="no outbox table 'no_such_outbox'"):
+            relay(tables, [Recorder()], once=once, table_name="no_such_outbox", stop=stop)
+    finally:
+        timer.cancel()
+    assert not stop.is_set()
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_relays_on_sqlite_take_turns(
     maker: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine

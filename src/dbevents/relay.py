@@ -195,7 +195,18 @@ class _Relay:
         return self.delivered
 
     def _database_failed(self, error: sa.exc.DBAPIError, once: bool) -> None:
-        """Back off after a database error (a restart, a lock timeout); ``once`` gives up."""
+        """Back off after a database error (a restart, a lock timeout); ``once`` gives up.
+
+        A missing outbox table is no passing failure: waiting would not bring it.
+        """
+        if self._outbox_missing():
+            name = self.batcher.outbox.name
+            raise ConfigurationError(
+                f"relay: there is no outbox table {name!r} in "
+                f"{self.engine.url.render_as_string(hide_password=True)}; create it with "
+                f"OutboxSink(...).create_table(bind) or your migrations, or pass the "
+                f"table_name your OutboxSink uses"
+            ) from error
         self.failures += 1
         if once and self.failures >= self.max_attempts:
             raise error
@@ -224,6 +235,13 @@ class _Relay:
             cause,
         )
         self.stop.wait(delay)
+
+    def _outbox_missing(self) -> bool:
+        """Whether the database answers, without the outbox table."""
+        try:
+            return not sa.inspect(self.engine).has_table(self.batcher.outbox.name)
+        except sa.exc.DBAPIError:
+            return False  # the database itself is away: a passing failure
 
     def _delay(self) -> float:
         """Exponential backoff with jitter, so relays side by side don't retry in step."""
