@@ -7,6 +7,7 @@ inspection API on every row.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, final
 
 import sqlalchemy as sa
@@ -65,7 +66,7 @@ class TableSpec:
 class TablePart:
     """One table of a mapper: which attribute holds each column."""
 
-    __slots__ = ("columns", "pk", "spec")
+    __slots__ = ("columns", "pk", "pk_keys", "pk_names", "spec")
 
     def __init__(self, spec: TableSpec, mapper: sa_orm.Mapper[Any]) -> None:
         self.spec = spec
@@ -77,6 +78,13 @@ class TablePart:
         self.pk: tuple[tuple[str, str | None], ...] = tuple(
             (name, by_name[name]) for name in spec.pk
         )
+        #: the attribute key of each primary key column (None: not mapped)
+        self.pk_keys: tuple[str | None, ...] = tuple(key for _, key in self.pk)
+        self.pk_names: frozenset[str] = frozenset(spec.pk)
+
+    def key_of(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The primary key of this table's row among an object's attribute values."""
+        return tuple([values.get(key) if key else None for key in self.pk_keys])
 
 
 @final

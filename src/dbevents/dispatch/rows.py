@@ -11,6 +11,9 @@ flush after ``before_flush`` (a cascade), whose ``before_*`` callbacks run late.
 from __future__ import annotations
 
 import copy
+import operator
+from collections.abc import Iterable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -128,17 +131,11 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if not fields:
             continue  # SQLAlchemy reports every dirty object; no row was written for this one
         if plan.capture:
-            changed = state.committed_state
-            olds: list[Row] = [{} for _ in spec.parts]
-            news: list[Row] = [{} for _ in spec.parts]
-            for key, new in fields.items():
-                old = changed[key] if key in changed else generated_old[key]  # type: ignore[index]
-                _put(spec.columns_of_key[key], old, new, olds, news)
-            _record_update(fs, plan, state, olds, news)
+            _record_update(fs, plan, state, fields, generated_old)
         if plan.after:
-            known = (
-                {k: v for k, v in fields.items() if v is not NO_VALUE} if plan.after_update else {}
-            )
+            known = fields if plan.after_update else {}
+            if known and _has_no_value(known.values()):
+                known = {k: v for k, v in fields.items() if v is not NO_VALUE}
             fs.written.extend((Op.UPDATE, plan, state, state.obj(), known))
 
 
@@ -168,37 +165,46 @@ def _written_fields(
     return fields
 
 
-def _put(
-    columns: tuple[tuple[int, str], ...], old: Any, new: Any, olds: list[Row], news: list[Row]
-) -> None:
-    """Note one changed attribute in the old and new rows of the tables it is stored in."""
-    if old is not NO_VALUE and type(old) not in _PLAIN:
-        old = _plain(old)
-    if type(new) not in _PLAIN and new is not NO_VALUE:
-        new = _plain(new)
-    for index, name in columns:
-        if old is not NO_VALUE:
-            olds[index][name] = old
-        news[index][name] = new  # NO_VALUE: set by a SQL expression, filled after the flush
-
-
 def _record_update(
-    fs: FlushState, plan: ModelPlan, state: State, olds: list[Row], news: list[Row]
+    fs: FlushState,
+    plan: ModelPlan,
+    state: State,
+    fields: dict[str, Any],
+    generated_old: dict[str, Any] | None,
 ) -> None:
+    """Record the written columns, old and new, in the rows of the tables they are stored in.
+
+    Runs for every updated row: kept flat, without a comprehension or a call per column.
+    """
     spec = plan.spec
+    changed = state.committed_state
+    columns_of_key = spec.columns_of_key
+    parts = spec.parts
+    olds: list[Row] = [{}] if len(parts) == 1 else [{} for _ in parts]
+    news: list[Row] = [{}] if len(parts) == 1 else [{} for _ in parts]
+    for key, new in fields.items():
+        old = changed[key] if key in changed else generated_old[key]  # type: ignore[index]
+        if old is not NO_VALUE and type(old) not in _PLAIN:
+            old = _plain(old)
+        if type(new) not in _PLAIN and new is not NO_VALUE:
+            new = _plain(new)
+        for index, name in columns_of_key[key]:
+            if old is not NO_VALUE:
+                olds[index][name] = old
+            news[index][name] = new  # NO_VALUE: set by a SQL expression, filled after the flush
     values = state.dict
     keep_old, keep_new = plan.keep_old, plan.keep_new
     buffer = fs.buffer
-    for index, part in enumerate(spec.parts):
+    for index, part in enumerate(parts):
         new = news[index]
         if not new:
             continue
         old = olds[index]
-        pk = tuple([values.get(key) if key else None for _, key in part.pk])
-        if any(name in new for name, _ in part.pk):
+        pk = part.key_of(values)
+        if not part.pk_names.isdisjoint(new):
             # a new primary key is a different row to every consumer keyed by pk
             before = {**_row_of(part, values)[0], **old}
-            old_pk = tuple([before.get(name) for name, _ in part.pk])
+            old_pk = tuple([before.get(name) for name in part.spec.pk])
             buffer.add(
                 part.spec.name, old_pk, Op.DELETE, spec.model, before if keep_old else None, None
             )
@@ -215,7 +221,7 @@ def _record_update(
             old if keep_old else None,
             new if keep_new else None,
         )
-        if keep_new and any(value is NO_VALUE for value in new.values()):
+        if keep_new and _has_no_value(new.values()):
             fs.incomplete.append((spec, state, new, part))
 
 
@@ -240,6 +246,11 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 )
         if plan.after:
             fs.written.extend((Op.DELETE, plan, state, state.obj(), {}))
+
+
+def _has_no_value(values: Iterable[Any]) -> bool:
+    """Whether any of ``values`` is NO_VALUE, by identity (never ``==``) and without a frame."""
+    return any(map(operator.is_, values, repeat(NO_VALUE)))
 
 
 def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -> tuple[Row, bool]:
