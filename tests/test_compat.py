@@ -9,6 +9,7 @@ import asyncio
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dbevents import _compat
 from tests.models import Base, Company
@@ -80,6 +81,27 @@ def test_dml_values_round_trip() -> None:
         "rating",
         "name",
     ]
+
+
+def test_upsert_clause_and_multi_values() -> None:
+    table = companies
+    rows = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    for insert in (postgresql.insert, sqlite.insert):
+        statement = insert(table).values(rows)
+        assert _compat.upsert_clause(statement) is None
+        sent = _compat.multi_values(statement) or []
+        assert [{getattr(c, "key", c): v for c, v in row.items()} for row in sent] == rows
+        by_key = statement.on_conflict_do_update(index_elements=[table.c.id], set_={"name": "x"})
+        clause = _compat.upsert_clause(by_key)
+        assert clause is not None
+        assert list(clause.inferred_target_elements) == [table.c.id]
+        assert type(_compat.upsert_clause(statement.on_conflict_do_nothing())).__name__ == (
+            "OnConflictDoNothing"
+        )
+    named = postgresql.insert(table).on_conflict_do_update(constraint="pk", set_={"name": "x"})
+    clause = _compat.upsert_clause(named)
+    assert clause is not None and clause.constraint_target == "pk"
+    assert _compat.multi_values(sa.insert(table).values(id=1)) is None
 
 
 def test_greenlet_bridge_is_detected() -> None:

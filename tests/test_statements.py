@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
@@ -266,6 +267,100 @@ def test_bulk_update_by_primary_key_vetoes_and_captures_per_row(
         ("after_update", [(1,)], {"qty": 109}),
         ("after_update", [(3,)], {"name": "z"}),
     ]
+
+
+# -- upserts ------------------------------------------------------------------------------------
+
+
+def dialect_insert(session: sa_orm.Session) -> Any:
+    """The INSERT with ON CONFLICT of the session's database."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def upsert(target: dict[str, Any], rows: list[dict[str, Any]] | None = None) -> Write:
+    """An upsert of row 1 (there) and row 7 (new), by values or as executemany parameters."""
+    sent = [{"id": 1, "name": "one", "qty": 10}, {"id": 7, "name": "seven", "qty": 7}]
+
+    def write(session: sa_orm.Session) -> Any:
+        statement = dialect_insert(session)(Item)
+        if rows is None:
+            statement = statement.values(sent)
+        excluded = statement.excluded
+        statement = statement.on_conflict_do_update(
+            **target, set_={"name": excluded.name, "qty": excluded.qty}
+        )
+        return session.execute(statement, rows) if rows else session.execute(statement)
+
+    return write
+
+
+UPSERTS: dict[str, Write] = {
+    "by column": upsert({"index_elements": [Item.id]}),
+    "by name": upsert({"index_elements": ["id"]}),
+    "executemany": upsert(
+        {"index_elements": [Item.id]},
+        [{"id": 1, "name": "one", "qty": 10}, {"id": 7, "name": "seven", "qty": 7}],
+    ),
+    "do nothing": lambda s: s.execute(
+        dialect_insert(s)(Item)
+        .values([{"id": 1, "name": "one"}, {"id": 8, "name": "eight"}])
+        .on_conflict_do_nothing()
+    ),
+}
+
+
+@pytest.mark.parametrize("path", UPSERTS)
+def test_an_upsert_delivers_inserts_and_updates_with_old_values(
+    path: str, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    # to SQLAlchemy an upsert is an INSERT; a row it updated must not be told as inserted
+    check_delivered(db, Session, changesets, UPSERTS[path])
+    ops = {change.pk: change.op for cs in changesets for change in cs.changes}
+    assert ops == (
+        {(8,): Op.INSERT} if path == "do nothing" else {(1,): Op.UPDATE, (7,): Op.INSERT}
+    )
+
+
+class Tag(SBase):
+    __tablename__ = "tags"
+    __table_args__ = (sa.UniqueConstraint("label", name="uq_tags_label"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label: Mapped[str] = mapped_column(sa.String(20))
+    note: Mapped[str] = mapped_column(sa.String(20))
+
+
+@pytest.mark.parametrize("target", ["index_elements", "constraint", "none"])
+def test_an_upsert_on_another_unique_key_finds_the_row_it_updates(
+    target: str, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    with db.begin() as conn:
+        conn.execute(sa.insert(Tag), [{"id": 1, "label": "red", "note": "old"}])
+    with Session() as session:
+        statement = dialect_insert(session)(Tag).values(
+            [{"label": "red", "note": "new"}, {"label": "blue", "note": "first"}]
+        )
+        dialect = session.get_bind().dialect.name
+        if target == "none" and dialect == "postgresql":
+            pytest.skip("PostgreSQL needs a conflict target for DO UPDATE")
+        if target == "constraint" and dialect == "sqlite":
+            pytest.skip("SQLite has no ON CONFLICT ON CONSTRAINT")
+        how = {"index_elements": {"index_elements": [Tag.label]}, "none": {}}.get(
+            target, {"constraint": "uq_tags_label"}
+        )
+        session.execute(
+            statement.on_conflict_do_update(**how, set_={"note": statement.excluded.note})
+        )
+        session.commit()
+    (changeset,) = changesets
+    by_op = {change.op: change for change in changeset.changes}
+    assert set(by_op) == {Op.UPDATE, Op.INSERT}
+    assert (by_op[Op.UPDATE].pk, by_op[Op.UPDATE].old, by_op[Op.UPDATE].new) == (
+        (1,),
+        {"note": "old"},
+        {"note": "new"},
+    )
+    assert by_op[Op.INSERT].new == {"id": 2, "label": "blue", "note": "first"}
 
 
 # -- DELETE ------------------------------------------------------------------------------------

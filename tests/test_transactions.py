@@ -24,6 +24,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
@@ -61,6 +62,8 @@ class Node(PBase):
 TABLES = ("nodes", "node_tags")
 names = st.sampled_from(["a", "b", "c", "d"])
 numbers = st.integers(min_value=0, max_value=3)
+#: ids upserts use: far from those the sequence hands out, so that inserts never collide
+UPSERT_IDS = [100_001, 100_002, 100_003]
 
 
 def snapshot(engine: sa.Engine) -> dict[str, dict[Any, dict[str, Any]]]:
@@ -183,6 +186,26 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
         @rule(rows=st.lists(st.tuples(names, numbers), min_size=1, max_size=3))
         def bulk_insert(self, rows: list[tuple[str, int]]) -> None:
             self.session.execute(sa.insert(Node), [{"name": a, "n": n} for a, n in rows])
+
+        @rule(
+            rows=st.lists(
+                st.tuples(st.sampled_from(UPSERT_IDS), names, numbers),
+                min_size=1,
+                max_size=3,
+                unique_by=lambda row: row[0],
+            )
+        )
+        def upsert(self, rows: list[tuple[int, str, int]]) -> None:
+            dialect = self.session.get_bind().dialect.name
+            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+            statement = insert(Node).values([{"id": i, "name": a, "n": n} for i, a, n in rows])
+            excluded = statement.excluded
+            self.session.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[Node.id], set_={"name": excluded.name, "n": excluded.n}
+                )
+            )
+            self.session.expire_all()  # an upsert leaves loaded objects as they were
 
         @rule()
         def flush(self) -> None:

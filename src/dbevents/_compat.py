@@ -23,7 +23,9 @@ __all__ = [
     "flush_candidates",
     "in_greenlet",
     "flush_running",
+    "multi_values",
     "sa_version",
+    "upsert_clause",
     "where_criteria",
     "with_dml_values",
 ]
@@ -118,6 +120,21 @@ def with_dml_values(statement: Any, pairs: list[tuple[Any, Any]]) -> Any:
         return clone.ordered_values(*pairs)
     clone._values = None  # values() coerces each value, as if the caller had passed it
     return clone.values(dict(pairs))
+
+
+def upsert_clause(statement: Any) -> Any | None:
+    """An INSERT's ON CONFLICT / ON DUPLICATE KEY clause, or None.
+
+    Private: ``_post_values_clause``.  Its ``inferred_target_elements`` and
+    ``constraint_target`` (PostgreSQL and SQLite) are the conflict target.
+    """
+    return getattr(statement, "_post_values_clause", None)
+
+
+def multi_values(statement: Any) -> list[Any] | None:
+    """The rows of an INSERT's ``values([...])``, or None (private: ``_multi_values``)."""
+    multi = getattr(statement, "_multi_values", None)
+    return list(multi[0]) if multi else None
 
 
 def where_criteria(statement: Any) -> tuple[Any, ...]:

@@ -47,6 +47,7 @@ from .stored import (
     returned_diffs,
     returned_rows,
 )
+from .upsert import conflicting_rows
 
 if TYPE_CHECKING:
     from ..session import SessionState
@@ -194,9 +195,15 @@ def _before_execute(
     wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
     if wanted is None:
         return statement, multiparams, params  # nobody needs these rows
-    keys_only = wanted == "keys"
     parameters = multiparams or [params]
     dialect = connection.dialect
+    # an upsert's rows are inserts or updates: which, only the rows read first can tell
+    upserted = (
+        conflicting_rows(connection, spec, statement, parameters)
+        if isinstance(statement, sa.Insert) and not spec.link
+        else None
+    )
+    keys_only = wanted == "keys" and upserted is None
     if keys_only:
         columns: list[Any] = [table.c[name] for name in spec.pk]
     elif isinstance(statement, sa.Update):
@@ -211,6 +218,7 @@ def _before_execute(
     )
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
+        before = upserted
         if not explicit_returning(statement) and (
             dialect.insert_executemany_returning
             if len(parameters) > 1
@@ -299,6 +307,13 @@ def _after_execute(
         _after_keys(connection, plan, result)
     elif plan.op in (Op.INSERT, Op.LINK):
         inserted = inserted_rows(connection, spec, plan.columns, result)
+        if plan.before:  # an upsert: a row that was there before was updated
+            old = plan.before
+            after = {pk: row for row in inserted if (pk := pk_of(spec, row)) in old}
+            inserted = [row for row in inserted if pk_of(spec, row) not in old]
+            before = {pk: old[pk] for pk in after}
+            record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+            _report(Written(spec, Op.UPDATE, list(after)))
         record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
         _report(Written(spec, plan.op, (), inserted))
     elif plan.returns is Returns.OLD:

@@ -28,6 +28,7 @@ __all__ = [
     "SKIP_CAPTURE",
     "inserted_rows",
     "pk_of",
+    "read_matching",
     "read_rows",
     "record_keys",
     "diff_rows",
@@ -92,6 +93,20 @@ def read_rows(
     for p in parameters or [{}]:
         _collect(spec, columns, connection.execute(query, dict(p)), found)
     return found
+
+
+def read_matching(
+    connection: sa.Connection,
+    spec: TableSpec,
+    names: Sequence[str],
+    values: Sequence[tuple[Any, ...]],
+) -> dict[tuple[Any, ...], Row]:
+    """The rows whose ``names`` columns hold one of ``values`` (locked where the database
+    can), whole, by primary key."""
+    table = spec.table
+    by = [table.c[name] for name in names]
+    lock = connection.dialect.name != "sqlite"
+    return _select_in(connection, spec, list(table.columns), by, values, lock)
 
 
 def _select_in(
