@@ -321,6 +321,16 @@ def test_an_upsert_delivers_inserts_and_updates_with_old_values(
     )
 
 
+def test_an_upsert_runs_after_insert_only_for_the_rows_it_inserted(
+    Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    check_delivered(db, Session, changesets, UPSERTS["executemany"])
+    assert [call for call in calls if call[0] == "after_insert"] == [
+        ("after_insert", "SEVEN", 7, 7)
+    ]
+    assert sorted(call[1] for call in calls if call[0] == "before_insert") == ["one", "seven"]
+
+
 class Tag(SBase):
     __tablename__ = "tags"
     __table_args__ = (sa.UniqueConstraint("label", name="uq_tags_label"),)
