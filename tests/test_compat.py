@@ -6,13 +6,14 @@ An upgrade of SQLAlchemy that breaks one of them fails here first, by name.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dbevents import _compat
-from tests.models import Base, Company
+from tests.models import Base, Company, Dog
 
 companies: sa.Table = Company.__table__  # type: ignore[assignment]
 
@@ -81,6 +82,24 @@ def test_dml_values_round_trip() -> None:
         "rating",
         "name",
     ]
+
+
+def test_dml_table_is_the_table_each_bulk_statement_writes(tables: sa.Engine) -> None:
+    written: list[str] = []
+
+    def seen(conn: Any, statement: Any, *args: Any) -> None:
+        if isinstance(statement, sa.Insert | sa.Update):
+            written.append(_compat.dml_table(statement).name)
+
+    sa.event.listen(tables, "before_execute", seen)
+    try:
+        with sa_orm.Session(tables) as session:
+            session.execute(sa.insert(Dog), [{"id": 1, "name": "rex", "bark": "woof"}])
+            session.execute(sa.update(Dog), [{"id": 1, "name": "rex II", "bark": "grr"}])
+            session.execute(sa.update(Dog).where(Dog.id == 1).values(bark="arf"))
+    finally:
+        sa.event.remove(tables, "before_execute", seen)
+    assert written == ["animals", "dogs", "animals", "dogs", "dogs"]
 
 
 def test_upsert_clause_and_multi_values() -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "all_mappers",
     "await_in_greenlet",
     "committed_state",
+    "dml_table",
     "dml_values",
     "explicit_returning",
     "flush_candidates",
@@ -120,6 +121,22 @@ def with_dml_values(statement: Any, pairs: list[tuple[Any, Any]]) -> Any:
         return clone.ordered_values(*pairs)
     clone._values = None  # values() coerces each value, as if the caller had passed it
     return clone.values(dict(pairs))
+
+
+def dml_table(statement: Any) -> Any:
+    """The table a DML statement writes.
+
+    Private: the ORM's bulk INSERT and UPDATE by primary key run the statement once
+    per table of a joined-inheritance mapper, each annotated with the table it
+    writes (``_emit_insert_table`` / ``_emit_update_table``), while ``.table`` still
+    names the mapped class's own table.
+    """
+    annotations = getattr(statement, "_annotations", {})
+    for key in ("_emit_update_table", "_emit_insert_table"):
+        table = annotations.get(key)
+        if table is not None:
+            return table
+    return statement.table
 
 
 def upsert_clause(statement: Any) -> Any | None:

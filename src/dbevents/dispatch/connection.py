@@ -29,7 +29,7 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql.elements import False_
 
-from .._compat import explicit_returning, where_criteria
+from .._compat import dml_table, explicit_returning, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
@@ -184,7 +184,7 @@ def _before_execute(
         return statement, multiparams, params
     if not isinstance(statement, sa.Insert | sa.Update | sa.Delete):
         return statement, multiparams, params
-    table = statement.table
+    table = dml_table(statement)
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
     spec = table_spec(table)

@@ -90,7 +90,7 @@ def update_from_locked(
     One statement gives old and new values of exactly the rows it locked and changed,
     so a row another transaction inserts meanwhile can't be updated uncaptured.
     """
-    table = statement.table
+    table = spec.table
     old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in columns))
     if statement.whereclause is not None:
         old_query = old_query.where(statement.whereclause)
