@@ -23,7 +23,8 @@ TABLES = ("animals", "dogs")
 
 WRITES: dict[str, Write] = {
     "bulk insert": lambda s: s.execute(
-        sa.insert(Dog), [{"id": 10, "name": "max", "bark": "wuff"}, {"id": 11, "name": "bo", "bark": "yip"}]
+        sa.insert(Dog),
+        [{"id": 10, "name": "max", "bark": "wuff"}, {"id": 11, "name": "bo", "bark": "yip"}],
     ),
     "bulk update by key, one row": lambda s: s.execute(
         sa.update(Dog), [{"id": 1, "name": "rex II", "bark": "grr"}]
