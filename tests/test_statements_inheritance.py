@@ -36,6 +36,15 @@ WRITES: dict[str, Write] = {
         sa.update(Dog).where(Dog.id == 1).values(bark="grr")
     ),
     "delete from the subclass's table": lambda s: s.execute(sa.delete(Dog).where(Dog.id == 1)),
+    "legacy bulk_insert_mappings": lambda s: s.bulk_insert_mappings(
+        Dog, [{"id": 10, "name": "max", "bark": "wuff"}]
+    ),
+    "legacy bulk_update_mappings": lambda s: s.bulk_update_mappings(
+        Dog, [{"id": 1, "name": "rex II", "bark": "grr"}]
+    ),
+    "legacy bulk_save_objects": lambda s: s.bulk_save_objects(
+        [Dog(id=10, name="max", bark="wuff")]
+    ),
 }
 
 
