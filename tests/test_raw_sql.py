@@ -10,6 +10,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
+from tests.models import Company
 
 WRITE = "UPDATE companies SET rating = 1"
 READ = "SELECT count(*) FROM companies"
@@ -50,3 +51,16 @@ def test_ignore_and_reads_are_silent(tables: sa.Engine) -> None:
 def test_bad_policy_is_a_configuration_error() -> None:
     with pytest.raises(dbevents.ConfigurationError, match="raw_sql"):
         dbevents.Events(raw_sql="sometimes")  # type: ignore[arg-type]
+
+
+def test_an_insert_from_select_is_reported_as_uncaptured(tables: sa.Engine) -> None:
+    # SQLAlchemy gives an INSERT ... FROM SELECT no RETURNING for dbevents to read its rows by
+    copy = sa.insert(Company).from_select(["name"], sa.select(sa.literal("copy")))
+    with dbevents.Events().install(sa_orm.sessionmaker(tables))() as session:
+        with pytest.warns(DbEventsWarning, match="INSERT ... FROM SELECT adds to 'companies'"):
+            session.execute(copy)
+        session.rollback()
+    with session_for(tables, "raise") as session:
+        with pytest.raises(UncapturedWriteError, match="missing from the change set"):
+            session.execute(copy)
+        session.rollback()

@@ -45,8 +45,8 @@ class Events:
     :param robust: when ``False``, failures of after-commit receivers are raised as an
         :class:`ExceptionGroup` once all of them ran (the commit has happened).
     :param actor: called for the actor when no :func:`acting_as` block sets one.
-    :param raw_sql: what to do about writes dbevents cannot see (``text()``, driver SQL):
-        ``"ignore"``, ``"warn"`` (default) or ``"raise"``.
+    :param raw_sql: what to do about writes dbevents cannot see (``text()``, driver SQL)
+        or capture (``INSERT … FROM SELECT``): ``"ignore"``, ``"warn"`` (default) or ``"raise"``.
     :param capture: capture level per model (class or class name) or table name:
         ``"off"``, ``"keys"``, ``"new"`` or ``"old+new"`` (the default).
     """

@@ -195,6 +195,16 @@ def _before_execute(
     wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
     if wanted is None:
         return statement, multiparams, params  # nobody needs these rows
+    if isinstance(statement, sa.Insert) and statement.select is not None:
+        # SQLAlchemy renders no RETURNING for return_defaults() here, and an explicit
+        # RETURNING would change the caller's result: the new rows can't be known
+        _uncaptured(
+            states,
+            f"dbevents cannot capture the rows an INSERT ... FROM SELECT adds to {spec.name!r}: "
+            f"they are missing from the change set; insert them with values() or the ORM, "
+            f'or mute the block on purpose (Events(raw_sql="ignore") silences this)',
+        )
+        return statement, multiparams, params
     parameters = multiparams or [params]
     dialect = connection.dialect
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
@@ -400,14 +410,18 @@ def _before_cursor_execute(
 
 
 def _raw_write(states: list[SessionState], sql: str) -> None:
-    if not _WRITE_SQL.match(sql):
-        return
+    if _WRITE_SQL.match(sql):
+        _uncaptured(
+            states,
+            f"dbevents cannot see what this SQL writes, so no callbacks ran and nothing was "
+            f"captured: {sql.strip()[:200]!r}; use a Core or ORM statement, or mute the block "
+            'on purpose (Events(raw_sql="ignore") silences this)',
+        )
+
+
+def _uncaptured(states: list[SessionState], message: str) -> None:
+    """Say that a write went by uncaptured, as the ``raw_sql`` policies of ``states`` ask."""
     policies = {st.events.raw_sql for st in states}
-    message = (
-        f"dbevents cannot see what this SQL writes, so no callbacks ran and nothing was "
-        f"captured: {sql.strip()[:200]!r}; use a Core or ORM statement, or mute the block "
-        'on purpose (Events(raw_sql="ignore") silences this)'
-    )
     if "raise" in policies:
         raise UncapturedWriteError(message)
     if "warn" in policies:

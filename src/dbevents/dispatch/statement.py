@@ -89,7 +89,7 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
                 return _nothing(orm_state)
             if fields != original:
                 statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
-        with written_rows() as written:  # from_select() and multi-row values(): after_* only
+        with written_rows() as written:  # multi-row values(): after_* only (from_select: none)
             result = orm_state.invoke_statement(statement=statement)
     stored = _inserted(spec, written)
     after_insert, after_save = callbacks.get("after_insert"), callbacks.get("after_save")
