@@ -10,6 +10,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
+from dbevents.testing import capture
 from tests.models import Company
 
 WRITE = "UPDATE companies SET rating = 1"
@@ -64,3 +65,20 @@ def test_an_insert_from_select_is_reported_as_uncaptured(tables: sa.Engine) -> N
         with pytest.raises(UncapturedWriteError, match="missing from the change set"):
             session.execute(copy)
         session.rollback()
+
+
+def test_an_insert_returning_without_its_key_is_reported_as_uncaptured(tables: sa.Engine) -> None:
+    # the caller's RETURNING leaves no room for dbevents', and no key was sent
+    insert = sa.insert(Company).values(name="acme").returning(Company.id)
+    with dbevents.Events().install(sa_orm.sessionmaker(tables))() as session:
+        with pytest.warns(DbEventsWarning, match="INSERT ... RETURNING adds to 'companies'"):
+            assert session.scalar(insert) is not None
+        session.rollback()
+    events = dbevents.Events()
+    with warnings.catch_warnings(), capture(events) as changesets:
+        warnings.simplefilter("error")  # the same row as a parameter set is captured
+        with events.install(sa_orm.sessionmaker(tables))() as session:
+            ids = session.scalars(sa.insert(Company).returning(Company.id), [{"name": "acme"}])
+            (company_id,) = ids.all()
+            session.commit()
+    assert [(c.op, c.pk) for c in changesets[0].changes] == [(dbevents.Op.INSERT, (company_id,))]

@@ -29,7 +29,7 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql.elements import False_
 
-from .._compat import dml_table, explicit_returning, where_criteria
+from .._compat import dml_table, explicit_returning, upsert_clause, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
@@ -317,6 +317,15 @@ def _after_execute(
         _after_keys(connection, plan, result)
     elif plan.op in (Op.INSERT, Op.LINK):
         inserted = inserted_rows(connection, spec, plan.columns, result)
+        if not inserted and _unidentified(plan.statement, result):
+            _uncaptured(
+                plan.states,
+                f"dbevents cannot capture the rows this INSERT ... RETURNING adds to "
+                f"{spec.name!r}: its own RETURNING leaves no room for dbevents', and the rows "
+                f"have no key it sent; they are missing from the change set. Execute it with "
+                f"a list of parameter sets (session.execute(insert(M).returning(...), [row])), "
+                f"or send the key",
+            )
         if plan.before:  # an upsert: a row that was there before was updated
             old = plan.before
             after = {pk: row for row in inserted if (pk := pk_of(spec, row)) in old}
@@ -363,6 +372,15 @@ def _after_execute(
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
         _report(Written(spec, plan.op, list(plan.before or ())))
+
+
+def _unidentified(statement: Any, result: sa.CursorResult[Any]) -> bool:
+    """Whether an INSERT that wrote rows left dbevents no way to tell which: an explicit
+    RETURNING of the caller's, and no key among the values sent."""
+    if not explicit_returning(statement) or upsert_clause(statement) is not None:
+        return False  # (an upsert may have inserted nothing: every row conflicted)
+    compiled = getattr(result.context, "compiled_parameters", None)
+    return bool(compiled)
 
 
 def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[Any]) -> None:
