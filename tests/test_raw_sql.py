@@ -67,18 +67,32 @@ def test_an_insert_from_select_is_reported_as_uncaptured(tables: sa.Engine) -> N
         session.rollback()
 
 
-def test_an_insert_returning_without_its_key_is_reported_as_uncaptured(tables: sa.Engine) -> None:
+def test_a_core_insert_returning_without_its_key_is_reported_as_uncaptured(
+    tables: sa.Engine,
+) -> None:
     # the caller's RETURNING leaves no room for dbevents', and no key was sent
-    insert = sa.insert(Company).values(name="acme").returning(Company.id)
+    companies: sa.Table = Company.__table__  # type: ignore[assignment]
+    insert = sa.insert(companies).values(name="acme").returning(companies.c.id)
     with dbevents.Events().install(sa_orm.sessionmaker(tables))() as session:
         with pytest.warns(DbEventsWarning, match="INSERT ... RETURNING adds to 'companies'"):
             assert session.scalar(insert) is not None
         session.rollback()
+
+
+@pytest.mark.parametrize("form", ["values", "parameter set"])
+def test_an_orm_insert_returning_without_its_key_is_captured(tables: sa.Engine, form: str) -> None:
+    insert = sa.insert(Company).returning(Company.id, Company.name)
     events = dbevents.Events()
     with warnings.catch_warnings(), capture(events) as changesets:
-        warnings.simplefilter("error")  # the same row as a parameter set is captured
+        warnings.simplefilter("error")
         with events.install(sa_orm.sessionmaker(tables))() as session:
-            ids = session.scalars(sa.insert(Company).returning(Company.id), [{"name": "acme"}])
-            (company_id,) = ids.all()
+            if form == "values":  # run as the one parameter set it is
+                result = session.execute(insert.values(name="acme"))
+            else:
+                result = session.execute(insert, [{"name": "acme"}])
+            ((company_id, name),) = result.all()
             session.commit()
-    assert [(c.op, c.pk) for c in changesets[0].changes] == [(dbevents.Op.INSERT, (company_id,))]
+    assert name == "acme"
+    assert [(c.op, c.pk, (c.new or {}).get("name")) for c in changesets[0].changes] == [
+        (dbevents.Op.INSERT, (company_id,), "acme")
+    ]

@@ -182,6 +182,30 @@ def test_insert_values_can_be_changed_and_vetoed(
     assert len(changesets) == 1
 
 
+def test_a_bulk_insert_with_every_row_vetoed_returns_a_real_empty_result(
+    Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    rowcount = run(Session, lambda s: s.execute(sa.insert(Item), [{"name": "veto"}] * 2))
+    assert rowcount in (0, -1)  # PostgreSQL's driver reports no count for INSERT
+    assert len(table_rows(db, "items")) == 3 and changesets == []
+    assert [c[0] for c in calls] == ["before_insert", "before_insert"]
+
+
+def test_insert_values_returning_runs_callbacks_and_is_captured(
+    Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    # run as the one parameter set it is: the caller gets the rows of its own RETURNING
+    got: list[Any] = []
+    write = sa.insert(Item).values(name="x").returning(Item.id, Item.name)
+    check_delivered(db, Session, changesets, lambda s: got.extend(s.execute(write).all()))
+    assert got == [(4, "X")]
+    assert ("after_insert", "X", 0, 4) in calls
+    vetoed: list[Any] = []
+    veto = sa.insert(Item).values(name="veto").returning(Item.id)
+    run(Session, lambda s: vetoed.extend(s.execute(veto).all()))
+    assert vetoed == [] and len(table_rows(db, "items")) == 4 and len(changesets) == 1
+
+
 # -- UPDATE ------------------------------------------------------------------------------------
 
 UPDATES: dict[str, Write] = {

@@ -29,6 +29,7 @@ __all__ = [
     "upsert_clause",
     "where_criteria",
     "with_dml_values",
+    "without_values",
 ]
 
 T = TypeVar("T")
@@ -121,6 +122,16 @@ def with_dml_values(statement: Any, pairs: list[tuple[Any, Any]]) -> Any:
         return clone.ordered_values(*pairs)
     clone._values = None  # values() coerces each value, as if the caller had passed it
     return clone.values(dict(pairs))
+
+
+def without_values(statement: Any) -> Any:
+    """A copy of an INSERT without its ``values()`` (private: ``_values``, ``_multi_values``)."""
+    clone = statement._generate()
+    clone._values = None
+    if getattr(clone, "_ordered_values", None) is not None:
+        clone._ordered_values = None
+    clone._multi_values = ()
+    return clone
 
 
 def dml_table(statement: Any) -> Any:

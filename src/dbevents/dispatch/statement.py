@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from .._compat import dml_values, with_dml_values
+from .._compat import (
+    dml_values,
+    explicit_returning,
+    multi_values,
+    upsert_clause,
+    with_dml_values,
+    without_values,
+)
 from ..changes import Op
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
@@ -49,9 +56,22 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
     if model is None:
         return None
     callbacks = st.events.registry.table(model)
+    spec = mapper_spec(sa.inspect(model))
+    one_row = _returning_one_row(orm_state, spec) if orm_state.is_insert else None
+    if one_row is not None:
+        # insert(M).values(...).returning(...): the caller's RETURNING leaves no room for
+        # dbevents' own, which a new key can be read by; as the one parameter set it is, the
+        # ORM's bulk INSERT returns both (and gives the caller the same rows)
+        orm_state.statement = without_values(orm_state.statement)
+        orm_state.parameters = [one_row]
+        # SQLAlchemy chose its strategy by the statement's values: choose again
+        orm_state.local_execution_options = orm_state.local_execution_options.union(
+            {"dml_strategy": "bulk"}
+        )
+        if not callbacks.writes:
+            return orm_state.invoke_statement()
     if not callbacks.writes:
         return None
-    spec = mapper_spec(sa.inspect(model))
     if orm_state.is_insert:
         return _insert(orm_state, spec, callbacks)
     params = orm_state.parameters
@@ -60,6 +80,27 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
         return _update_by_key(orm_state, spec, callbacks, rows)
     captured = st.events.level_of(spec.mapper) != "off"
     return _update_or_delete(orm_state, spec, callbacks, captured)
+
+
+def _returning_one_row(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec) -> Row | None:
+    """The row of ``insert(M).values(...).returning(...)`` without its key, if plain values."""
+    statement = orm_state.statement
+    pairs = dml_values(statement)
+    if (
+        not pairs
+        or not orm_state.is_orm_statement  # a Core INSERT has no bulk form returning keys
+        or orm_state.parameters
+        or not explicit_returning(statement)
+        or multi_values(statement) is not None
+        or upsert_clause(statement) is not None
+        or not all(isinstance(value, sa.BindParameter) for _, value in pairs)
+    ):
+        return None
+    fields, _ = _fields_of(spec, pairs)
+    pk_keys = [key for part in spec.parts for _, key in part.pk if key is not None]
+    if any(key in fields for key in pk_keys) or not set(fields) <= spec.column_keys:
+        return None  # the key is sent (dbevents reads it there), or not plain attributes
+    return fields
 
 
 def _by_primary_key(statement: Any, params: Any) -> bool:
@@ -303,4 +344,6 @@ def _nothing(orm_state: sa_orm.ORMExecuteState) -> Any:
     if returning:
         empty = empty.returning(*returning)
     orm_state.parameters = None
-    return orm_state.invoke_statement(statement=empty, execution_options={SKIP_CAPTURE: True})
+    # one statement, no parameter sets: not the bulk strategy a bulk INSERT was given
+    options = {SKIP_CAPTURE: True, "dml_strategy": "orm"}
+    return orm_state.invoke_statement(statement=empty, execution_options=options)
