@@ -123,13 +123,15 @@ def diff(before: dict[Any, dict[str, Any]], after: dict[Any, dict[str, Any]]) ->
     return out
 
 
-def delivered(changesets: list[ChangeSet]) -> set[Any]:
+def delivered(changesets: list[ChangeSet], *, tables: bool = False) -> set[Any]:
+    """The delivered changes as :func:`diff` tells them (prefixed by the table with ``tables``)."""
     out: set[Any] = set()
     for cs in changesets:
         for c in cs.changes:
             old = tuple(sorted((c.old or {}).items())) if c.op is not Op.INSERT else None
             new = tuple(sorted((c.new or {}).items())) if c.op is not Op.DELETE else None
-            out.add((c.op.value, c.pk, old, new))
+            change = (c.op.value, c.pk, old, new)
+            out.add((c.table, *change) if tables else change)
     return out
 
 

@@ -342,7 +342,7 @@ def _after_execute(
         _report(Written(spec, plan.op, list(before)))
     elif plan.returns is Returns.OLD_AND_NEW:
         changes = returned_diffs(spec, plan.old_columns, plan.columns, result)
-        if changes is None:  # rows keyed otherwise: pair them by key through dicts
+        if changes is None:  # no rows back (none matched), or keyed otherwise: by key, as dicts
             names = [column.name for column in plan.columns]
             olds = returned_rows(plan.old_columns, result, names=names) or []
             news = returned_rows(plan.columns, result) or []

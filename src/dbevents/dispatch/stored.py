@@ -24,16 +24,14 @@ if TYPE_CHECKING:
     from ..session import SessionState
 
 __all__ = [
-    "Diff",
     "SKIP_CAPTURE",
+    "Diff",
     "inserted_rows",
     "pk_of",
     "read_matching",
     "read_rows",
-    "record_keys",
-    "diff_rows",
-    "diff_values",
     "record_diffs",
+    "record_keys",
     "record_rows",
     "record_update",
     "returned_diffs",
@@ -247,7 +245,7 @@ def returned_diffs(
         values = tuple(row)  # a tuple is read many times faster than a Row
         pk = key_of(values)
         keys.append(pk)
-        changed = diff_values(names, olds_of(values), news_of(values))
+        changed = _diff_values(names, olds_of(values), news_of(values))
         if changed is not None:
             diffs.append((pk, *changed))
     return diffs, keys
@@ -352,7 +350,7 @@ def record_update(
         a different row to every consumer keyed by it: its old key is recorded as
         deleted and its new one as inserted, as on the unit of work.
     """
-    record_diffs(session, states, spec, diff_rows(before, after))
+    record_diffs(session, states, spec, _diff_rows(before, after))
     if sets_key:
         gone = {pk: row for pk, row in before.items() if pk not in after}
         came = [row for pk, row in after.items() if pk not in before]
@@ -376,7 +374,7 @@ def record_diffs(
             add(name, pk, update, model, old if keep_old else None, new if keep_new else None)
 
 
-def diff_rows(
+def _diff_rows(
     before: Mapping[tuple[Any, ...], Row], after: Mapping[tuple[Any, ...], Row]
 ) -> list[Diff]:
     """The changed columns of each row read before and after an UPDATE, paired by key."""
@@ -386,13 +384,13 @@ def diff_rows(
         new = new_of(pk)
         if new is not None:
             olds = [old.get(column) for column in new]
-            changed = diff_values(list(new), olds, new.values())
+            changed = _diff_values(list(new), olds, new.values())
             if changed is not None:
                 diffs.append((pk, *changed))
     return diffs
 
 
-def diff_values(
+def _diff_values(
     names: Sequence[str], olds: Iterable[Any], news: Iterable[Any]
 ) -> tuple[Row, Row] | None:
     """The columns whose value changed, old and new; None when none did (a hot loop: kept flat)."""
