@@ -159,3 +159,31 @@ def test_a_change_cannot_be_changed_through_its_rows() -> None:
             old["stage"] = "lost"  # type: ignore[index]
     assert change.new == replaced.new == copied.new == {"stage": "won"}
     assert copied == replaced and copied.table == "deals_archive"
+
+
+def test_a_change_set_read_from_json_is_the_one_written() -> None:
+    cs = changeset(
+        Change(Op.INSERT, "deals", "Deal", (1,), None, {"id": 1, "stage": "lead"}),
+        Change(Op.UPDATE, "deals", "Deal", (1,), {"stage": "lead"}, {"stage": "won"}),
+    )
+    restored = ChangeSet.from_json(b"  " + cs.to_json() + b"\n")
+    copied = pickle.loads(pickle.dumps(restored))  # before its changes were ever looked at
+    assert copied == restored == cs and len(copied) == 2
+    assert restored.updated[0].old == {"stage": "lead"} and list(copied)[0].new["id"] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        restored.changes = ()  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        "[]",
+        '{"id": "A", "committed_at": "2026-01-01T00:00:00+00:00", "changes": {}}',
+        '{"id": "A", "committed_at": "2026-01-01T00:00:00+00:00", "changes": []} {}',
+        '{"id": "A", "changes": []}',
+    ],
+)
+def test_from_json_refuses_what_is_not_one_change_set(text: str) -> None:
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        ChangeSet.from_json(text)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, cast, overload
 
 from . import codec
 
@@ -144,7 +144,38 @@ def _rows(change: Change) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] |
 _Rows = tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]
 
 
-@dataclass(frozen=True, slots=True)
+class _Encoded(NamedTuple):
+    """The changes of a change set read from JSON, as parsed: not made into :class:`Change` yet."""
+
+    items: list[Mapping[str, Any]]
+
+
+class _Changes:
+    """The ``changes`` field of :class:`ChangeSet`: made on first use when read from JSON.
+
+    A relay hands every outbox row it takes to its sinks as a change set, and
+    a sink that only passes on the JSON (Redis Streams) never needs the changes
+    themselves: not making them is most of what such a relay costs per change set.
+    """
+
+    @overload
+    def __get__(self, changeset: None, owner: type[Any]) -> _Changes: ...
+    @overload
+    def __get__(self, changeset: ChangeSet, owner: type[Any]) -> tuple[Change, ...]: ...
+    def __get__(self, changeset: ChangeSet | None, owner: type[Any]) -> Any:
+        if changeset is None:
+            raise AttributeError("changes")  # no default: dataclass makes the field required
+        changes = changeset.__dict__["_changes"]
+        if type(changes) is _Encoded:
+            changes = tuple([Change.from_dict(item) for item in changes.items])
+            changeset.__dict__["_changes"] = changes
+        return changes
+
+    def __set__(self, changeset: ChangeSet, changes: tuple[Change, ...]) -> None:
+        changeset.__dict__["_changes"] = changes
+
+
+@dataclass(frozen=True)
 class ChangeSet:
     """Every net row change of one committed root transaction, in the order first made.
 
@@ -156,7 +187,9 @@ class ChangeSet:
     id: str
     committed_at: dt.datetime
     actor: str | None
-    changes: tuple[Change, ...]
+    #: the changes (a tuple of :class:`Change`); what :meth:`from_json` reads is made into
+    #: changes on first use
+    changes: _Changes = _Changes()
     # the JSON form, made once: every sink that serializes (outbox, mirror, Redis) and a
     # relay passing on what it read share it instead of encoding the change set again
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -249,7 +282,16 @@ class ChangeSet:
         :meth:`to_json` of the result returns that text again, without the
         whitespace around it, rather than encoding the change set anew.
         """
-        changeset = cls.from_dict(codec.loads(data))
+        parsed = codec.loads(data)
+        changes = parsed["changes"]
+        if type(changes) is not list:
+            raise TypeError(f"changes: a list expected, not {type(changes).__name__}")
+        changeset = cls(
+            id=parsed["id"],
+            committed_at=dt.datetime.fromisoformat(parsed["committed_at"]),
+            actor=parsed.get("actor"),
+            changes=cast(Any, _Encoded(changes)),  # made into changes on first use
+        )
         text = data.strip()
         object.__setattr__(changeset, "_json", text.encode() if isinstance(text, str) else text)
         return changeset
