@@ -39,6 +39,7 @@ __all__ = [
     "before_flush",
     "changed_fields",
     "end_flushes",
+    "remember",
     "run_before",
     "same",
     "select_by_identity",
@@ -84,10 +85,8 @@ class FlushState:
         self.seen: set[State] = set()
         #: deleted states whose unloaded columns before_flush already read
         self.deleting: set[State] = set()
-        #: op, plan, state, object, fields of each row for the after_* callbacks, in the
-        #: order rows were written, five items per row in one flat list (a tuple per row
-        #: would give the garbage collector one more object per row to walk); the object
-        #: is held so that it outlives the flush
+        #: the rows for the after_* callbacks, in the order they were written, in one flat
+        #: list (see :func:`remember`)
         self.written: list[Any] = []
         #: rows recorded with some values the database generated: filled after the flush
         self.incomplete: list[tuple[MapperSpec, State, Row, TablePart]] = []
@@ -336,6 +335,21 @@ def select_by_identity(
 # -- after the flush -------------------------------------------------------------------------
 
 
+def remember(fs: FlushState, op: Op, plan: ModelPlan, state: State, fields: dict[str, Any]) -> None:
+    """Keep a written row for its after_* callbacks, which run once the flush is over.
+
+    Each row is op, plan, state, object (held so that it outlives the flush),
+    the number of fields, their keys, their values: flat, because every object
+    kept until the end of the flush (a tuple or a dict per row) counts towards
+    the garbage collector's next collection, and for a big flush one more of
+    them can be a full collection.
+    """
+    written = fs.written
+    written += (op, plan, state, state.obj(), len(fields))
+    written += fields
+    written += fields.values()
+
+
 def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     """Run after_* callbacks for the rows this flush wrote."""
     end_flushes(session)
@@ -343,8 +357,12 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
     if fs is None or not fs.written:
         return
     written = fs.written
-    for at in range(0, len(written), 5):
-        op, plan, state, obj, fields = written[at : at + 5]
+    at, end = 0, len(written)
+    while at < end:
+        op, plan, state, obj, size = written[at : at + 5]
+        keys = at + 5
+        at = keys + 2 * size
+        fields = dict(zip(written[keys : keys + size], written[keys + size : at], strict=True))
         model = plan.model
         if op is Op.INSERT:
             ident: tuple[Any, ...] = state.identity or ()

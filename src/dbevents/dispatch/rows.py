@@ -25,7 +25,15 @@ from ..capture import Row
 from ..changes import Op
 from ..exceptions import AbortError
 from ..mapping import MapperSpec, TablePart
-from .flush import FlushState, State, active_flushes, run_before, same, select_by_identity
+from .flush import (
+    FlushState,
+    State,
+    active_flushes,
+    remember,
+    run_before,
+    same,
+    select_by_identity,
+)
 from .plan import ModelPlan
 
 if TYPE_CHECKING:
@@ -34,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["after_flush", "listen_mappers"]
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
+#: a deleted row's fields, for after_* callbacks that get none
+_NO_FIELDS: Final[dict[str, Any]] = {}
 
 
 # -- mapper events: the rows really written ---------------------------------------------------
@@ -112,9 +122,9 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             fields = (
                 {key: values[key] for key in plan.spec.column_keys if key in values}
                 if plan.after_insert
-                else {}
+                else _NO_FIELDS
             )
-            fs.written.extend((Op.INSERT, plan, state, state.obj(), fields))
+            remember(fs, Op.INSERT, plan, state, fields)
 
 
 def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
@@ -133,10 +143,10 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if plan.capture:
             _record_update(fs, plan, state, fields, generated_old)
         if plan.after:
-            known = fields if plan.after_update else {}
+            known = fields if plan.after_update else _NO_FIELDS
             if known and _has_no_value(known.values()):
                 known = {k: v for k, v in fields.items() if v is not NO_VALUE}
-            fs.written.extend((Op.UPDATE, plan, state, state.obj(), known))
+            remember(fs, Op.UPDATE, plan, state, known)
 
 
 def _written_fields(
@@ -245,7 +255,7 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     part.spec.name, pk, Op.DELETE, spec.model, row if plan.keep_old else None, None
                 )
         if plan.after:
-            fs.written.extend((Op.DELETE, plan, state, state.obj(), {}))
+            remember(fs, Op.DELETE, plan, state, _NO_FIELDS)
 
 
 def _has_no_value(values: Iterable[Any]) -> bool:
