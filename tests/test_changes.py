@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbevents import Change, ChangeSet, Op
-from dbevents.changes import new_id
+from dbevents.changes import new_id, passed_on
 
 
 class Stage(enum.Enum):
@@ -187,3 +187,18 @@ def test_a_change_set_read_from_json_is_the_one_written() -> None:
 def test_from_json_refuses_what_is_not_one_change_set(text: str) -> None:
     with pytest.raises((ValueError, KeyError, TypeError)):
         ChangeSet.from_json(text)
+
+
+def test_a_change_set_passed_on_as_json_is_decoded_when_looked_into() -> None:
+    cs = changeset(Change(Op.UPDATE, "deals", "Deal", (1,), {"stage": "lead"}, {"stage": "won"}))
+    text = cs.to_json().decode()
+    relayed = passed_on(cs.id, text)
+    assert relayed is not None and relayed.id == cs.id and relayed.to_json() == cs.to_json()
+    copied = pickle.loads(pickle.dumps(relayed))
+    assert relayed == cs == copied and relayed.actor == "ada"
+    assert relayed.committed_at == cs.committed_at and relayed.changes[0].new == {"stage": "won"}
+    assert repr(copied) == repr(cs)
+    # another change set's text, or one cut short or written otherwise: parse it instead
+    assert passed_on(new_id(), text) is None
+    assert passed_on(cs.id, text[:-1]) is None
+    assert passed_on(cs.id, text + "\n") is None

@@ -203,6 +203,30 @@ def test_an_undecodable_row_is_parked_at_once(tables: sa.Engine, outbox: OutboxS
     assert count(tables, outbox.table) == 0
 
 
+def test_a_payload_broken_inside_is_parked_once_a_sink_fails_on_it(
+    maker: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, outbox: OutboxSink
+) -> None:
+    """What looks like an OutboxSink's payload is decoded when a sink first looks into it."""
+    commit_companies(maker, range(1, 3))
+    with tables.begin() as conn:
+        first = conn.execute(sa.select(outbox.table).order_by(outbox.table.c.seq)).first()
+        assert first is not None
+        broken = first.payload.replace('"op":"insert"', '"op":"nonsense"')
+        assert broken != first.payload
+        conn.execute(outbox.table.update().where(outbox.table.c.seq == first.seq), {"payload": broken})
+    sink = dbevents.MemorySink()
+    passes_json_on = Recorder()
+    delivered = relay(
+        tables, [passes_json_on, sink], once=True, max_attempts=2, backoff=0.001, max_backoff=0.002
+    )
+    assert delivered == 1 and pks(sink.changesets) == [2]
+    with tables.connect() as conn:
+        (dead,) = conn.execute(sa.select(outbox.dead)).mappings().all()
+    assert dead["id"] == first.id and dead["payload"] == broken and dead["attempts"] == 2
+    assert "MemorySink" in dead["error"] and "nonsense" in dead["error"]
+    assert count(tables, outbox.table) == 0
+
+
 def test_publish_many_gets_whole_batches(
     maker: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine
 ) -> None:

@@ -10,11 +10,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NamedTuple, cast, overload
+from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
 
 from . import codec
 
-__all__ = ["Change", "ChangeSet", "Op", "new_id"]
+__all__ = ["Change", "ChangeSet", "Op", "new_id", "passed_on"]
+
+_T = TypeVar("_T")
 
 
 class Op(enum.Enum):
@@ -150,29 +152,34 @@ class _Encoded(NamedTuple):
     items: list[Mapping[str, Any]]
 
 
-class _Changes:
-    """The ``changes`` field of :class:`ChangeSet`: made on first use when read from JSON.
+class _Decoded(Generic[_T]):
+    """A field of :class:`ChangeSet` that a change set read as JSON decodes on first use.
 
-    A relay hands every outbox row it takes to its sinks as a change set, and
-    a sink that only passes on the JSON (Redis Streams) never needs the changes
-    themselves: not making them is most of what such a relay costs per change set.
+    A relay hands the change sets it reads from the outbox to its sinks, and a
+    sink that passes their JSON on (Redis Streams) needs no more than the id:
+    decoding would be most of what such a relay costs per change set.
     """
 
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self.name = name
+
     @overload
-    def __get__(self, changeset: None, owner: type[Any]) -> _Changes: ...
+    def __get__(self, changeset: None, owner: type[Any]) -> _Decoded[_T]: ...
     @overload
-    def __get__(self, changeset: ChangeSet, owner: type[Any]) -> tuple[Change, ...]: ...
+    def __get__(self, changeset: ChangeSet, owner: type[Any]) -> _T: ...
     def __get__(self, changeset: ChangeSet | None, owner: type[Any]) -> Any:
         if changeset is None:
-            raise AttributeError("changes")  # no default: dataclass makes the field required
-        changes = changeset.__dict__["_changes"]
-        if type(changes) is _Encoded:
-            changes = tuple([Change.from_dict(item) for item in changes.items])
-            changeset.__dict__["_changes"] = changes
-        return changes
+            raise AttributeError(self.name)  # no default: dataclass makes the field required
+        values = changeset.__dict__
+        if self.name not in values:
+            changeset._decode()
+        value = values[self.name]
+        if type(value) is _Encoded:
+            value = values[self.name] = tuple([Change.from_dict(item) for item in value.items])
+        return value
 
-    def __set__(self, changeset: ChangeSet, changes: tuple[Change, ...]) -> None:
-        changeset.__dict__["_changes"] = changes
+    def __set__(self, changeset: ChangeSet, value: _T) -> None:
+        changeset.__dict__[self.name] = value
 
 
 @dataclass(frozen=True)
@@ -182,14 +189,13 @@ class ChangeSet:
     :ivar id: unique and sortable by time (not by commit order across processes).
     :ivar committed_at: when the commit returned, timezone-aware UTC.
     :ivar actor: who made the change (see :func:`dbevents.acting_as`), or ``None``.
+    :ivar changes: the :class:`Change` of each changed row, in the order first changed.
     """
 
     id: str
-    committed_at: dt.datetime
-    actor: str | None
-    #: the changes (a tuple of :class:`Change`); what :meth:`from_json` reads is made into
-    #: changes on first use
-    changes: _Changes = _Changes()
+    committed_at: _Decoded[dt.datetime] = _Decoded()
+    actor: _Decoded[str | None] = _Decoded()
+    changes: _Decoded[tuple[Change, ...]] = _Decoded()
     # the JSON form, made once: every sink that serializes (outbox, mirror, Redis) and a
     # relay passing on what it read share it instead of encoding the change set again
     _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -282,19 +288,42 @@ class ChangeSet:
         :meth:`to_json` of the result returns that text again, without the
         whitespace around it, rather than encoding the change set anew.
         """
-        parsed = codec.loads(data)
-        changes = parsed["changes"]
-        if type(changes) is not list:
-            raise TypeError(f"changes: a list expected, not {type(changes).__name__}")
-        changeset = cls(
-            id=parsed["id"],
-            committed_at=dt.datetime.fromisoformat(parsed["committed_at"]),
-            actor=parsed.get("actor"),
-            changes=cast(Any, _Encoded(changes)),  # made into changes on first use
-        )
+        id, committed_at, actor, changes = _parse(data)
+        # the changes are made on first use: a sink may only want the JSON
+        changeset = cls(id, committed_at, actor, cast(Any, changes))
         text = data.strip()
         object.__setattr__(changeset, "_json", text.encode() if isinstance(text, str) else text)
         return changeset
+
+    def _decode(self) -> None:
+        """Decode the fields of a change set :func:`passed_on` as JSON."""
+        assert self._json is not None
+        _, committed_at, actor, changes = _parse(self._json)
+        self.__dict__.update(committed_at=committed_at, actor=actor, changes=changes)
+
+
+def _parse(data: bytes | str) -> tuple[str, dt.datetime, str | None, _Encoded]:
+    """The fields of a change set in JSON, its changes as parsed."""
+    parsed = codec.loads(data)
+    changes = parsed["changes"]
+    if type(changes) is not list:
+        raise TypeError(f"changes: a list expected, not {type(changes).__name__}")
+    committed_at = dt.datetime.fromisoformat(parsed["committed_at"])
+    return parsed["id"], committed_at, parsed.get("actor"), _Encoded(changes)
+
+
+def passed_on(id: str, text: str) -> ChangeSet | None:
+    """The change set :meth:`ChangeSet.to_json` wrote as ``text`` for ``id``, decoded on first use.
+
+    ``None`` when ``text`` does not begin and end as that method writes a change
+    set with this id (one written some other way, or cut short): parse it then,
+    with :meth:`ChangeSet.from_json`, which tells what is wrong with it.
+    """
+    if not (text.startswith(f'{{"id":"{id}",') and text.endswith("]}")):
+        return None
+    changeset = ChangeSet.__new__(ChangeSet)
+    changeset.__dict__.update(id=id, _json=text.encode())
+    return changeset
 
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -33,9 +33,10 @@ class MemorySink:
 
     def publish(self, changeset: ChangeSet) -> None:
         """Apply a committed change set."""
+        changes = changeset.changes  # one that does not decode changes nothing here
         with self._lock:
             self._history.append(changeset)
-            for change in changeset.changes:
+            for change in changes:
                 table = self._rows.setdefault(change.table, {})
                 if change.op in (Op.DELETE, Op.UNLINK):
                     table.pop(change.pk, None)
