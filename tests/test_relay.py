@@ -213,7 +213,9 @@ def test_a_payload_broken_inside_is_parked_once_a_sink_fails_on_it(
         assert first is not None
         broken = first.payload.replace('"op":"insert"', '"op":"nonsense"')
         assert broken != first.payload
-        conn.execute(outbox.table.update().where(outbox.table.c.seq == first.seq), {"payload": broken})
+        conn.execute(
+            outbox.table.update().where(outbox.table.c.seq == first.seq), {"payload": broken}
+        )
     sink = dbevents.MemorySink()
     passes_json_on = Recorder()
     delivered = relay(
