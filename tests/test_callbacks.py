@@ -120,6 +120,46 @@ class Part(CBase):
     thing: Mapped[Thing] = sa_orm.relationship(backref="parts")
 
 
+class Tally(CBase):
+    __tablename__ = "tallies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(default=0)
+
+    @before_update
+    def b_update(cls, rows: RowSet[Tally], fields: dict[str, Any]) -> None:
+        calls.append(("tally.before_update", rows.pks, dict(fields)))
+
+
+class Note(CBase):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(sa.String(50))
+
+    @before_insert
+    def b_insert(cls, fields: dict[str, Any]) -> bool:
+        calls.append(("note.before_insert", fields["text"]))
+        fields["text"] = fields["text"].upper()
+        return "veto" in fields["text"].lower()
+
+
+class Ledger(CBase):
+    """Its before_update changes a clean object and adds a new one to the same flush."""
+
+    __tablename__ = "ledgers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
+
+    @before_update
+    def b_update(cls, rows: RowSet[Ledger], fields: dict[str, Any]) -> None:
+        tally = rows.session.get(Tally, 1)
+        assert tally is not None
+        tally.count += 1
+        rows.session.add(Note(text=f"renamed to {fields['name']}"))
+
+
 @pytest.fixture
 def Session(  # noqa: N802
     engine: sa.Engine, events: dbevents.Events
@@ -448,3 +488,29 @@ def test_async_after_commit_callbacks_are_accepted() -> None:
     events.listens_for(Thing, "after_commit", op=Op.INSERT)(inserted)
     after_commit(published)
     after_commit.operation(Op.DELETE)(inserted)
+
+
+def test_objects_a_callback_changes_or_adds_get_their_callbacks_in_the_same_flush(
+    Session: Any,
+) -> None:
+    with Session() as session:
+        session.add_all([Tally(id=1), Ledger(id=1, name="old")])
+        session.commit()
+        calls.clear()
+        session.get(Ledger, 1).name = "new"
+        session.commit()
+    assert sorted(calls) == [  # (the pass after the callbacks runs inserts first)
+        ("note.before_insert", "renamed to new"),
+        ("tally.before_update", ((1,),), {"count": 1}),
+    ]
+    with Session() as session:
+        assert session.scalar(sa.select(Tally.count)) == 1
+        assert session.scalars(sa.select(Note.text)).all() == ["RENAMED TO NEW"]
+    # a veto of an object a callback added skips it, as for any other object
+    with Session() as session:
+        session.get(Ledger, 1).name = "veto"
+        session.commit()
+    with Session() as session:
+        assert session.scalar(sa.select(Ledger.name)) == "veto"
+        assert session.scalar(sa.select(Tally.count)) == 2
+        assert session.scalars(sa.select(Note.text)).all() == ["RENAMED TO NEW"]

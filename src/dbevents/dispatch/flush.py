@@ -81,7 +81,7 @@ class FlushState:
         self.plan_of: Callable[[sa_orm.Mapper[Any]], ModelPlan] = st.events.plan_of
         self.session = session
         self._buffer: Buffer | None = None
-        #: states whose before_* callbacks already ran in before_flush
+        #: states before_flush visited: their before_* callbacks, if they have any, ran
         self.seen: set[State] = set()
         #: deleted states whose unloaded columns before_flush already read
         self.deleting: set[State] = set()
@@ -140,19 +140,21 @@ def before_flush(st: SessionState, session: sa_orm.Session, context: Any) -> Non
             for state in states:
                 if state in seen:
                     continue
+                seen.add(state)
                 plan = plan_of(state.mapper)
                 if not plan.before:
                     continue
-                seen.add(state)
                 ran = True
                 vetoer = run_before(fs, plan, op, state)
                 if vetoer is not None:
                     vetoes.append((op, state, vetoer))
         if not ran:
             break
-        # what the callbacks set may have no loaded old value either
         candidates = flush_candidates(session)
+        # what the callbacks set may have no loaded old value either
         _load_old_values(session, plan_of, candidates)
+        if all(map(seen.issuperset, candidates)):
+            break  # no object joined the flush: walking them all again would find nothing
     fs.deleting = set(candidates[2])
     if vetoes:
         apply_vetoes(session, events, vetoes)
