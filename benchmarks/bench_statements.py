@@ -11,7 +11,9 @@ callbacks (no-ops) and no row-level ones; the keys-only capture variant uses
 
 Each is committed.  Besides the raw driver and bare SQLAlchemy, UPDATE and
 DELETE have a floor: the bare statement plus one Core SELECT of the rows it
-affects, which is the least any capture of old values can cost.
+affects, which is the least any capture of old values can cost.  The bulk
+INSERT has one too: the bare statement with ``return_defaults()`` of the key,
+which is what SQLAlchemy itself costs to tell the keys it generated.
 """
 
 from __future__ import annotations
@@ -33,7 +35,17 @@ from benchmarks.bench_uow import (
     update_sql,
     values,
 )
-from benchmarks.common import BARE, CALLBACKS, CAPTURE, FLOOR, MEMORY, RAW, Database, Result
+from benchmarks.common import (
+    BARE,
+    CALLBACKS,
+    CAPTURE,
+    FLOOR,
+    MEMORY,
+    RAW,
+    RETURNING_FLOOR,
+    Database,
+    Result,
+)
 
 __all__ = ["run"]
 
@@ -47,8 +59,9 @@ class Statement:
 
     def __init__(self, db: Database, rows: int, op: str, variant: str) -> None:
         self.db, self.rows, self.op, self.variant = db, rows, op, variant
-        self.maker, self.sink = sessionmaker_for(db, BARE if variant == FLOOR else variant)
-        self.model: Any = PlainContact if variant == CAPTURE_KEYS else SetContact
+        floor = variant in (FLOOR, RETURNING_FLOOR)
+        self.maker, self.sink = sessionmaker_for(db, BARE if floor else variant)
+        self.model: Any = PlainContact if variant in (CAPTURE_KEYS, RETURNING_FLOOR) else SetContact
         self.params: list[dict[str, Any]] = []
 
     def setup(self) -> None:
@@ -84,6 +97,8 @@ class Statement:
             )
         elif self.op == "stmt delete":
             session.execute(sa.delete(model).where(model.id <= self.rows))
+        elif self.op == "bulk insert" and self.variant == RETURNING_FLOOR:
+            session.execute(sa.insert(model).return_defaults(model.id), self.params)
         elif self.op == "bulk insert":
             session.execute(sa.insert(model), self.params)
         else:
@@ -140,6 +155,7 @@ def _variants(op: str) -> list[tuple[str, str, dict[str, Any]]]:
         names.append(FLOOR)
     names += [BARE, CALLBACKS, CAPTURE, MEMORY]
     if op == "bulk insert":
+        names[1:1] = [RETURNING_FLOOR]
         names.append(CAPTURE_KEYS)
     return [
         (v, "benchmarks.bench_statements:make_statement", {"op": op, "variant": v}) for v in names
@@ -156,7 +172,8 @@ def run(quick: bool) -> list[Result]:
         for rows in sizes if op != "bulk update by pk" else sizes[:1]:
             for case in common.cases_for(op, rows, _variants(op)):
                 # the floor runs bare SQLAlchemy: no dbevents listeners in its process
-                cases.append(case if case.variant != FLOOR else _in_group(case, BARE))
+                floor = case.variant in (FLOOR, RETURNING_FLOOR)
+                cases.append(_in_group(case, BARE) if floor else case)
     return common.measure(cases)
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "CALLBACKS",
     "CAPTURE",
     "FLOOR",
+    "RETURNING_FLOOR",
     "MEMORY",
     "RAW",
     "SQLITE_NO_SYNC",
@@ -66,13 +67,15 @@ __all__ = [
 # same operation, backend and row count, so every module must use these exact names.
 RAW: Final = "raw DB-API"
 FLOOR: Final = "floor: SELECT + bare"
+#: the floor of key capture on a bulk INSERT: the bare statement, returning the keys
+RETURNING_FLOOR: Final = "floor: RETURNING + bare"
 BARE: Final = "bare SQLAlchemy"
 CALLBACKS: Final = "dbevents callbacks"
 CAPTURE: Final = "dbevents + capture"
 MEMORY: Final = "dbevents + MemorySink"
 
 #: order of the variants in the table; others follow in the order they first appear
-VARIANT_ORDER: Final = (RAW, FLOOR, BARE, CALLBACKS, CAPTURE, MEMORY)
+VARIANT_ORDER: Final = (RAW, FLOOR, RETURNING_FLOOR, BARE, CALLBACKS, CAPTURE, MEMORY)
 
 BACKENDS: Final = ("sqlite", "postgresql")
 

@@ -63,6 +63,7 @@ def test_tiny_run_prints_every_operation_and_variant(tmp_path: Path) -> None:
             assert row["peak_mb"] is not None
     for operation in ("stmt update", "stmt delete"):
         assert (operation, "floor: SELECT + bare") in timed
+    assert ("bulk insert", "floor: RETURNING + bare") in timed
     lines = stdout.splitlines()
     header = next(line for line in lines if line.startswith("operation"))
     for column in ("median s", "rows/s", "× bare", "× raw", "peak MB"):
