@@ -87,6 +87,8 @@ def test_json_is_made_once_and_never_outlives_its_values() -> None:
     other = dataclasses.replace(restored, actor="bob")
     assert ChangeSet.from_json(other.to_json()).actor == "bob"
     assert other != cs and dataclasses.replace(other, actor="ada") == cs
+    fields = [f.name for f in dataclasses.fields(restored)]
+    assert fields == ["id", "committed_at", "actor", "changes"]  # the cached text is none
 
 
 def test_ids_are_unique_and_sort_by_creation_time() -> None:

@@ -8,9 +8,9 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Generic, NamedTuple, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast, overload
 
 from . import codec
 
@@ -197,8 +197,9 @@ class ChangeSet:
     actor: _Decoded[str | None] = _Decoded()
     changes: _Decoded[tuple[Change, ...]] = _Decoded()
     # the JSON form, made once: every sink that serializes (outbox, mirror, Redis) and a
-    # relay passing on what it read share it instead of encoding the change set again
-    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    # relay passing on what it read share it instead of encoding the change set again;
+    # set on the instance, and no field (dataclasses.asdict and replace leave it out)
+    _json: ClassVar[bytes | None] = None
 
     def __len__(self) -> int:
         return len(self.changes)
