@@ -286,10 +286,11 @@ def _load_old_values(
         plan = plan_of(state.mapper)
         if not plan.wants_old or state.key is None:
             continue
-        values = state.dict
-        keys = [key for key in plan.spec.column_keys if key not in values]
-        if keys:
-            missing.setdefault(state.mapper, []).append((state, True, keys))
+        values, column_keys = state.dict, plan.spec.column_keys
+        if values.keys() >= column_keys:
+            continue  # every column is loaded: the common case
+        keys = [key for key in column_keys if key not in values]
+        missing.setdefault(state.mapper, []).append((state, True, keys))
     for mapper, items in missing.items():
         keys = sorted({key for _, _, ks in items for key in ks})
         found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
@@ -364,7 +365,11 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
         op, plan, state, obj, size = written[at : at + 5]
         keys = at + 5
         at = keys + 2 * size
-        fields = dict(zip(written[keys : keys + size], written[keys + size : at], strict=True))
+        fields = (
+            dict(zip(written[keys : keys + size], written[keys + size : at], strict=True))
+            if size
+            else {}
+        )
         model = plan.model
         if op is Op.INSERT:
             ident: tuple[Any, ...] = state.identity or ()
