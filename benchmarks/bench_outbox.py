@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import statistics
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -122,6 +124,13 @@ def _notes(results: list[Result]) -> list[Result]:
                 f" ({added * PER_SMALL_COMMIT:.0f} µs per commit, where one more statement"
                 f" in a commit costs {statement * PER_SMALL_COMMIT:.0f} µs)"
             )
+        try:
+            inside = common.call_in_worker(OUTBOX, f"{__name__}:write_seconds", operation, backend)
+        except common.WorkerError as error:
+            common.log(f"no time inside OutboxSink.write for {operation}: {error}")
+            inside = None
+        if inside is not None:
+            note += f"; OutboxSink.write itself: {inside / row['rows'] * 1e6:.1f} µs per change row"
         notes.append(
             Result(
                 operation=operation,
@@ -151,8 +160,10 @@ class Commits:
 
         self.maker = sa_orm.sessionmaker(db.engine, class_=BenchSession)
         self.floor = variant == FLOOR
+        self.timed = _TimedOutbox(self.outbox)
+        self.key = (SMALL_COMMITS if per_commit else ONE_COMMIT, db.backend)
         if variant not in (BARE, FLOOR):
-            sinks = [self.outbox] if variant == OUTBOX else []
+            sinks = [self.timed] if variant == OUTBOX else []
             dbevents.Events(sinks=sinks).install(self.maker)
         self.data: list[tuple[str, str, int, bool]] = []
 
@@ -163,6 +174,7 @@ class Commits:
         ]
 
     def action(self) -> None:
+        self.timed.seconds = 0.0
         step = self.per_commit
         for start in range(0, self.rows, step):
             with self.maker() as session:
@@ -175,12 +187,42 @@ class Commits:
                 if self.floor:  # what one more statement in the transaction costs
                     session.execute(sa.select(sa.literal(1)))
                 session.commit()
+        if self.timed.seconds:
+            _inside_write.setdefault(self.key, []).append(self.timed.seconds)
 
     def teardown(self) -> None:
         self.data = []
 
 
 # -- relay ---------------------------------------------------------------------------------------
+
+
+#: seconds each run spent inside OutboxSink.write, by (operation, backend); kept in the worker
+_inside_write: dict[tuple[str, str], list[float]] = {}
+
+
+class _TimedOutbox:
+    """An OutboxSink that counts the time spent writing the outbox row (encoding included)."""
+
+    def __init__(self, outbox: dbevents.OutboxSink) -> None:
+        self.outbox = outbox
+        self.seconds = 0.0
+
+    def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None:
+        start = time.perf_counter()
+        try:
+            self.outbox.write(session, changeset)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def publish(self, changeset: ChangeSet) -> None:
+        self.outbox.publish(changeset)
+
+
+def write_seconds(operation: str, backend: str) -> float | None:
+    """The median time the runs of ``operation`` spent inside OutboxSink.write (in the worker)."""
+    runs = _inside_write.get((operation, backend))
+    return statistics.median(runs) if runs else None
 
 
 class NullSink:

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import json
 import pickle
 import threading
 from types import MappingProxyType
@@ -204,3 +205,15 @@ def test_a_change_set_passed_on_as_json_is_decoded_when_looked_into() -> None:
     assert passed_on(new_id(), text) is None
     assert passed_on(cs.id, text[:-1]) is None
     assert passed_on(cs.id, text + "\n") is None
+
+
+def test_a_big_change_set_is_one_json_document_in_order() -> None:
+    cs = changeset(
+        *[
+            Change(Op.INSERT, "deals", "Deal", (i,), None, {"id": i, "on": dt.date(2026, 1, 1)})
+            for i in range(250)  # more than one encoder call's worth
+        ]
+    )
+    text = cs.to_json()
+    assert json.loads(text) == cs.to_dict()
+    assert ChangeSet.from_json(text) == cs

@@ -18,6 +18,9 @@ __all__ = ["Change", "ChangeSet", "Op", "new_id", "passed_on"]
 
 _T = TypeVar("_T")
 
+#: changes encoded to JSON per call of the encoder
+_ENCODE_CHUNK = 100
+
 
 class Op(enum.Enum):
     """The kind of a row change."""
@@ -107,7 +110,7 @@ class Change(_ChangeFields):
         """Return the JSON-ready form used by :meth:`ChangeSet.to_json`."""
         old, new = _rows(self)
         return {
-            "op": self.op.value,
+            "op": self.op._value_,  # (.value is a property, and this runs for every change)
             "table": self.table,
             "model": self.model,
             "pk": codec.encode_values(self.pk),
@@ -264,10 +267,16 @@ class ChangeSet:
         """Serialize to compact UTF-8 JSON that :meth:`from_json` restores exactly."""
         text = self._json
         if text is None:
-            # one change at a time: the JSON-ready dict of each is gone before the next is
-            # made, where a whole to_dict() of a big commit would set off the garbage collector
-            dumps = codec.dumps
-            body = ",".join([dumps(change.to_dict()) for change in self.changes])
+            # a chunk of changes at a time: one call of the encoder for many changes, and
+            # few JSON-ready dicts alive at once, where a whole to_dict() of a big commit
+            # would set off the garbage collector
+            dumps, changes = codec.dumps, self.changes
+            body = ",".join(
+                [
+                    dumps([change.to_dict() for change in changes[at : at + _ENCODE_CHUNK]])[1:-1]
+                    for at in range(0, len(changes), _ENCODE_CHUNK)
+                ]
+            )
             text = f'{dumps(self._head())[:-1]},"changes":[{body}]}}'.encode()
             object.__setattr__(self, "_json", text)
         return text

@@ -121,7 +121,7 @@ _C_ENCODE = _c_encoder()
 
 def dumps(data: Any) -> str:
     """Serialize already encoded data compactly, one line, keys in insertion order."""
-    if _C_ENCODE is not None and type(data) is dict:
+    if _C_ENCODE is not None and type(data) in (dict, list):
         return "".join(_C_ENCODE(data, 0))
     return _ENCODER.encode(data)
 
