@@ -32,7 +32,7 @@ import sqlalchemy as sa
 import dbevents
 from benchmarks import common
 from benchmarks.common import RAW, Database, Result
-from dbevents.changes import new_id
+from dbevents.ids import new_id
 
 __all__ = ["run"]
 

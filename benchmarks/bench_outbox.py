@@ -29,7 +29,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 import dbevents
 from benchmarks import common
 from benchmarks.common import BARE, CAPTURE, FLOOR, Database, Result
-from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op
+from dbevents.ids import new_id
 
 __all__ = ["run"]
 

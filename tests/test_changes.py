@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbevents import Change, ChangeSet, Op
-from dbevents.changes import new_id, passed_on
+from dbevents.changes import passed_on
+from dbevents.ids import new_id
 
 
 class Stage(enum.Enum):

@@ -19,9 +19,10 @@ import sqlalchemy.orm as sa_orm
 from click.testing import CliRunner, Result
 
 import dbevents
-from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op
 from dbevents.cli import main, make_sink, opened_sinks
 from dbevents.fileformat import Source
+from dbevents.ids import new_id
 from tests.datamodels import Thing, fill, metadata, table_rows
 from tests.models import Company
 

@@ -15,8 +15,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 import dbevents
-from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op
 from dbevents.fileformat import JOURNAL, Manifest, Source, fk_order
+from dbevents.ids import new_id
 from dbevents.sinks.mirror import MirrorSink
 from tests import datamodels
 from tests.datamodels import Author, Book, Color, Node, Tag, Thing, metadata, table_rows

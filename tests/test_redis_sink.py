@@ -17,7 +17,8 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 import dbevents.sinks
-from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op
+from dbevents.ids import new_id
 from dbevents.sinks.outbox import OutboxSink
 from dbevents.sinks.redis import RedisStreamSink
 from tests.models import Company, Contact

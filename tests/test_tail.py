@@ -7,8 +7,9 @@ import threading
 from collections.abc import Generator
 from pathlib import Path
 
-from dbevents.changes import Change, ChangeSet, Op, new_id
+from dbevents.changes import Change, ChangeSet, Op
 from dbevents.fileformat import JOURNAL
+from dbevents.ids import new_id
 from dbevents.sinks.mirror import MirrorSink
 from dbevents.tail import follow_mirror
 from tests.datamodels import metadata

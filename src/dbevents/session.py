@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Final, final
 import sqlalchemy.orm as sa_orm
 
 from .capture import Buffer
-from .changes import ChangeSet, new_id
+from .changes import ChangeSet
 from .delivery import deliver
 from .dispatch.flush import end_flushes
+from .ids import new_id
 
 if TYPE_CHECKING:
     from .dispatch.flush import FlushState
