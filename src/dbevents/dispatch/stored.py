@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SKIP_CAPTURE",
-    "Diff",
+    "Diffs",
     "inserted_rows",
     "pk_of",
     "read_matching",
@@ -211,7 +211,7 @@ def returned_diffs(
     old_columns: Sequence[sa.ColumnElement[Any]],
     columns: Sequence[sa.ColumnElement[Any]],
     result: sa.CursorResult[Any],
-) -> tuple[list[Diff], list[tuple[Any, ...]]] | None:
+) -> tuple[Diffs, list[tuple[Any, ...]]] | None:
     """The changes of an UPDATE that returned each row's old values next to its new ones.
 
     Pairs ``old_columns`` with ``columns`` by position, row by row, without a dict per
@@ -239,7 +239,7 @@ def returned_diffs(
         _picker(positions)
         for positions in (key_at, [o for _, o, _ in pairs], [n for _, _, n in pairs])
     )
-    diffs: list[Diff] = []
+    diffs: Diffs = []
     keys: list[tuple[Any, ...]] = []
     for row in rows:
         values = tuple(row)  # a tuple is read many times faster than a Row
@@ -247,7 +247,8 @@ def returned_diffs(
         keys.append(pk)
         changed = _diff_values(names, olds_of(values), news_of(values))
         if changed is not None:
-            diffs.append((pk, *changed))
+            diffs.append(pk)
+            diffs += changed
     return diffs, keys
 
 
@@ -304,8 +305,10 @@ def inserted_rows(
     return rows
 
 
-#: one updated row: its primary key, and the columns it changed, old and new
-Diff = tuple[tuple[Any, ...], Row, Row]
+#: updated rows, three items each: the primary key, and the columns it changed, old and new;
+#: flat, since a tuple per row is one more object for the garbage collector to count, which
+#: for a big statement means more full collections
+Diffs = list[Any]
 
 
 def record_rows(
@@ -359,7 +362,7 @@ def record_update(
 
 
 def record_diffs(
-    session: sa_orm.Session, states: Iterable[SessionState], spec: TableSpec, diffs: list[Diff]
+    session: sa_orm.Session, states: Iterable[SessionState], spec: TableSpec, diffs: Diffs
 ) -> None:
     """Record updated rows into each capturing session's buffer."""
     model = spec.mapped_class()
@@ -370,15 +373,16 @@ def record_diffs(
             continue
         add = st.buffer(session).add
         keep_old, keep_new = level == "old+new", level != "keys"
-        for pk, old, new in diffs:
+        for at in range(0, len(diffs), 3):
+            pk, old, new = diffs[at : at + 3]
             add(name, pk, update, model, old if keep_old else None, new if keep_new else None)
 
 
 def _diff_rows(
     before: Mapping[tuple[Any, ...], Row], after: Mapping[tuple[Any, ...], Row]
-) -> list[Diff]:
+) -> Diffs:
     """The changed columns of each row read before and after an UPDATE, paired by key."""
-    diffs: list[Diff] = []
+    diffs: Diffs = []
     new_of = after.get
     for pk, old in before.items():
         new = new_of(pk)
@@ -386,7 +390,8 @@ def _diff_rows(
             olds = [old.get(column) for column in new]
             changed = _diff_values(list(new), olds, new.values())
             if changed is not None:
-                diffs.append((pk, *changed))
+                diffs.append(pk)
+                diffs += changed
     return diffs
 
 
