@@ -43,6 +43,7 @@ __all__ = [
     "run_before",
     "same",
     "select_by_identity",
+    "unloaded_columns",
 ]
 
 State = sa_orm.InstanceState[Any]
@@ -286,11 +287,9 @@ def _load_old_values(
         plan = plan_of(state.mapper)
         if not plan.wants_old or state.key is None:
             continue
-        values, column_keys = state.dict, plan.spec.column_keys
-        if values.keys() >= column_keys:
-            continue  # every column is loaded: the common case
-        keys = [key for key in column_keys if key not in values]
-        missing.setdefault(state.mapper, []).append((state, True, keys))
+        keys = unloaded_columns(plan, state)
+        if keys:
+            missing.setdefault(state.mapper, []).append((state, True, keys))
     for mapper, items in missing.items():
         keys = sorted({key for _, _, ks in items for key in ks})
         found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
@@ -303,6 +302,15 @@ def _load_old_values(
                     sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
                 else:
                     state.committed_state[key] = row[key]
+
+
+def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:
+    """The column attributes of ``state`` not loaded; when all are (the common case), found
+    with one set comparison."""
+    values, column_keys = state.dict, plan.spec.column_keys
+    if values.keys() >= column_keys:
+        return []
+    return [key for key in column_keys if key not in values]
 
 
 def select_by_identity(

@@ -33,6 +33,7 @@ from .flush import (
     run_before,
     same,
     select_by_identity,
+    unloaded_columns,
 )
 from .plan import ModelPlan
 
@@ -69,13 +70,12 @@ def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, sta
         return
     for fs in flushes:
         plan = fs.plan_of(mapper)
-        if (
-            plan.wants_old
-            and state not in fs.deleting  # before_flush read the others
-            and not state.dict.keys() >= plan.spec.column_keys
-        ):  # an orphan found by the flush itself, with columns not loaded
-            values = state.dict
-            keys = [key for key in plan.spec.column_keys if key not in values]
+        keys = (
+            unloaded_columns(plan, state)
+            if plan.wants_old and state not in fs.deleting  # before_flush read the others
+            else None
+        )
+        if keys:  # an orphan found by the flush itself, with columns not loaded
             identity = state.identity or ()
             row = select_by_identity(connection, mapper, keys, [identity]).get(identity)
             for key, value in (row or {}).items():
