@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dbevents.capture import Buffer
 from dbevents.changes import Change, Op
@@ -106,3 +108,36 @@ def test_changes_are_frozen() -> None:
         change.new["id"] = 2  # type: ignore[index]
     with pytest.raises(AttributeError):
         change.op = Op.DELETE  # type: ignore[misc]
+
+
+ops = st.sampled_from(list(Op))
+values = st.one_of(st.none(), st.fixed_dictionaries({"a": st.integers(0, 2)}))
+batches = st.lists(
+    st.tuples(ops, st.lists(st.tuples(st.integers(0, 4), values, values), max_size=6)),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=batches, freeze=st.lists(st.integers(0, 4), max_size=2))
+def test_a_batch_of_rows_merges_as_its_rows_one_by_one(
+    batches: list[tuple[Op, list[tuple[int, Any, Any]]]], freeze: list[int]
+) -> None:
+    by_row, by_batch = Buffer(), Buffer()
+    for op, rows in batches:
+        for pk, old, new in rows:
+            by_row.add("t", (pk,), op, Model, old, new)
+        by_batch.add_rows("t", op, Model, [(pk,) for pk, _, _ in rows], *_columns(rows))
+    for pk in freeze:  # a row frozen early (before_commit) and the rest made at the end
+        if ("t", (pk,)) in by_batch.ops:
+            assert by_batch.change(("t", (pk,))) == by_row.change(("t", (pk,)))
+    assert by_batch.changes() == by_row.changes()
+    assert [dict(c.new or {}) for c in by_batch.changes()] == [
+        dict(c.new or {}) for c in by_row.changes()
+    ]
+
+
+def _columns(rows: list[tuple[int, Any, Any]]) -> tuple[list[Any] | None, list[Any] | None]:
+    """The olds and news of ``rows``, None for a column of None only (as statements pass it)."""
+    olds, news = [old for _, old, _ in rows], [new for _, _, new in rows]
+    return (None if not any(olds) else olds), (None if not any(news) else news)

@@ -17,6 +17,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, Op, RowSet
+from dbevents.dispatch.stored import read_diffs, read_old_rows
+from dbevents.mapping import table_spec
 from tests.fixtures import table_rows
 
 
@@ -265,6 +267,55 @@ KEY_UPDATES: dict[str, Write] = {
         items.update().where(items.c.id == 3).values(id=30, qty=items.c.qty + 1)
     ),
 }
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.execute(sa.update(Item).values(name="n2", qty=3)),
+        lambda s: s.execute(items.update().values(name="n2", qty=3)),
+    ],
+    ids=["orm", "core"],
+)
+def test_an_update_statement_reports_only_what_it_changed(
+    write: Write, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    # rows (n1, 1), (n2, 2), (n3, 3): one changes both columns, each other one of them
+    check_delivered(db, Session, changesets, write)
+    assert sorted((c.pk, dict(c.old or {}), dict(c.new or {})) for c in changesets[0].changes) == [
+        ((1,), {"name": "n1", "qty": 1}, {"name": "n2", "qty": 3}),
+        ((2,), {"qty": 2}, {"qty": 3}),
+        ((3,), {"name": "n3"}, {"name": "n2"}),
+    ]
+    changesets.clear()
+    run(Session, write)  # the same again: every row matches, none changes
+    assert changesets == []
+
+
+def test_an_update_is_paired_with_its_old_rows_by_key_whatever_their_order(
+    db: sa.Engine,
+) -> None:
+    spec = table_spec(items)
+    columns = [items.c.id, items.c.name]
+    with db.begin() as conn:
+        old_rows = read_old_rows(conn, columns, items.c.id >= 2, {})
+        result = conn.execute(
+            items.update()
+            .where(items.c.id >= 2)
+            .values(name="x")
+            .return_defaults(supplemental_cols=columns)
+        )
+        reversed_order = read_diffs(spec, columns, old_rows[::-1], result)
+        one_short = read_diffs(spec, columns, old_rows[1:], result)
+        conn.rollback()
+    assert reversed_order is not None and one_short is not None
+    diffs, keys = reversed_order
+    assert sorted(keys) == [(2,), (3,)]
+    assert sorted(zip(diffs[0::3], diffs[1::3], diffs[2::3], strict=True)) == [
+        ((2,), {"name": "n2"}, {"name": "x"}),
+        ((3,), {"name": "n3"}, {"name": "x"}),
+    ]
+    assert one_short[0] == [(3,), {"name": "n3"}, {"name": "x"}]
 
 
 @pytest.mark.parametrize("path", KEY_UPDATES)

@@ -8,6 +8,8 @@ discards it, and only the root's buffer is ever delivered.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import repeat
 from typing import Any, Final, Literal, final
 
 from .changes import Change, Op
@@ -40,7 +42,9 @@ class Buffer:
 
     A change is kept across four dicts rather than as one object per row: a flush
     of many rows would otherwise leave as many objects for the garbage collector
-    to walk, and their count alone makes it run its full collections.
+    to walk, and their count alone makes it run its full collections.  A key is
+    added to and removed from all four at once, so they list the rows in the same
+    order.
     """
 
     __slots__ = ("committed", "frozen", "models", "news", "olds", "ops", "version")
@@ -89,6 +93,43 @@ class Buffer:
         else:
             del ops[key], self.models[key], self.olds[key], self.news[key]
 
+    def add_rows(
+        self,
+        table: str,
+        op: Op,
+        model: type[Any] | None,
+        pks: Sequence[tuple[Any, ...]],
+        olds: Sequence[Row | None] | None,
+        news: Sequence[Row | None] | None,
+    ) -> None:
+        """Fold the changes of many rows of one table in: :meth:`add` for each.
+
+        ``olds`` and ``news`` line up with ``pks`` (None: none kept).  Rows new to
+        this buffer, the usual case for a statement, are stored without a Python
+        call per row.
+        """
+        keys = [(table, pk) for pk in pks]
+        ops = self.ops
+        if ops.keys().isdisjoint(keys):
+            size = len(ops)
+            ops.update(zip(keys, repeat(op)))
+            if len(ops) == size + len(keys):
+                self.version += 1
+                self.models.update(zip(keys, repeat(model)))
+                self.olds.update(zip(keys, repeat(None) if olds is None else olds, strict=False))
+                self.news.update(zip(keys, repeat(None) if news is None else news, strict=False))
+                return
+            for key in keys:  # a row twice in the batch: undo, and merge row by row
+                ops.pop(key, None)
+        add = self.add
+        for pk, old, new in zip(
+            pks,
+            repeat(None) if olds is None else olds,
+            repeat(None) if news is None else news,
+            strict=False,
+        ):
+            add(table, pk, op, model, old, new)
+
     def merge_into(self, parent: Buffer) -> None:
         """Fold this (released savepoint's) buffer into its parent."""
         models, olds, news = self.models, self.olds, self.news
@@ -99,10 +140,23 @@ class Buffer:
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
         frozen, models, olds, news = self.frozen, self.models, self.olds, self.news
+        if frozen:
+            return tuple(
+                [
+                    frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
+                    for key, op in self.ops.items()
+                ]
+            )
+        # one change per row of a commit: no call and no lookup per row, as the four
+        # dicts always gain and lose their keys together, so they keep the same order
+        names = {model: None if model is None else model.__name__ for model in set(models.values())}
+        make = _new_tuple
         return tuple(
             [
-                frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
-                for key, op in self.ops.items()
+                make(Change, (op, table, names[model], pk, old, new))
+                for ((table, pk), op), model, old, new in zip(
+                    self.ops.items(), models.values(), olds.values(), news.values(), strict=True
+                )
             ]
         )
 

@@ -38,7 +38,10 @@ from .returning import Returns, set_columns, update_from_locked, updated_columns
 from .stored import (
     SKIP_CAPTURE,
     inserted_rows,
+    keys_of,
     pk_of,
+    read_diffs,
+    read_old_rows,
     read_rows,
     record_diffs,
     record_keys,
@@ -46,6 +49,7 @@ from .stored import (
     record_update,
     returned_diffs,
     returned_rows,
+    rows_by_key,
 )
 from .upsert import conflicting_rows
 
@@ -126,6 +130,7 @@ class _Plan:
         "columns",
         "keys_only",
         "old_columns",
+        "old_rows",
         "op",
         "returns",
         "session",
@@ -148,6 +153,7 @@ class _Plan:
         keys_only: bool,
         old_columns: Sequence[sa.ColumnElement[Any]] = (),
         sets_key: bool = False,
+        old_rows: Sequence[Sequence[Any]] = (),
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -165,6 +171,8 @@ class _Plan:
         self.states = states
         #: UPDATE / DELETE: the affected rows as they were, by primary key
         self.before = before
+        #: Returns.NEW_OF_READ: the affected rows as they were, ``columns`` by position
+        self.old_rows = old_rows
 
 
 def _before_execute(
@@ -223,6 +231,7 @@ def _before_execute(
     before = None
     returns = Returns.NEW
     old_columns: list[Any] = []
+    old_rows: Sequence[Sequence[Any]] = ()
     sets_key = isinstance(statement, sa.Update) and bool(
         (set_columns(table, statement, parameters) or set()) & set(spec.pk)
     )
@@ -242,6 +251,11 @@ def _before_execute(
             else (Op.UNLINK if spec.link else Op.DELETE)
         )
         single = len(parameters) == 1 and not explicit_returning(statement)
+        returning = (
+            dialect.update_executemany_returning
+            if len(parameters) > 1
+            else dialect.update_returning
+        )
         if single and op is not Op.UPDATE and dialect.delete_returning:
             # DELETE ... RETURNING: the deleted rows, exactly, in the statement itself
             statement = statement.return_defaults(supplemental_cols=columns)
@@ -257,13 +271,21 @@ def _before_execute(
         ):
             statement, old_columns = update_from_locked(statement, spec, columns)
             returns = Returns.OLD_AND_NEW
+        elif (
+            single
+            and op is Op.UPDATE
+            and returning
+            and table.primary_key
+            and not keys_only
+            and not sets_key  # old and new rows are paired by key, which must hold still
+        ):
+            # read first (locked where the database can), paired with RETURNING by position
+            old_rows = read_old_rows(connection, columns, statement.whereclause, parameters[0])
+            if old_rows:
+                statement = statement.return_defaults(supplemental_cols=columns)
+            returns = Returns.NEW_OF_READ
         else:  # read first, locked where the database can
             before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
-            returning = (
-                dialect.update_executemany_returning
-                if len(parameters) > 1
-                else dialect.update_returning
-            )
             if (
                 op is Op.UPDATE
                 and before
@@ -284,6 +306,7 @@ def _before_execute(
         keys_only,
         old_columns,
         sets_key,
+        old_rows,
     )
     _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
@@ -337,7 +360,7 @@ def _after_execute(
         _report(Written(spec, plan.op, (), inserted))
     elif plan.returns is Returns.OLD:
         deleted = returned_rows(plan.columns, result) or []
-        before = {pk_of(spec, row): row for row in deleted}
+        before = dict(zip(keys_of(spec, deleted), deleted, strict=True))
         record_rows(plan.session, plan.states, spec, plan.op, before, None)
         _report(Written(spec, plan.op, list(before)))
     elif plan.returns is Returns.OLD_AND_NEW:
@@ -354,20 +377,28 @@ def _after_execute(
             diffs, keys = changes
             record_diffs(plan.session, plan.states, spec, diffs)
             _report(Written(spec, Op.UPDATE, keys))
+    elif (
+        plan.returns is Returns.NEW_OF_READ
+        and (changes := read_diffs(spec, plan.columns, plan.old_rows, result)) is not None
+    ):
+        diffs, keys = changes
+        record_diffs(plan.session, plan.states, spec, diffs)
+        _report(Written(spec, Op.UPDATE, keys))
     elif plan.op is Op.UPDATE:
+        if plan.returns is Returns.NEW_OF_READ:  # returned keyed otherwise: by key, as dicts
+            plan.before = rows_by_key(spec, plan.columns, plan.old_rows)
         if not plan.before:
             return
+        before = plan.before
         returned = returned_rows(plan.columns, result)
         width = len(plan.columns)
         sets_key = plan.sets_key
         if returned is not None and all(len(row) == width for row in returned):
-            updated = {pk_of(spec, row): row for row in returned}
+            updated = dict(zip(keys_of(spec, returned), returned, strict=True))
         else:  # re-read by key: a row the UPDATE moved to a new key can't be found
             sets_key = False
-            updated = read_rows(
-                connection, spec, None, [], pks=list(plan.before), columns=plan.columns
-            )
-        record_update(plan.session, plan.states, spec, plan.before, updated, sets_key=sets_key)
+            updated = read_rows(connection, spec, None, [], pks=list(before), columns=plan.columns)
+        record_update(plan.session, plan.states, spec, before, updated, sets_key=sets_key)
         _report(Written(spec, Op.UPDATE, list(updated)))
     else:
         record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
@@ -392,7 +423,7 @@ def _after_keys(connection: sa.Connection, plan: _Plan, result: sa.CursorResult[
         rows = list(plan.before.values())
     else:
         rows = returned_rows(plan.columns, result) or []
-    keys = [pk_of(spec, row) for row in rows]
+    keys = keys_of(spec, rows)
     record_keys(plan.session, plan.states, spec, op, keys)
     _report(Written(spec, op, keys, rows if op in (Op.INSERT, Op.LINK) else ()))
 

@@ -25,7 +25,8 @@ Row = dict[str, Any]
 class Returns(enum.Enum):
     """What the RETURNING clause dbevents added gives back."""
 
-    NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first)
+    NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first, by key)
+    NEW_OF_READ = "new of read"  # UPDATE: the rows as stored, of those read first as tuples
     OLD = "old"  # DELETE: the rows as they were
     OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
 

@@ -10,7 +10,8 @@ which rows were written).
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -27,14 +28,18 @@ __all__ = [
     "SKIP_CAPTURE",
     "Diffs",
     "inserted_rows",
+    "keys_of",
     "pk_of",
+    "read_diffs",
     "read_matching",
+    "read_old_rows",
     "read_rows",
     "record_diffs",
     "record_keys",
     "record_rows",
     "record_update",
     "returned_diffs",
+    "rows_by_key",
     "returned_rows",
 ]
 
@@ -124,6 +129,15 @@ def _select_in(
             query = query.with_for_update()
         result = connection.execute(query, execution_options={SKIP_CAPTURE: True})
         _collect(spec, columns, result, found)
+    return found
+
+
+def rows_by_key(
+    spec: TableSpec, columns: Sequence[sa.ColumnElement[Any]], rows: Iterable[Sequence[Any]]
+) -> dict[tuple[Any, ...], Row]:
+    """Rows of ``columns`` by position, as dicts by primary key."""
+    found: dict[tuple[Any, ...], Row] = {}
+    _collect(spec, columns, rows, found)
     return found
 
 
@@ -223,7 +237,7 @@ def returned_diffs(
         return None
     if not rows:
         return [], []
-    at = {key: i for i, key in enumerate(rows[0]._mapping.keys())}
+    at = _positions(rows)
     pk_names = set(spec.pk)
     try:
         key_at = [at[name] for name in spec.pk]
@@ -235,29 +249,110 @@ def returned_diffs(
     except KeyError:
         return None
     names = [name for name, _, _ in pairs]
-    key_of, olds_of, news_of = (
-        _picker(positions)
-        for positions in (key_at, [o for _, o, _ in pairs], [n for _, _, n in pairs])
-    )
+    keys = list(_picked(rows, key_at))
+    olds, news = _picked(rows, [o for _, o, _ in pairs]), _picked(rows, [n for _, _, n in pairs])
+    return _paired_diffs(names, zip(keys, olds, news, strict=True)), keys
+
+
+def read_old_rows(
+    connection: sa.Connection,
+    columns: Sequence[sa.ColumnElement[Any]],
+    where: Any,
+    parameters: Mapping[str, Any],
+) -> Sequence[Sequence[Any]]:
+    """The rows a WHERE clause selects, ``columns`` by position (locked where the database
+    can): an UPDATE's rows before it, to pair with what it returns (:func:`read_diffs`)."""
+    query = sa.select(*columns)
+    if where is not None:
+        query = query.where(where)
+    if connection.dialect.name != "sqlite":
+        query = query.with_for_update()
+    # kept as tuples, a few hundred Rows at a time: the garbage collector stops tracking
+    # a tuple of plain values, while ten thousand Rows alive at once would each be
+    # counted towards its next full collection
+    rows: list[tuple[Any, ...]] = []
+    for part in connection.execute(query, dict(parameters)).partitions(_CHUNK):
+        rows += map(tuple, part)
+    return rows
+
+
+def read_diffs(
+    spec: TableSpec,
+    columns: Sequence[sa.ColumnElement[Any]],
+    old_rows: Sequence[Sequence[Any]],
+    result: sa.CursorResult[Any],
+) -> tuple[Diffs, list[tuple[Any, ...]]] | None:
+    """The changes of an UPDATE whose rows were read before it (:func:`read_old_rows`) and
+    returned by it, paired by position; by key if the two came in different orders.
+
+    Returns what :func:`returned_diffs` does, or None when the returned rows are keyed
+    otherwise than by name.
+    """
+    if not old_rows:  # no row matched: nothing was returned
+        return [], []
+    rows = _returned(result)
+    if rows is None:
+        return None
+    if not rows:
+        return [], []
+    at = _positions(rows)
+    read_at = {column.name: i for i, column in enumerate(columns)}
+    names = [column.name for column in columns if column.name not in spec.pk]
+    try:
+        keys = list(_picked(rows, [at[name] for name in spec.pk]))
+        news = _picked(rows, [at[name] for name in names])
+    except KeyError:
+        return None
+    old_keys = list(_picked(old_rows, [read_at[name] for name in spec.pk]))
+    olds = _picked(old_rows, [read_at[name] for name in names])
+    if old_keys == keys:  # the usual case: both in the table's order
+        return _paired_diffs(names, zip(keys, olds, news, strict=True)), keys
+    old_of = dict(zip(old_keys, olds, strict=True))
+    paired = ((key, old_of[key], new) for key, new in zip(keys, news, strict=True) if key in old_of)
+    return _paired_diffs(names, paired), keys
+
+
+def _positions(rows: Sequence[sa.Row[Any]]) -> dict[str, int]:
+    """Where each column is in rows RETURNING gave back, by the name it is keyed by."""
+    return {key: i for i, key in enumerate(rows[0]._mapping.keys())}
+
+
+def _picked(rows: Sequence[Sequence[Any]], positions: list[int]) -> Iterator[tuple[Any, ...]]:
+    """These positions of each row, as tuples, one by one, without a Python call per row."""
+    if not positions:
+        return repeat((), len(rows))
+    pick = map(operator.itemgetter(*positions), rows)
+    return zip(pick) if len(positions) == 1 else pick
+
+
+def _paired_diffs(
+    names: Sequence[str], rows: Iterable[tuple[tuple[Any, ...], tuple[Any, ...], tuple[Any, ...]]]
+) -> Diffs:
+    """The changed rows among ``(key, old values, new values)``, the values tuples of ``names``.
+
+    A hot loop: an unchanged row and a row whose every column changed are told by
+    C-level comparisons; only the rest is compared column by column.  (Values read
+    from the database are separate objects, so a column compared equal here is
+    also what :func:`_diff_values` would call unchanged.)
+    """
     diffs: Diffs = []
-    keys: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = tuple(row)  # a tuple is read many times faster than a Row
-        pk = key_of(values)
-        keys.append(pk)
-        changed = _diff_values(names, olds_of(values), news_of(values))
-        if changed is not None:
-            diffs.append(pk)
-            diffs += changed
-    return diffs, keys
-
-
-def _picker(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    """A function picking these positions of a tuple, as a tuple."""
-    if len(positions) == 1:
-        (position,) = positions
-        return lambda values: (values[position],)
-    return operator.itemgetter(*positions) if positions else lambda values: ()
+    eq = operator.eq
+    for key, was, now in rows:
+        try:
+            if was == now:
+                continue
+            whole = not any(map(eq, was, now))
+        except Exception:  # values whose __eq__ fails or is ambiguous: column by column
+            whole = False
+        if whole:
+            # zip with any keyword costs a third of this loop; the tuples hold one value per name
+            diffs += (key, dict(zip(names, was)), dict(zip(names, now)))  # noqa: B905
+        else:
+            changed = _diff_values(names, was, now)
+            if changed is not None:
+                diffs.append(key)
+                diffs += changed
+    return diffs
 
 
 def _returned(result: sa.CursorResult[Any]) -> Sequence[sa.Row[Any]] | None:
@@ -321,21 +416,30 @@ def record_rows(
 ) -> None:
     """Record the rows one INSERT or DELETE wrote into each capturing session's buffer."""
     model = spec.mapped_class()
+    if op in (Op.INSERT, Op.LINK):
+        assert after is not None
+        rows = list(after.values() if isinstance(after, Mapping) else after)
+        pks = keys_of(spec, rows)
+    else:
+        assert before is not None
+        pks, rows = list(before), list(before.values())
     for st in states:
         level = st.events.level_of_table(spec)
         if level == "off":
             continue
         buffer = st.buffer(session)
-        keep_new = level != "keys"
         if op in (Op.INSERT, Op.LINK):
-            assert after is not None
-            for row in after.values() if isinstance(after, Mapping) else after:
-                buffer.add(spec.name, pk_of(spec, row), op, model, None, row if keep_new else None)
+            buffer.add_rows(spec.name, op, model, pks, None, rows if level != "keys" else None)
         else:
-            assert before is not None
-            keep_old = level == "old+new"
-            for pk, old in before.items():
-                buffer.add(spec.name, pk, op, model, old if keep_old else None, None)
+            buffer.add_rows(spec.name, op, model, pks, rows if level == "old+new" else None, None)
+
+
+def keys_of(spec: TableSpec, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The primary key of each row (:func:`pk_of`), without a Python call per row."""
+    if len(spec.pk) == 1:
+        (name,) = spec.pk
+        return [(row.get(name),) for row in rows]
+    return [pk_of(spec, row) for row in rows]
 
 
 def record_update(
@@ -366,16 +470,19 @@ def record_diffs(
 ) -> None:
     """Record updated rows into each capturing session's buffer."""
     model = spec.mapped_class()
-    name, update = spec.name, Op.UPDATE
+    pks, olds, news = diffs[0::3], diffs[1::3], diffs[2::3]
     for st in states:
         level = st.events.level_of_table(spec)
         if level == "off":
             continue
-        add = st.buffer(session).add
-        keep_old, keep_new = level == "old+new", level != "keys"
-        for at in range(0, len(diffs), 3):
-            pk, old, new = diffs[at : at + 3]
-            add(name, pk, update, model, old if keep_old else None, new if keep_new else None)
+        st.buffer(session).add_rows(
+            spec.name,
+            Op.UPDATE,
+            model,
+            pks,
+            olds if level == "old+new" else None,
+            news if level != "keys" else None,
+        )
 
 
 def _diff_rows(
@@ -426,6 +533,4 @@ def record_keys(
     pks = list(pks)
     for st in states:
         if st.events.level_of_table(spec) != "off":
-            buffer = st.buffer(session)
-            for pk in pks:
-                buffer.add(spec.name, pk, op, model, None, None)
+            st.buffer(session).add_rows(spec.name, op, model, pks, None, None)
