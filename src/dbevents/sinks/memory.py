@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any, final
 
-from ..changes import ChangeSet, Op
+from ..changes import ChangeSet, Op, stored_fields
 
 __all__ = ["MemorySink"]
 
@@ -36,14 +36,20 @@ class MemorySink:
         changes = changeset.changes  # one that does not decode changes nothing here
         with self._lock:
             self._history.append(changeset)
-            for change in changes:
-                table = self._rows.setdefault(change.table, {})
-                if change.op in (Op.DELETE, Op.UNLINK):
-                    table.pop(change.pk, None)
-                elif change.op is Op.UPDATE:
-                    table.setdefault(change.pk, {}).update(change.new or {})
+            tables = self._rows
+            for op, name, _, pk, _, new in stored_fields(changes):
+                table = tables.get(name)
+                if table is None:
+                    table = tables[name] = {}
+                if op is Op.UPDATE:
+                    row = table.get(pk)
+                    if row is None:
+                        row = table[pk] = {}
+                    row.update(new or ())
+                elif op is Op.DELETE or op is Op.UNLINK:
+                    table.pop(pk, None)
                 else:
-                    table[change.pk] = dict(change.new or {})
+                    table[pk] = dict(new or ())
 
     @property
     def changesets(self) -> list[ChangeSet]:
