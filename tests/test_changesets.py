@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from typing import Any
 
@@ -556,3 +557,32 @@ def test_a_statement_nobody_listens_to_is_not_read(tables: sa.Engine) -> None:
         session.commit()
     assert selects == []
     assert received == []
+
+
+def test_a_change_set_reads_the_same_whichever_way_it_is_first_read(
+    Session: Any, memory: dbevents.MemorySink
+) -> None:
+    with Session() as session:
+        acme, gone = Company(name="Acme"), Company(name="Gone")
+        session.add_all([acme, gone])
+        session.commit()
+        acme.name = "Acme 2"
+        session.delete(gone)
+        session.add(Company(name="New"))
+        session.commit()
+        ids = acme.id, gone.id
+    delivered = memory.changesets[-1]  # the sink read its rows, and nothing else of it
+    by_json, by_changes, by_len = (pickle.loads(pickle.dumps(delivered)) for _ in range(3))
+    text = by_json.to_json()  # its JSON first, its changes after
+    changes = by_changes.changes  # the other way round
+    assert len(by_len) == len(changes) == 3
+    assert text == by_changes.to_json() == delivered.to_json()
+    assert by_json.changes == changes == delivered.changes
+    assert ChangeSet.from_json(text) == delivered
+    assert sorted((c.op.value, c.pk[0] in ids) for c in changes) == [
+        ("delete", True),
+        ("insert", False),
+        ("update", True),
+    ]
+    assert memory.get("companies", ids[0]) == {"id": ids[0], "name": "Acme 2", "rating": 3}
+    assert memory.get("companies", ids[1]) is None

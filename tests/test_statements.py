@@ -17,7 +17,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, Op, RowSet
-from dbevents.dispatch.stored import read_diffs, read_old_rows
+from dbevents.dispatch.record import read_diffs
+from dbevents.dispatch.stored import read_old_rows
 from dbevents.mapping import table_spec
 from tests.fixtures import table_rows
 

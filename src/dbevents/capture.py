@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from itertools import repeat
 from typing import Any, Final, Literal, final
 
-from .changes import Change, Op
+from .changes import Buffered, Change, Op
 
 __all__ = ["LEVELS", "Buffer", "CaptureLevel"]
 
@@ -140,25 +140,22 @@ class Buffer:
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
         frozen, models, olds, news = self.frozen, self.models, self.olds, self.news
-        if frozen:
-            return tuple(
-                [
-                    frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
-                    for key, op in self.ops.items()
-                ]
-            )
-        # one change per row of a commit: no call and no lookup per row, as the four
-        # dicts always gain and lose their keys together, so they keep the same order
-        names = {model: None if model is None else model.__name__ for model in set(models.values())}
-        make = _new_tuple
+        if not frozen:
+            return Buffered(self.ops, models, olds, news).changes()
         return tuple(
             [
-                make(Change, (op, table, names[model], pk, old, new))
-                for ((table, pk), op), model, old, new in zip(
-                    self.ops.items(), models.values(), olds.values(), news.values(), strict=True
-                )
+                frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
+                for key, op in self.ops.items()
             ]
         )
+
+    def snapshot(self) -> tuple[Change, ...] | Buffered:
+        """The net result, for a change set: the rows to make its :class:`Change` values of
+        when first looked at (a copy: this buffer may change on), or the values made at
+        once if some are frozen already, so that everyone is given the same ones."""
+        if self.frozen:
+            return self.changes()
+        return Buffered(dict(self.ops), dict(self.models), dict(self.olds), dict(self.news))
 
     def change(self, key: Key) -> Change:
         """Freeze the net change of one row (kept until the row changes again)."""

@@ -6,9 +6,10 @@ import datetime as dt
 import enum
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from itertools import repeat
+from functools import partial
+from itertools import islice, repeat
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast, overload
+from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast, final, overload
 
 from . import codec
 
@@ -106,15 +107,7 @@ class Change(_ChangeFields):
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form used by :meth:`ChangeSet.to_json`."""
-        old, new = _rows(self)
-        return {
-            "op": self.op._value_,  # (.value is a property, and this runs for every change)
-            "table": self.table,
-            "model": self.model,
-            "pk": codec.encode_values(self.pk),
-            "old": None if old is None else codec.encode_row(old),
-            "new": None if new is None else codec.encode_row(new),
-        }
+        return _change_dict(*cast(_Fields, tuple.__getitem__(self, _ALL)))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Change:
@@ -150,16 +143,82 @@ _Fields = tuple[
 ]
 
 
-def stored_fields(changes: Iterable[Change]) -> Iterator[_Fields]:
+_ALL = slice(None)
+
+
+def _change_dict(
+    op: Op,
+    table: str,
+    model: str | None,
+    pk: tuple[Any, ...],
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The JSON-ready form of a change (:meth:`Change.to_dict`), from its fields."""
+    return {
+        "op": op._value_,  # (.value is a property, and this runs for every change)
+        "table": table,
+        "model": model,
+        "pk": codec.encode_values(pk),
+        "old": None if old is None else codec.encode_row(old),
+        "new": None if new is None else codec.encode_row(new),
+    }
+
+
+def stored_fields(changeset: ChangeSet) -> Iterator[_Fields]:
     """Each change's fields as stored, rows rather than read-only views.
 
     For code of this package that reads every change of a big commit: a view
-    made per change costs as much as the rest of such a loop.
+    made per change costs as much as the rest of such a loop, and the changes
+    of a change set not looked into yet are never made at all.
     """
-    return cast(Iterator[_Fields], map(tuple.__getitem__, changes, repeat(_ALL)))
+    changes = changeset.__dict__.get("changes")
+    if type(changes) is Buffered:
+        return changes.fields()
+    return cast(Iterator[_Fields], map(tuple.__getitem__, changeset.changes, repeat(_ALL)))
 
 
-_ALL = slice(None)
+_Key = tuple[str, tuple[Any, ...]]
+
+
+@final
+class Buffered:
+    """The changes of a commit as its buffer kept them, made into :class:`Change` values
+    only when someone looks at them.
+
+    Sinks that only serialize (the outbox, a mirror, Redis Streams) or only read
+    rows (a :class:`~dbevents.MemorySink`) need no ``Change`` per row, and each
+    one made for a big commit is one more object for the garbage collector.
+    The four dicts are keyed by (table, primary key) and list the rows in the
+    same order.
+    """
+
+    __slots__ = ("models", "news", "olds", "ops")
+
+    def __init__(
+        self,
+        ops: Mapping[_Key, Op],
+        models: Mapping[_Key, type[Any] | None],
+        olds: Mapping[_Key, Mapping[str, Any] | None],
+        news: Mapping[_Key, Mapping[str, Any] | None],
+    ) -> None:
+        self.ops, self.models, self.olds, self.news = ops, models, olds, news
+
+    def fields(self) -> Iterator[_Fields]:
+        """The fields of each change, in order."""
+        models = self.models
+        names = {m: None if m is None else m.__name__ for m in set(models.values())}
+        for ((table, pk), op), model, old, new in zip(
+            self.ops.items(), models.values(), self.olds.values(), self.news.values(), strict=True
+        ):
+            yield op, table, names[model], pk, old, new
+
+    def changes(self) -> tuple[Change, ...]:
+        """Make the :class:`Change` values (through ``tuple.__new__``: no call per change)."""
+        return tuple(map(_new_change, self.fields()))
+
+
+_new_change = partial(tuple.__new__, Change)
 
 
 class _Encoded(NamedTuple):
@@ -192,6 +251,8 @@ class _Decoded(Generic[_T]):
         value = values[self.name]
         if type(value) is _Encoded:
             value = values[self.name] = tuple([Change.from_dict(item) for item in value.items])
+        elif type(value) is Buffered:
+            value = values[self.name] = value.changes()
         return value
 
     def __set__(self, changeset: ChangeSet, value: _T) -> None:
@@ -218,7 +279,8 @@ class ChangeSet:
     _json: ClassVar[bytes | None] = None
 
     def __len__(self) -> int:
-        return len(self.changes)
+        changes = self.__dict__.get("changes")
+        return len(changes.ops if type(changes) is Buffered else self.changes)
 
     def __iter__(self) -> Iterator[Change]:
         return iter(self.changes)
@@ -283,11 +345,12 @@ class ChangeSet:
             # a chunk of changes at a time: one call of the encoder for many changes, and
             # few JSON-ready dicts alive at once, where a whole to_dict() of a big commit
             # would set off the garbage collector
-            dumps, changes = codec.dumps, self.changes
+            dumps = codec.dumps
+            items = (_change_dict(*fields) for fields in stored_fields(self))
             body = ",".join(
                 [
-                    dumps([change.to_dict() for change in changes[at : at + _ENCODE_CHUNK]])[1:-1]
-                    for at in range(0, len(changes), _ENCODE_CHUNK)
+                    dumps(chunk)[1:-1]
+                    for chunk in iter(lambda: list(islice(items, _ENCODE_CHUNK)), [])
                 ]
             )
             text = f'{dumps(self._head())[:-1]},"changes":[{body}]}}'.encode()
@@ -323,6 +386,11 @@ class ChangeSet:
         assert self._json is not None
         _, committed_at, actor, changes = _parse(self._json)
         self.__dict__.update(committed_at=committed_at, actor=actor, changes=changes)
+
+
+def _chunks(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
 
 
 def _parse(data: bytes | str) -> tuple[str, dt.datetime, str | None, _Encoded]:

@@ -58,18 +58,18 @@ def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
     """
     errors: list[Exception] = []
     registry = events.registry
-    callbacks_of: dict[type[Any], tuple[tuple[Callable[..., Any], Any], ...]] = {}
-    for change, model in zip(changeset.changes, models, strict=True):
-        if model is None:
-            continue
-        callbacks = callbacks_of.get(model)
-        if callbacks is None:
-            callbacks = callbacks_of[model] = registry.table(model).get("after_commit")
-        for fn, op in callbacks:
-            if op is None:
-                _call(events, fn, changeset, errors, model, change.op, change)
-            elif op is change.op:
-                _call(events, fn, changeset, errors, model, change)
+    callbacks_of = {
+        model: callbacks
+        for model in set(models)
+        if model is not None and (callbacks := registry.table(model).get("after_commit"))
+    }
+    if callbacks_of:  # (else the change set's Change values need not be made here)
+        for change, model in zip(changeset.changes, models, strict=True):
+            for fn, op in callbacks_of.get(model, ()) if model is not None else ():
+                if op is None:
+                    _call(events, fn, changeset, errors, model, change.op, change)
+                elif op is change.op:
+                    _call(events, fn, changeset, errors, model, change)
     for receiver in events.receivers:
         _call(events, receiver, changeset, errors, changeset)
     if errors and not events.robust:

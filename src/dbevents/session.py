@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import sqlalchemy.orm as sa_orm
 
@@ -151,7 +151,8 @@ class SessionState:
             id=previous.id if previous else new_id(),
             committed_at=previous.committed_at if previous else dt.datetime.now(dt.UTC),
             actor=self.events.current_actor(),
-            changes=buffer.changes(),
+            # (Change values made when first looked at: the type says what they become)
+            changes=cast(Any, buffer.snapshot()),
         )
 
 

@@ -34,20 +34,22 @@ from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
+from .record import (
+    read_diffs,
+    record_diffs,
+    record_keys,
+    record_rows,
+    record_update,
+    returned_diffs,
+)
 from .returning import Returns, set_columns, update_from_locked, updated_columns
 from .stored import (
     SKIP_CAPTURE,
     inserted_rows,
     keys_of,
     pk_of,
-    read_diffs,
     read_old_rows,
     read_rows,
-    record_diffs,
-    record_keys,
-    record_rows,
-    record_update,
-    returned_diffs,
     returned_rows,
     rows_by_key,
 )

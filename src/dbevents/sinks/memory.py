@@ -33,11 +33,11 @@ class MemorySink:
 
     def publish(self, changeset: ChangeSet) -> None:
         """Apply a committed change set."""
-        changes = changeset.changes  # one that does not decode changes nothing here
+        changes = stored_fields(changeset)  # one that does not decode changes nothing here
         with self._lock:
             self._history.append(changeset)
             tables = self._rows
-            for op, name, _, pk, _, new in stored_fields(changes):
+            for op, name, _, pk, _, new in changes:
                 table = tables.get(name)
                 if table is None:
                     table = tables[name] = {}

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from .. import codec
 from .._compat import all_mappers
-from ..changes import Change, ChangeSet, Op
+from ..changes import Change, ChangeSet, Op, stored_fields
 from ..exceptions import SinkError
 from ..fileformat import (
     JOURNAL,
@@ -102,11 +102,11 @@ class MirrorSink:
 
     def publish(self, changeset: ChangeSet) -> None:
         """Append a change set to the journal, fsynced; compact when a threshold is met."""
-        if not changeset.changes:
+        if not len(changeset):
             return
         line = changeset.to_json() + b"\n"
         with self._locked():
-            self._register(changeset.changes)
+            self._register(changeset)
             fd = os.open(self.directory / JOURNAL, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size = _drop_torn_tail(fd)
@@ -196,9 +196,14 @@ class MirrorSink:
             *(entry for entry in entries if entry.name not in known),
         )
 
-    def _register(self, changes: tuple[Change, ...]) -> None:
+    def _register(self, changeset: ChangeSet) -> None:
         """Add the tables this change set names to the manifest, before the journal names them."""
-        new = {change.table: change for change in changes if change.table not in self._known}
+        known = self._known
+        new = {
+            fields[1]: Change(*fields)
+            for fields in stored_fields(changeset)
+            if fields[1] not in known
+        }
         if not new:
             return
         manifest = Manifest.read(self.directory)  # another process may have added some
