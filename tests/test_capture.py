@@ -129,8 +129,8 @@ def test_a_batch_of_rows_merges_as_its_rows_one_by_one(
             by_row.add("t", (pk,), op, Model, old, new)
         by_batch.add_rows("t", op, Model, [(pk,) for pk, _, _ in rows], *_columns(rows))
     for pk in freeze:  # a row frozen early (before_commit) and the rest made at the end
-        if ("t", (pk,)) in by_batch.ops:
-            assert by_batch.change(("t", (pk,))) == by_row.change(("t", (pk,)))
+        if ("t", pk) in by_batch.ops:
+            assert by_batch.change(("t", pk)) == by_row.change(("t", pk))
     assert by_batch.changes() == by_row.changes()
     assert [dict(c.new or {}) for c in by_batch.changes()] == [
         dict(c.new or {}) for c in by_row.changes()

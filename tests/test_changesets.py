@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import threading
@@ -586,3 +587,30 @@ def test_a_change_set_reads_the_same_whichever_way_it_is_first_read(
     ]
     assert memory.get("companies", ids[0]) == {"id": ids[0], "name": "Acme 2", "rating": 3}
     assert memory.get("companies", ids[1]) is None
+
+
+def test_a_change_set_holds_plain_names_the_garbage_collector_does_not_track(
+    Session: Any, memory: dbevents.MemorySink
+) -> None:
+    # SQLAlchemy's names are a str subclass that the collector tracks, with every row
+    # and key holding one: many thousands of those in a big commit bring on its full
+    # collections
+    with Session() as session:
+        acme = Company(name="Acme")
+        session.add(acme)
+        session.commit()
+        acme.name = "Acme 2"  # on the unit of work
+        session.flush()
+        session.execute(sa.update(Company).values(rating=5))  # by a statement
+        session.commit()
+    changes = memory.changesets[-1].changes
+    assert [(c.op, dict(c.old or {}), dict(c.new or {})) for c in changes] == [
+        (Op.UPDATE, {"name": "Acme", "rating": 3}, {"name": "Acme 2", "rating": 5})
+    ]
+    (change,) = changes
+    rows = (tuple.__getitem__(change, 4), tuple.__getitem__(change, 5))
+    assert all(type(name) is str for row in rows for name in row)
+    assert type(change.table) is str
+    gc.collect()
+    assert not any(map(gc.is_tracked, (change.pk, *rows)))
+    assert not any(map(gc.is_tracked, memory.rows("companies")))

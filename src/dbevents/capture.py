@@ -20,7 +20,11 @@ CaptureLevel = Literal["off", "keys", "new", "old+new"]
 LEVELS: Final = ("off", "keys", "new", "old+new")
 
 Row = dict[str, Any]
-Key = tuple[str, tuple[Any, ...]]
+#: (table, *primary key): flat, because the garbage collector stops tracking a tuple of
+#: plain values the first time it looks at it, while one holding the key tuple stays
+#: tracked until that inner tuple is untracked first, which for the keys of a batch of
+#: rows often comes too late: they would count towards a full collection
+Key = tuple[Any, ...]
 
 
 @final
@@ -38,7 +42,7 @@ class Entry:
 
 @final
 class Buffer:
-    """Net changes keyed by (table, primary key), in the order rows were first changed.
+    """Net changes keyed by (table, *primary key), in the order rows were first changed.
 
     A change is kept across four dicts rather than as one object per row: a flush
     of many rows would otherwise leave as many objects for the garbage collector
@@ -76,7 +80,7 @@ class Buffer:
     ) -> None:
         """Fold one row change into the net result (rules in DESIGN §4)."""
         self.version += 1
-        key = (table, pk)
+        key = (table, *pk)
         ops = self.ops
         first = ops.get(key)
         if first is None:
@@ -108,7 +112,8 @@ class Buffer:
         this buffer, the usual case for a statement, are stored without a Python
         call per row.
         """
-        keys = [(table, pk) for pk in pks]
+        head = (table,)
+        keys = [head + pk for pk in pks]
         ops = self.ops
         if ops.keys().isdisjoint(keys):
             size = len(ops)
@@ -133,9 +138,8 @@ class Buffer:
     def merge_into(self, parent: Buffer) -> None:
         """Fold this (released savepoint's) buffer into its parent."""
         models, olds, news = self.models, self.olds, self.news
-        for (table, pk), op in self.ops.items():
-            key = (table, pk)
-            parent.add(table, pk, op, models[key], olds[key], news[key])
+        for key, op in self.ops.items():
+            parent.add(key[0], key[1:], op, models[key], olds[key], news[key])
 
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
@@ -178,7 +182,7 @@ def _change(key: Key, op: Op, model: type[Any] | None, old: Row | None, new: Row
             op,
             key[0],
             None if model is None else model.__name__,
-            key[1],
+            key[1:],
             old,
             new,
         ),

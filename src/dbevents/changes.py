@@ -178,7 +178,7 @@ def stored_fields(changeset: ChangeSet) -> Iterator[_Fields]:
     return cast(Iterator[_Fields], map(tuple.__getitem__, changeset.changes, repeat(_ALL)))
 
 
-_Key = tuple[str, tuple[Any, ...]]
+_Key = tuple[Any, ...]  # (table, *primary key)
 
 
 @final
@@ -189,8 +189,8 @@ class Buffered:
     Sinks that only serialize (the outbox, a mirror, Redis Streams) or only read
     rows (a :class:`~dbevents.MemorySink`) need no ``Change`` per row, and each
     one made for a big commit is one more object for the garbage collector.
-    The four dicts are keyed by (table, primary key) and list the rows in the
-    same order.
+    The four dicts are keyed by ``(table, *primary key)`` and list the rows in
+    the same order.
     """
 
     __slots__ = ("models", "news", "olds", "ops")
@@ -208,10 +208,10 @@ class Buffered:
         """The fields of each change, in order."""
         models = self.models
         names = {m: None if m is None else m.__name__ for m in set(models.values())}
-        for ((table, pk), op), model, old, new in zip(
+        for (key, op), model, old, new in zip(
             self.ops.items(), models.values(), self.olds.values(), self.news.values(), strict=True
         ):
-            yield op, table, names[model], pk, old, new
+            yield op, key[0], names[model], key[1:], old, new
 
     def changes(self) -> tuple[Change, ...]:
         """Make the :class:`Change` values (through ``tuple.__new__``: no call per change)."""

@@ -13,9 +13,20 @@ from typing import Any, final
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-__all__ = ["MapperSpec", "TableSpec", "mapper_spec", "table_spec"]
+__all__ = ["MapperSpec", "TableSpec", "column_name", "mapper_spec", "table_spec"]
 
 _MISSING: Any = object()
+
+
+def column_name(column: Any) -> str:
+    """A column's (or table's) name as a plain ``str``.
+
+    SQLAlchemy's names are ``quoted_name``, a ``str`` subclass with slots, which
+    the garbage collector tracks; so it tracks every tuple and dict that holds
+    one, and rows keyed by such names, many thousands of them in a big commit,
+    would each count towards its next full collection.
+    """
+    return str(column.name)
 
 
 @final
@@ -26,9 +37,9 @@ class TableSpec:
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
-        self.name: str = table.fullname
-        self.columns = tuple(column.name for column in table.columns)
-        primary = tuple(column.name for column in table.primary_key.columns)
+        self.name: str = str(table.fullname)  # (a plain str: see column_name)
+        self.columns = tuple(column_name(column) for column in table.columns)
+        primary = tuple(column_name(column) for column in table.primary_key.columns)
         #: a table without a primary key is keyed by all of its columns
         self.pk = primary or self.columns
         self._model: Any = _MISSING
@@ -72,7 +83,7 @@ class TablePart:
         self.spec = spec
         #: (column name, attribute key or None when the mapper does not map it)
         self.columns: tuple[tuple[str, str | None], ...] = tuple(
-            (column.name, _attribute_key(mapper, column)) for column in spec.table.columns
+            (column_name(column), _attribute_key(mapper, column)) for column in spec.table.columns
         )
         by_name = dict(self.columns)
         self.pk: tuple[tuple[str, str | None], ...] = tuple(

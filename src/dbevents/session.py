@@ -88,18 +88,20 @@ class SessionState:
                 for model in set(buffer.models.values())
                 if model is not None and (callbacks := registry.table(model).get("before_commit"))
             }
+            # keys alone: a (key, model) pair per row would be an object per row that the
+            # garbage collector tracks (the model is a class), while a key is plain values
+            models = buffer.models
             pending = [
-                (key, model)
-                for key, model in buffer.models.items()
-                if model in callbacks_of and key not in done
+                key for key, model in models.items() if model in callbacks_of and key not in done
             ]
             if not pending:
                 return
-            for key, model in pending:
+            for key in pending:
                 done.add(key)
-                if key not in buffer.ops:
+                model = models.get(key)
+                if model is None:
                     continue  # an earlier callback's flush netted this row away
-                for fn, _ in callbacks_of[model]:
+                for fn, _ in callbacks_of.get(model, ()):
                     change = buffer.change(key)
                     fn(model, change.op, change)
             session.flush()  # what the callbacks changed joins this transaction

@@ -32,7 +32,7 @@ from sqlalchemy.sql.elements import False_
 from .._compat import dml_table, explicit_returning, upsert_clause, where_criteria
 from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
-from ..mapping import TableSpec, table_spec
+from ..mapping import TableSpec, column_name, table_spec
 from ..session import STATE_KEY
 from .record import (
     read_diffs,
@@ -368,7 +368,7 @@ def _after_execute(
     elif plan.returns is Returns.OLD_AND_NEW:
         changes = returned_diffs(spec, plan.old_columns, plan.columns, result)
         if changes is None:  # no rows back (none matched), or keyed otherwise: by key, as dicts
-            names = [column.name for column in plan.columns]
+            names = [column_name(column) for column in plan.columns]
             olds = returned_rows(plan.old_columns, result, names=names) or []
             news = returned_rows(plan.columns, result) or []
             before = {pk_of(spec, row): row for row in olds}

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 from ..changes import Op
-from ..mapping import TableSpec
+from ..mapping import TableSpec, column_name
 from .stored import Row, keys_of, returning_rows
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def returned_diffs(
     try:
         key_at = [at[name] for name in spec.pk]
         pairs = [
-            (new.name, at[old.name], at[new.name])
+            (column_name(new), at[old.name], at[new.name])
             for old, new in zip(old_columns, columns, strict=True)
             if new.name not in pk_names
         ]
@@ -95,7 +95,7 @@ def read_diffs(
         return [], []
     at = _positions(rows)
     read_at = {column.name: i for i, column in enumerate(columns)}
-    names = [column.name for column in columns if column.name not in spec.pk]
+    names = [name for name in map(column_name, columns) if name not in spec.pk]
     try:
         keys = list(_picked(rows, [at[name] for name in spec.pk]))
         news = _picked(rows, [at[name] for name in names])

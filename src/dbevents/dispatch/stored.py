@@ -16,7 +16,7 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.sql import operators
 
-from ..mapping import TableSpec
+from ..mapping import TableSpec, column_name
 
 __all__ = [
     "SKIP_CAPTURE",
@@ -144,7 +144,7 @@ def _collect(
     rows: Iterable[Sequence[Any]],
     found: dict[tuple[Any, ...], Row],
 ) -> None:
-    names = [column.name for column in columns]
+    names = [column_name(column) for column in columns]
     at = [names.index(name) for name in spec.pk]
     if len(at) == 1:
         (i,) = at
@@ -171,7 +171,7 @@ def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
             return None
         if not isinstance(right, sa.BindParameter) or right.value is not None:
             return None
-        criteria[left.name] = right.key
+        criteria[column_name(left)] = right.key
     return criteria or None
 
 
@@ -217,7 +217,7 @@ def returned_rows(
     # of the caller's may hold only some columns
     at = {key: i for i, key in enumerate(mapping.keys())}
     if names is None:
-        names = [column.name for column in columns]
+        names = [column_name(column) for column in columns]
     keyed = [
         (name, column.name if column.name in at else column)
         for name, column in zip(names, columns, strict=True)
@@ -267,10 +267,14 @@ def inserted_rows(
             keys = [None] * len(compiled)
         rows = []
         for params, key in zip(compiled, keys, strict=False):
-            row = {c.name: params[c.key] for c in spec.table.columns if c.key in params}
+            row = {
+                name: params[c.key]
+                for name, c in zip(spec.columns, spec.table.columns, strict=True)
+                if c.key in params
+            }
             for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
                 if value is not None:
-                    row[column.name] = value
+                    row[column_name(column)] = value
             if any(row.get(name) is not None for name in spec.pk):  # else not identifiable
                 rows.append(row)
     if keys_only:
