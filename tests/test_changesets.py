@@ -15,6 +15,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 from dbevents import ChangeSet, Op
+from dbevents.changes import stored_fields
 from tests.models import Address, Company, Contact, Dog, Subgroup, Tag
 
 Changes = list[tuple[str, str, tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]]
@@ -603,14 +604,13 @@ def test_a_change_set_holds_plain_names_the_garbage_collector_does_not_track(
         session.flush()
         session.execute(sa.update(Company).values(rating=5))  # by a statement
         session.commit()
-    changes = memory.changesets[-1].changes
-    assert [(c.op, dict(c.old or {}), dict(c.new or {})) for c in changes] == [
+    changeset = memory.changesets[-1]
+    assert [(c.op, dict(c.old or {}), dict(c.new or {})) for c in changeset] == [
         (Op.UPDATE, {"name": "Acme", "rating": 3}, {"name": "Acme 2", "rating": 5})
     ]
-    (change,) = changes
-    rows = (tuple.__getitem__(change, 4), tuple.__getitem__(change, 5))
-    assert all(type(name) is str for row in rows for name in row)
-    assert type(change.table) is str
+    ((_, table, _, pk, old, new),) = stored_fields(changeset)  # the rows, not their views
+    assert old is not None and new is not None
+    assert all(type(name) is str for name in (table, *old, *new))
     gc.collect()
-    assert not any(map(gc.is_tracked, (change.pk, *rows)))
+    assert not any(map(gc.is_tracked, (pk, old, new)))
     assert not any(map(gc.is_tracked, memory.rows("companies")))
