@@ -17,8 +17,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, Op, RowSet
-from dbevents.dispatch.record import read_diffs
-from dbevents.dispatch.stored import read_old_rows
+from dbevents.dispatch.record import update_diffs
+from dbevents.dispatch.stored import read_tuples
 from dbevents.mapping import table_spec
 from tests.fixtures import table_rows
 
@@ -299,15 +299,15 @@ def test_an_update_is_paired_with_its_old_rows_by_key_whatever_their_order(
     spec = table_spec(items)
     columns = [items.c.id, items.c.name]
     with db.begin() as conn:
-        old_rows = read_old_rows(conn, columns, items.c.id >= 2, {})
+        old_rows = read_tuples(conn, columns, items.c.id >= 2, {})
         result = conn.execute(
             items.update()
             .where(items.c.id >= 2)
             .values(name="x")
             .return_defaults(supplemental_cols=columns)
         )
-        reversed_order = read_diffs(spec, columns, old_rows[::-1], result)
-        one_short = read_diffs(spec, columns, old_rows[1:], result)
+        reversed_order = update_diffs(spec, columns, result, old_rows=old_rows[::-1])
+        one_short = update_diffs(spec, columns, result, old_rows=old_rows[1:])
         conn.rollback()
     assert reversed_order is not None and one_short is not None
     diffs, keys = reversed_order

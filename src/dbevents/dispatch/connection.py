@@ -34,22 +34,15 @@ from ..changes import Op
 from ..exceptions import DbEventsWarning, UncapturedWriteError
 from ..mapping import TableSpec, column_name, table_spec
 from ..session import STATE_KEY
-from .record import (
-    read_diffs,
-    record_diffs,
-    record_keys,
-    record_rows,
-    record_update,
-    returned_diffs,
-)
+from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
 from .returning import Returns, set_columns, update_from_locked, updated_columns
 from .stored import (
     SKIP_CAPTURE,
     inserted_rows,
     keys_of,
     pk_of,
-    read_old_rows,
     read_rows,
+    read_tuples,
     returned_rows,
     rows_by_key,
 )
@@ -282,7 +275,7 @@ def _before_execute(
             and not sets_key  # old and new rows are paired by key, which must hold still
         ):
             # read first (locked where the database can), paired with RETURNING by position
-            old_rows = read_old_rows(connection, columns, statement.whereclause, parameters[0])
+            old_rows = read_tuples(connection, columns, statement.whereclause, parameters[0])
             if old_rows:
                 statement = statement.return_defaults(supplemental_cols=columns)
             returns = Returns.NEW_OF_READ
@@ -365,27 +358,30 @@ def _after_execute(
         before = dict(zip(keys_of(spec, deleted), deleted, strict=True))
         record_rows(plan.session, plan.states, spec, plan.op, before, None)
         _report(Written(spec, plan.op, list(before)))
-    elif plan.returns is Returns.OLD_AND_NEW:
-        changes = returned_diffs(spec, plan.old_columns, plan.columns, result)
-        if changes is None:  # no rows back (none matched), or keyed otherwise: by key, as dicts
-            names = [column_name(column) for column in plan.columns]
-            olds = returned_rows(plan.old_columns, result, names=names) or []
-            news = returned_rows(plan.columns, result) or []
-            before = {pk_of(spec, row): row for row in olds}
-            after = {pk_of(spec, row): row for row in news}
-            record_update(plan.session, plan.states, spec, before, after, sets_key=False)
-            _report(Written(spec, Op.UPDATE, list(after)))
-        else:
-            diffs, keys = changes
-            record_diffs(plan.session, plan.states, spec, diffs)
-            _report(Written(spec, Op.UPDATE, keys))
     elif (
-        plan.returns is Returns.NEW_OF_READ
-        and (changes := read_diffs(spec, plan.columns, plan.old_rows, result)) is not None
+        plan.returns in (Returns.OLD_AND_NEW, Returns.NEW_OF_READ)
+        and (
+            changes := update_diffs(
+                spec,
+                plan.columns,
+                result,
+                old_columns=plan.old_columns,
+                old_rows=plan.old_rows if plan.returns is Returns.NEW_OF_READ else None,
+            )
+        )
+        is not None
     ):
         diffs, keys = changes
         record_diffs(plan.session, plan.states, spec, diffs)
         _report(Written(spec, Op.UPDATE, keys))
+    elif plan.returns is Returns.OLD_AND_NEW:  # keyed otherwise than by name: by key, as dicts
+        names = [column_name(column) for column in plan.columns]
+        olds = returned_rows(plan.old_columns, result, names=names) or []
+        news = returned_rows(plan.columns, result) or []
+        before = {pk_of(spec, row): row for row in olds}
+        after = {pk_of(spec, row): row for row in news}
+        record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+        _report(Written(spec, Op.UPDATE, list(after)))
     elif plan.op is Op.UPDATE:
         if plan.returns is Returns.NEW_OF_READ:  # returned keyed otherwise: by key, as dicts
             plan.before = rows_by_key(spec, plan.columns, plan.old_rows)

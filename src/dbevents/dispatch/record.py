@@ -25,12 +25,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Diffs",
-    "read_diffs",
     "record_diffs",
     "record_keys",
     "record_rows",
     "record_update",
-    "returned_diffs",
+    "update_diffs",
 ]
 
 
@@ -40,67 +39,45 @@ __all__ = [
 Diffs = list[Any]
 
 
-def returned_diffs(
-    spec: TableSpec,
-    old_columns: Sequence[sa.ColumnElement[Any]],
-    columns: Sequence[sa.ColumnElement[Any]],
-    result: sa.CursorResult[Any],
-) -> tuple[Diffs, list[tuple[Any, ...]]] | None:
-    """The changes of an UPDATE that returned each row's old values next to its new ones.
-
-    Pairs ``old_columns`` with ``columns`` by position, row by row, without a dict per
-    row for what did not change.  Returns the changed rows and the keys of every row
-    the UPDATE matched, or None when the rows are keyed otherwise than by name.
-    """
-    rows = returning_rows(result)
-    if rows is None:
-        return None
-    if not rows:
-        return [], []
-    at = _positions(rows)
-    pk_names = set(spec.pk)
-    try:
-        key_at = [at[name] for name in spec.pk]
-        pairs = [
-            (column_name(new), at[old.name], at[new.name])
-            for old, new in zip(old_columns, columns, strict=True)
-            if new.name not in pk_names
-        ]
-    except KeyError:
-        return None
-    names = [name for name, _, _ in pairs]
-    keys = list(_picked(rows, key_at))
-    olds, news = _picked(rows, [o for _, o, _ in pairs]), _picked(rows, [n for _, _, n in pairs])
-    return _paired_diffs(names, zip(keys, olds, news, strict=True)), keys
-
-
-def read_diffs(
+def update_diffs(
     spec: TableSpec,
     columns: Sequence[sa.ColumnElement[Any]],
-    old_rows: Sequence[Sequence[Any]],
     result: sa.CursorResult[Any],
+    *,
+    old_columns: Sequence[sa.ColumnElement[Any]] = (),
+    old_rows: Sequence[Sequence[Any]] | None = None,
 ) -> tuple[Diffs, list[tuple[Any, ...]]] | None:
-    """The changes of an UPDATE whose rows were read before it (:func:`read_old_rows`) and
-    returned by it, paired by position; by key if the two came in different orders.
+    """The changes of an UPDATE that returned ``columns`` of each row it changed.
 
-    Returns what :func:`returned_diffs` does, or None when the returned rows are keyed
-    otherwise than by name.
+    The old values are either returned next to the new ones (``old_columns``, one
+    for each of ``columns``: PostgreSQL), or were read before it (``old_rows``,
+    ``columns`` by position: :func:`~.stored.read_tuples`), then paired by position,
+    by key if the two came in different orders.  Returns the changed rows and the
+    keys of every row the UPDATE matched, or None when the rows are keyed otherwise
+    than by name.
     """
-    if not old_rows:  # no row matched: nothing was returned
+    if old_rows is not None and not old_rows:  # no row matched: nothing was returned
         return [], []
     rows = returning_rows(result)
     if rows is None:
         return None
     if not rows:
         return [], []
-    at = _positions(rows)
-    read_at = {column.name: i for i, column in enumerate(columns)}
+    at = {key: i for i, key in enumerate(rows[0]._mapping.keys())}
     names = [name for name in map(column_name, columns) if name not in spec.pk]
     try:
         keys = list(_picked(rows, [at[name] for name in spec.pk]))
         news = _picked(rows, [at[name] for name in names])
+        if old_rows is None:
+            old_at = {
+                column_name(new): at[old.name]
+                for old, new in zip(old_columns, columns, strict=True)
+            }
+            olds = _picked(rows, [old_at[name] for name in names])
+            return _paired_diffs(names, zip(keys, olds, news, strict=True)), keys
     except KeyError:
         return None
+    read_at = {column_name(column): i for i, column in enumerate(columns)}
     old_keys = list(_picked(old_rows, [read_at[name] for name in spec.pk]))
     olds = _picked(old_rows, [read_at[name] for name in names])
     if old_keys == keys:  # the usual case: both in the table's order
@@ -108,11 +85,6 @@ def read_diffs(
     old_of = dict(zip(old_keys, olds, strict=True))
     paired = ((key, old_of[key], new) for key, new in zip(keys, news, strict=True) if key in old_of)
     return _paired_diffs(names, paired), keys
-
-
-def _positions(rows: Sequence[sa.Row[Any]]) -> dict[str, int]:
-    """Where each column is in rows RETURNING gave back, by the name it is keyed by."""
-    return {key: i for i, key in enumerate(rows[0]._mapping.keys())}
 
 
 def _picked(rows: Sequence[Sequence[Any]], positions: list[int]) -> Iterator[tuple[Any, ...]]:

@@ -25,8 +25,8 @@ __all__ = [
     "keys_of",
     "pk_of",
     "read_matching",
-    "read_old_rows",
     "read_rows",
+    "read_tuples",
     "returning_rows",
     "returned_rows",
     "rows_by_key",
@@ -84,14 +84,9 @@ def read_rows(
             return {pk_of(spec, row): row for row in rows}
         by = [table.c[name] for name in criteria]
         return _select_in(connection, spec, columns, by, values, lock)
-    query = sa.select(*columns)
-    if where is not None:
-        query = query.where(where)
-    if lock:
-        query = query.with_for_update()
     found: dict[tuple[Any, ...], Row] = {}
     for p in parameters or [{}]:
-        _collect(spec, columns, connection.execute(query, dict(p)), found)
+        _collect(spec, columns, read_tuples(connection, columns, where, p), found)
     return found
 
 
@@ -175,14 +170,14 @@ def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
     return criteria or None
 
 
-def read_old_rows(
+def read_tuples(
     connection: sa.Connection,
     columns: Sequence[sa.ColumnElement[Any]],
     where: Any,
     parameters: Mapping[str, Any],
-) -> Sequence[Sequence[Any]]:
-    """The rows a WHERE clause selects, ``columns`` by position (locked where the database
-    can): an UPDATE's rows before it, to pair with what it returns (``record.read_diffs``)."""
+) -> list[tuple[Any, ...]]:
+    """The rows a WHERE clause selects, ``columns`` by position, locked where the database
+    can: what a statement will change, read before it."""
     query = sa.select(*columns)
     if where is not None:
         query = query.where(where)

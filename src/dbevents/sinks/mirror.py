@@ -199,11 +199,10 @@ class MirrorSink:
     def _register(self, changeset: ChangeSet) -> None:
         """Add the tables this change set names to the manifest, before the journal names them."""
         known = self._known
-        new = {
-            fields[1]: Change(*fields)
-            for fields in stored_fields(changeset)
-            if fields[1] not in known
-        }
+        new: dict[str, Change] = {}
+        for fields in stored_fields(changeset):
+            if fields[1] not in known and fields[1] not in new:
+                new[fields[1]] = Change(*fields)  # (its first change: one made per table)
         if not new:
             return
         manifest = Manifest.read(self.directory)  # another process may have added some
