@@ -1,8 +1,10 @@
 """Unit of work: add / modify / delete objects and commit, 10,000 rows.
 
-Variants: the same SQL through the raw driver, bare SQLAlchemy, and dbevents
-with every model callback (no-op functions: what is measured is the dispatch),
-then with ``old+new`` capture, then with a :class:`~dbevents.MemorySink` too.
+Variants: the same SQL through the raw driver, bare SQLAlchemy, the same
+no-op callbacks called from SQLAlchemy's mapper events listened to by hand (the
+floor of per-row dispatch), and dbevents with every model callback (no-op
+functions: what is measured is the dispatch), then with ``old+new`` capture,
+then with a :class:`~dbevents.MemorySink` too.
 
 Also home of the benchmark model, the per-variant session factories, the
 capture footprint (bytes per captured change) and a profile of the dbevents
@@ -21,12 +23,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from benchmarks import common
-from benchmarks.common import BARE, CALLBACKS, CAPTURE, MEMORY, RAW, Database, Result
+from benchmarks.common import BARE, BY_HAND, CALLBACKS, CAPTURE, MEMORY, RAW, Database, Result
 
 __all__ = ["Base", "Contact", "PlainContact", "SetContact", "run", "sessionmaker_for"]
 
@@ -173,6 +176,9 @@ def sessionmaker_for(db: Database, variant: str) -> tuple[sa_orm.sessionmaker[An
     maker = sa_orm.sessionmaker(db.engine, class_=BenchSession)
     if variant == BARE:
         return maker, None
+    if variant == BY_HAND:
+        listen_by_hand(Contact)
+        return maker, None
     capture: dict[type[Any] | str, Any] = {}
     if variant == CALLBACKS:
         capture = {Contact: "off", SetContact: "off"}
@@ -184,6 +190,60 @@ def sessionmaker_for(db: Database, variant: str) -> tuple[sa_orm.sessionmaker[An
     events = dbevents.Events(sinks=[sink] if sink is not None else [], capture=capture)
     events.install(maker)
     return maker, sink
+
+
+_listened_by_hand: set[Model] = set()
+
+
+def listen_by_hand(model: Model) -> None:
+    """Call no-op callbacks per row from SQLAlchemy's mapper events, as by hand.
+
+    The same calls with the same arguments as dbevents makes for ``model``'s
+    eight row callbacks (``before_save``, ``before_insert(fields)``, ...), and
+    nothing else: no veto, no write-back of ``fields``, no no-op detection, and
+    the ``after_*`` ones run inside the flush rather than once it succeeded.
+    What SQLAlchemy's own event system costs for them is the floor of any
+    per-row dispatch, dbevents' included.  Listens once per process.
+    """
+    if model in _listened_by_hand:
+        return
+    _listened_by_hand.add(model)
+
+    def callback(cls: Any, *args: Any) -> None:
+        pass
+
+    keys = [attr.key for attr in sa.inspect(model).column_attrs]
+
+    def before_insert(mapper: Any, connection: Any, state: Any) -> None:
+        values = state.dict
+        callback(model, state.obj())
+        callback(model, {key: values[key] for key in keys if key in values})
+
+    def after_insert(mapper: Any, connection: Any, state: Any) -> None:
+        values = state.dict
+        fields = {key: values[key] for key in keys if key in values}
+        callback(model, fields, state.identity)
+        callback(model, state.obj())
+
+    def around_update(mapper: Any, connection: Any, state: Any) -> None:
+        obj, values = state.obj(), state.dict
+        callback(model, obj)
+        callback(model, (obj,), {key: values[key] for key in state.committed_state})
+
+    def around_delete(mapper: Any, connection: Any, state: Any) -> None:
+        obj = state.obj()
+        callback(model, obj)
+        callback(model, (obj,))
+
+    for name, fn in (
+        ("before_insert", before_insert),
+        ("after_insert", after_insert),
+        ("before_update", around_update),
+        ("after_update", around_update),
+        ("before_delete", around_delete),
+        ("after_delete", around_delete),
+    ):
+        sa_event.listen(model, name, fn, raw=True)
 
 
 class UnitOfWork:
@@ -286,7 +346,7 @@ def make_uow(db: Database, rows: int, op: str, variant: str) -> common.Bench:
     return UnitOfWork(db, rows, op, variant)
 
 
-VARIANTS = (RAW, BARE, CALLBACKS, CAPTURE, MEMORY)
+VARIANTS = (RAW, BARE, BY_HAND, CALLBACKS, CAPTURE, MEMORY)
 
 
 def run(quick: bool) -> list[Result]:

@@ -40,6 +40,7 @@ import sqlalchemy as sa
 
 __all__ = [
     "BARE",
+    "BY_HAND",
     "CALLBACKS",
     "CAPTURE",
     "FLOOR",
@@ -70,12 +71,14 @@ FLOOR: Final = "floor: SELECT + bare"
 #: the floor of key capture on a bulk INSERT: the bare statement, returning the keys
 RETURNING_FLOOR: Final = "floor: RETURNING + bare"
 BARE: Final = "bare SQLAlchemy"
+#: the model callbacks called from SQLAlchemy's mapper events, listened to by hand
+BY_HAND: Final = "mapper events by hand"
 CALLBACKS: Final = "dbevents callbacks"
 CAPTURE: Final = "dbevents + capture"
 MEMORY: Final = "dbevents + MemorySink"
 
 #: order of the variants in the table; others follow in the order they first appear
-VARIANT_ORDER: Final = (RAW, FLOOR, RETURNING_FLOOR, BARE, CALLBACKS, CAPTURE, MEMORY)
+VARIANT_ORDER: Final = (RAW, FLOOR, RETURNING_FLOOR, BARE, BY_HAND, CALLBACKS, CAPTURE, MEMORY)
 
 BACKENDS: Final = ("sqlite", "postgresql")
 

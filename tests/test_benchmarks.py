@@ -61,6 +61,8 @@ def test_tiny_run_prints_every_operation_and_variant(tmp_path: Path) -> None:
             assert row["rows"] == 50
             assert row["seconds"] > 0
             assert row["peak_mb"] is not None
+    for operation in ("uow insert", "uow update", "uow delete"):
+        assert (operation, "mapper events by hand") in timed
     for operation in ("stmt update", "stmt delete"):
         assert (operation, "floor: SELECT + bare") in timed
     assert ("bulk insert", "floor: RETURNING + bare") in timed

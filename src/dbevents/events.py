@@ -22,7 +22,7 @@ from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
 from .dispatch import flush, rows, statement
 from .dispatch.connection import bind_connection
-from .dispatch.plan import ModelPlan
+from .dispatch.plan import ModelPlan, Plans
 from .exceptions import ConfigurationError, DbEventsWarning
 from .mapping import TableSpec
 from .registry import Handler, Registry
@@ -98,7 +98,7 @@ class Events:
         self.error_handlers: list[ErrorHandler] = []
         self._installed: list[Any] = []
         self._levels: dict[sa_orm.Mapper[Any], CaptureLevel] = {}
-        self._plans: dict[sa_orm.Mapper[Any], ModelPlan] = {}
+        self._plans = Plans(self)
         self._muted: ContextVar[bool] = ContextVar(f"dbevents.muted.{id(self)}", default=False)
         for model, level in (capture or {}).items():
             self.set_capture_level(model, level)
@@ -289,12 +289,13 @@ class Events:
             return self.level_of(sa.inspect(model))
         return self.capture.get(spec.name, "old+new")
 
-    def plan_of(self, mapper: sa_orm.Mapper[Any]) -> ModelPlan:
-        """What to do with the rows of ``mapper``: its callbacks and capture level."""
-        plan = self._plans.get(mapper)
-        if plan is None:
-            plan = self._plans[mapper] = ModelPlan(self, mapper)
-        return plan
+    @property
+    def plan_of(self) -> Callable[[sa_orm.Mapper[Any]], ModelPlan]:
+        """What to do with the rows of a mapper: its callbacks and capture level.
+
+        A dict lookup, made on every written row: no Python call but the first.
+        """
+        return self._plans.__getitem__
 
     @contextmanager
     def muted(self) -> Iterator[None]:

@@ -152,8 +152,10 @@ def before_flush(st: SessionState, session: sa_orm.Session, context: Any) -> Non
         if not ran:
             break
         candidates = flush_candidates(session)
-        # what the callbacks set may have no loaded old value either
-        _load_old_values(session, plan_of, candidates)
+        # what the callbacks set may have no loaded old value either; a deleted row
+        # seen before has had its columns loaded already
+        added, dirty, deleted = candidates
+        _load_old_values(session, plan_of, (added, dirty, [s for s in deleted if s not in seen]))
         if all(map(seen.issuperset, candidates)):
             break  # no object joined the flush: walking them all again would find nothing
     fs.deleting = set(candidates[2])

@@ -19,7 +19,7 @@ from ..registry import Callbacks
 if TYPE_CHECKING:
     from ..events import Events
 
-__all__ = ["ModelPlan"]
+__all__ = ["ModelPlan", "Plans"]
 
 _BEFORE = ("before_save", "before_insert", "before_update", "before_delete", "before_destroy")
 _AFTER = ("after_insert", "after_update", "after_delete", "after_save", "after_destroy")
@@ -78,3 +78,22 @@ class ModelPlan:
         #: any before_* / after_* callback: rows are visited for them
         self.before = any(table.get(event) for event in _BEFORE)
         self.after = any(table.get(event) for event in _AFTER)
+
+
+@final
+class Plans(dict[sa_orm.Mapper[Any], ModelPlan]):
+    """The plans of one :class:`Events`, made on first lookup.
+
+    ``plans[mapper]`` runs for every row a flush writes; a dict lookup is cheaper
+    than a method call that does one.
+    """
+
+    __slots__ = ("events",)
+
+    def __init__(self, events: Events) -> None:
+        super().__init__()
+        self.events = events
+
+    def __missing__(self, mapper: sa_orm.Mapper[Any]) -> ModelPlan:
+        plan = self[mapper] = ModelPlan(self.events, mapper)
+        return plan
