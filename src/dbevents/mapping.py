@@ -7,8 +7,8 @@ inspection API on every row.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, final
+from collections.abc import Callable, Mapping
+from typing import Any, cast, final
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -94,8 +94,12 @@ class TablePart:
         self.pk_names: frozenset[str] = frozenset(spec.pk)
 
     def key_of(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The primary key of this table's row among an object's attribute values."""
-        return tuple([values.get(key) if key else None for key in self.pk_keys])
+        """The primary key of this table's row among an object's attribute values.
+
+        A key column without an attribute (key None) is None: ``values`` never has a None key.
+        """
+        get = cast("Callable[[str | None], Any]", values.get)
+        return tuple(map(get, self.pk_keys))
 
 
 @final
@@ -106,6 +110,7 @@ class MapperSpec:
         "column_keys",
         "columns_of_key",
         "generated_keys",
+        "python_onupdate_keys",
         "many_to_one",
         "mapper",
         "model",
@@ -130,6 +135,7 @@ class MapperSpec:
         self.column_keys = frozenset(self.columns_of_key)
         #: attributes the database or SQLAlchemy may set during an UPDATE without history
         generated: set[str] = set()
+        python_onupdate: set[str] = set()
         defaults: dict[str, Any] = {}
         for prop in mapper.column_attrs:
             for column in prop.columns:
@@ -137,6 +143,9 @@ class MapperSpec:
                     continue
                 if column.onupdate is not None or column.server_onupdate is not None:
                     generated.add(prop.key)
+                onupdate = column.onupdate
+                if isinstance(onupdate, sa.ColumnDefault) and onupdate.is_callable:
+                    python_onupdate.add(prop.key)
                 default = column.default
                 if (
                     isinstance(default, sa.ColumnDefault)
@@ -147,6 +156,11 @@ class MapperSpec:
         if mapper.version_id_col is not None:
             generated.add(mapper.get_property_by_column(mapper.version_id_col).key)
         self.generated_keys = frozenset(generated)
+        #: generated attributes whose onupdate is a Python function, called per row: after
+        #: an UPDATE of many rows in one executemany, SQLAlchemy leaves the first row's value
+        #: on every object (its ``_postfetch`` reads the first parameter set), so the values
+        #: stored are read back instead
+        self.python_onupdate_keys = frozenset(python_onupdate)
         #: scalar Python-side defaults, shown to before_insert callbacks
         self.scalar_defaults = defaults
         #: many-to-one relationship key -> ((local attribute, remote attribute), ...)

@@ -265,45 +265,64 @@ def _load_old_values(
     """Fetch the unknown old values of changed rows: one SELECT per mapper.
 
     A dirty attribute that was expired when it was set has no old value; a deleted
-    object may have expired columns.  The values are put where SQLAlchemy itself
-    keeps them, so its own no-op detection benefits as well.
+    object may have expired columns, and an updated one expired columns that the
+    UPDATE itself will set (onupdate, the version counter).  The values are put
+    where SQLAlchemy itself keeps them, so its own no-op detection benefits as well:
+    an old value of a dirty attribute in its history, any other as loaded.
     """
     _, dirty, deleted = candidates
-    missing: dict[sa_orm.Mapper[Any], list[tuple[State, bool, list[str]]]] = {}
+    # per mapper: (state, keys whose old value goes into the history, keys to load)
+    missing: dict[sa_orm.Mapper[Any], list[tuple[State, list[str], list[str]]]] = {}
     for state in dirty:
         committed = state.committed_state
         for old in committed.values():
             if old is NO_VALUE:
                 break
-        else:
-            continue  # every old value is known: the common case
+        else:  # every old value is known: the common case
+            if plan_of(state.mapper).old_generated:
+                generated = unloaded_generated(plan_of(state.mapper), state)
+                if generated:
+                    missing.setdefault(state.mapper, []).append((state, [], generated))
+            continue
         mapper = state.mapper
         plan = plan_of(mapper)
         if not plan.wants_old:
             continue
         column_keys = plan.spec.column_keys
         keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
-        if keys:
-            missing.setdefault(mapper, []).append((state, False, keys))
+        generated = unloaded_generated(plan, state)
+        if keys or generated:
+            missing.setdefault(mapper, []).append((state, keys, generated))
     for state in deleted:
         plan = plan_of(state.mapper)
         if not plan.wants_old or state.key is None:
             continue
         keys = unloaded_columns(plan, state)
         if keys:
-            missing.setdefault(state.mapper, []).append((state, True, keys))
+            missing.setdefault(state.mapper, []).append((state, [], keys))
     for mapper, items in missing.items():
-        keys = sorted({key for _, _, ks in items for key in ks})
+        keys = sorted({key for _, expired, unloaded in items for key in (*expired, *unloaded)})
         found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
-        for state, deleted_row, wanted in items:
+        for state, expired, unloaded in items:
             row = found.get(state.identity or ())
             if row is None:
                 continue  # gone already: the flush will report it
-            for key in wanted:
-                if deleted_row:
-                    sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
-                else:
-                    state.committed_state[key] = row[key]
+            for key in expired:
+                state.committed_state[key] = row[key]
+            for key in unloaded:
+                sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
+
+
+def unloaded_generated(plan: ModelPlan, state: State) -> list[str]:
+    """The columns the UPDATE of ``state`` sets itself whose old value is not loaded, when
+    the change keeps old values (else they need not be known)."""
+    generated = plan.old_generated
+    if not generated:
+        return []
+    values = state.dict
+    if values.keys() >= generated:
+        return []
+    return [key for key in generated if key not in values and key not in state.committed_state]
 
 
 def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:

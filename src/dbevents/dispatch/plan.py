@@ -46,6 +46,7 @@ class ModelPlan:
         "keep_new",
         "keep_old",
         "model",
+        "old_generated",
         "spec",
         "wants_old",
         "writes",
@@ -65,6 +66,8 @@ class ModelPlan:
         self.writes = table.writes
         #: old values must be known: for capture, or for callbacks to skip no-op updates
         self.wants_old = self.keep_old or self.writes
+        #: columns an UPDATE sets itself whose old values the change needs
+        self.old_generated = self.spec.generated_keys if self.keep_old else frozenset()
         self.before_save: Callbacks = table.get("before_save")
         self.before_insert: Callbacks = table.get("before_insert")
         self.before_update: Callbacks = table.get("before_update")

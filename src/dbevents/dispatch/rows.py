@@ -157,8 +157,9 @@ def _written_fields(
 ) -> dict[str, Any]:
     """The columns the UPDATE of ``state`` wrote: new values by attribute key.
 
-    NO_VALUE for a value set by a SQL expression; ``generated_old`` holds what
-    onupdate and version columns were before the UPDATE set them.
+    NO_VALUE for a value not known before it is read back: set by a SQL expression,
+    or by a Python onupdate (see ``MapperSpec.python_onupdate_keys``); ``generated_old``
+    holds what onupdate and version columns were before the UPDATE set them.
     """
     values = state.dict
     changed = state.committed_state
@@ -170,9 +171,10 @@ def _written_fields(
             if old is NO_VALUE or new is NO_VALUE or not same(old, new):
                 fields[key] = new
     if fields and generated_old:
+        unreliable = spec.python_onupdate_keys
         for key, old in generated_old.items():
             if key not in changed:
-                new = values.get(key, NO_VALUE)
+                new = NO_VALUE if key in unreliable else values.get(key, NO_VALUE)
                 if old is NO_VALUE or new is NO_VALUE or not same(old, new):
                     fields[key] = new
     return fields
@@ -195,11 +197,14 @@ def _record_update(
     parts = spec.parts
     olds: list[Row] = [{}] if len(parts) == 1 else [{} for _ in parts]
     news: list[Row] = [{}] if len(parts) == 1 else [{} for _ in parts]
+    incomplete = False  # some new value was set by a SQL expression
     for key, new in fields.items():
         old = changed[key] if key in changed else generated_old[key]  # type: ignore[index]
         if old is not NO_VALUE and type(old) not in _PLAIN:
             old = _plain(old)
-        if type(new) not in _PLAIN and new is not NO_VALUE:
+        if new is NO_VALUE:
+            incomplete = True
+        elif type(new) not in _PLAIN:
             new = _plain(new)
         for index, name in columns_of_key[key]:
             if old is not NO_VALUE:
@@ -234,7 +239,7 @@ def _record_update(
             old if keep_old else None,
             new if keep_new else None,
         )
-        if keep_new and _has_no_value(new.values()):
+        if keep_new and incomplete and _has_no_value(new.values()):
             fs.incomplete.append((spec, state, new, part))
 
 
