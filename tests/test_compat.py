@@ -61,6 +61,23 @@ def test_flush_running_only_while_the_flush_writes(tables: sa.Engine) -> None:
     assert seen == [False, True]
 
 
+def test_post_updated_names_the_rows_and_columns_of_the_second_update(engine: sa.Engine) -> None:
+    from tests.test_relationship_writes import Entry, RBase, Widget
+
+    RBase.metadata.create_all(engine)
+    seen: list[list[tuple[Any, set[Any]]]] = []
+    with sa_orm.Session(engine) as session:
+        sa.event.listen(
+            session, "after_flush", lambda s, ctx: seen.append(_compat.post_updated(ctx))
+        )
+        widget = Widget(name="w")
+        widget.favorite = Entry(widget=widget)
+        session.add(widget)
+        session.flush()
+        session.rollback()
+    assert seen == [[(sa.inspect(widget), {Widget.__table__.c.favorite_id})]]
+
+
 def test_explicit_returning_and_where_criteria() -> None:
     table = companies
     plain = sa.update(table).where(table.c.id == 1).where(sa.false())

@@ -57,6 +57,12 @@ class Node(PBase):
     name: Mapped[str] = mapped_column(sa.String(20))
     n: Mapped[int] = mapped_column(server_default=sa.text("0"))
     tags: Mapped[list[Tag]] = sa_orm.relationship(secondary=node_tags)
+    #: a many-to-one SQLAlchemy writes with a second UPDATE (post_update), so that any
+    #: node may point at any other, itself included
+    buddy_id: Mapped[int | None] = mapped_column(sa.ForeignKey("nodes.id"))
+    buddy: Mapped[Node | None] = sa_orm.relationship(
+        remote_side=[id], foreign_keys=[buddy_id], post_update=True
+    )
 
 
 TABLES = ("nodes", "node_tags")
@@ -125,6 +131,7 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
             super().__init__()
             with engine.begin() as conn:
                 conn.execute(node_tags.delete())
+                conn.execute(sa.update(Node).values(buddy_id=None))
                 conn.execute(sa.delete(Node))
             self.session = maker()
             self.savepoints: list[sa_orm.SessionTransaction] = []
@@ -136,8 +143,10 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
 
         # -- picking rows the session can see ----------------------------------------------
         def nodes(self) -> list[Node]:
+            """The nodes in the database, less those the session will delete."""
             with self.session.no_autoflush:
-                return list(self.session.scalars(sa.select(Node).order_by(Node.id)))
+                nodes = self.session.scalars(sa.select(Node).order_by(Node.id))
+                return [n for n in nodes if n not in self.session.deleted]
 
         @rule(data=st.data(), name=names, n=numbers)
         def add(self, data: Any, name: str, n: int) -> None:
@@ -152,6 +161,9 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
         @rule(data=st.data())
         def delete(self, data: Any) -> None:
             nodes = [n for n in self.nodes() if n in self.session and n not in self.session.new]
+            with self.session.no_autoflush:  # buddy has no backref: a buddy can't be deleted
+                buddies = {id(n.buddy) for n in [*nodes, *self.session.new] if n.buddy}
+            nodes = [n for n in nodes if id(n) not in buddies]
             if nodes:
                 self.session.delete(pick(data, nodes))
 
@@ -171,6 +183,18 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
                 node = pick(data, linked)
                 node.tags.remove(pick(data, node.tags))
 
+        @rule(data=st.data())
+        def befriend(self, data: Any) -> None:
+            nodes = self.nodes()
+            if nodes:
+                pick(data, nodes).buddy = pick(data, [None, *nodes, Node(name="b")])
+
+        @rule(data=st.data())
+        def expire(self, data: Any) -> None:
+            nodes = [n for n in self.nodes() if n not in self.session.dirty]
+            if nodes:  # its old value is not known any more when it is changed next
+                self.session.expire(pick(data, nodes), ["n"])
+
         @rule(n=numbers, name=names)
         def statement_update(self, n: int, name: str) -> None:
             self.session.execute(sa.update(Node).where(Node.name == name).values(n=n))
@@ -178,8 +202,12 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
         @rule(name=names)
         def statement_delete(self, name: str) -> None:
             linked = sa.select(node_tags.c.node_id)
+            other = sa_orm.aliased(Node)
+            buddies = sa.select(other.buddy_id).where(other.buddy_id.is_not(None))
             self.session.execute(
-                sa.delete(Node).where(Node.name == name, Node.id.not_in(linked)),
+                sa.delete(Node).where(
+                    Node.name == name, Node.id.not_in(linked), Node.id.not_in(buddies)
+                ),
                 execution_options={"synchronize_session": "fetch"},
             )
 

@@ -25,6 +25,7 @@ __all__ = [
     "in_greenlet",
     "flush_running",
     "multi_values",
+    "post_updated",
     "sa_version",
     "upsert_clause",
     "where_criteria",
@@ -95,6 +96,28 @@ def flush_running(flush_context: Any) -> bool:
     """
     transaction = getattr(flush_context, "transaction", None)
     return transaction is not None and bool(transaction.is_active)
+
+
+def post_updated(flush_context: Any) -> list[tuple[sa_orm.InstanceState[Any], set[Any]]]:
+    """The rows a ``relationship(post_update=True)`` may have written with a second UPDATE
+    in this flush, each with the columns that UPDATE may set; rows the flush deletes are
+    left out.  SQLAlchemy lists every row the relationship was looked at for, and writes
+    those whose key changed.
+
+    Such an UPDATE fires no mapper event.  Private: ``UOWTransaction.post_update_states``
+    (base mapper -> (states, columns)) and ``UOWTransaction.states`` (state -> (isdelete,
+    listonly)).
+    """
+    registered = getattr(flush_context, "post_update_states", None)
+    if not registered:
+        return []
+    flushed = flush_context.states
+    return [
+        (state, columns)
+        for states, columns in registered.values()
+        for state in states
+        if not flushed.get(state, (False,))[0]
+    ]
 
 
 def explicit_returning(statement: Any) -> bool:

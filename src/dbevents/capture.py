@@ -135,6 +135,26 @@ class Buffer:
         ):
             add(table, pk, op, model, old, new)
 
+    def complete(self, key: Key, stored: Row, unknown: object) -> None:
+        """Put the stored values in for the ``unknown`` ones of ``key``'s new row.
+
+        For values read back after a flush.  The row may have been merged with
+        another change since it was recorded, so it is looked up by key; an update
+        loses the columns that turn out unchanged, and is dropped if none is left.
+        """
+        new = self.news.get(key)
+        if not new:
+            return  # netted away, or deleted since
+        self.version += 1
+        if self.frozen:
+            self.frozen.pop(key, None)
+        new = {name: stored.get(name) if value is unknown else value for name, value in new.items()}
+        entry = Entry(self.ops[key], self.models[key], self.olds[key], new)
+        if entry.op is not Op.UPDATE or _drop_unchanged(entry):
+            self.olds[key], self.news[key] = entry.old, entry.new
+        else:
+            del self.ops[key], self.models[key], self.olds[key], self.news[key]
+
     def merge_into(self, parent: Buffer) -> None:
         """Fold this (released savepoint's) buffer into its parent."""
         models, olds, news = self.models, self.olds, self.news

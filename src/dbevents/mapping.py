@@ -13,7 +13,7 @@ from typing import Any, cast, final
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-__all__ = ["MapperSpec", "TableSpec", "column_name", "mapper_spec", "table_spec"]
+__all__ = ["MapperSpec", "TableSpec", "attribute_key", "column_name", "mapper_spec", "table_spec"]
 
 _MISSING: Any = object()
 
@@ -83,7 +83,7 @@ class TablePart:
         self.spec = spec
         #: (column name, attribute key or None when the mapper does not map it)
         self.columns: tuple[tuple[str, str | None], ...] = tuple(
-            (column_name(column), _attribute_key(mapper, column)) for column in spec.table.columns
+            (column_name(column), attribute_key(mapper, column)) for column in spec.table.columns
         )
         by_name = dict(self.columns)
         self.pk: tuple[tuple[str, str | None], ...] = tuple(
@@ -169,8 +169,8 @@ class MapperSpec:
             if rel.direction is sa_orm.MANYTOONE and rel.secondary is None:
                 pairs = []
                 for remote, local in rel.synchronize_pairs:
-                    local_key = _attribute_key(mapper, local)
-                    remote_key = _attribute_key(rel.mapper, remote)
+                    local_key = attribute_key(mapper, local)
+                    remote_key = attribute_key(rel.mapper, remote)
                     if local_key and remote_key:
                         pairs.append((local_key, remote_key))
                 self.many_to_one[rel.key] = tuple(pairs)
@@ -204,7 +204,8 @@ def table_spec(table: sa.Table) -> TableSpec:
     return spec
 
 
-def _attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> str | None:
+def attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> str | None:
+    """The key of the attribute ``mapper`` maps ``column`` to; None if it maps none."""
     try:
         return mapper.get_property_by_column(column).key
     except sa_orm.exc.UnmappedColumnError:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 from .._compat import NO_VALUE, flush_candidates, flush_running
-from ..capture import Buffer, Row
+from ..capture import Buffer, Key
 from ..changes import Op
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, TablePart
@@ -89,8 +89,9 @@ class FlushState:
         #: the rows for the after_* callbacks, in the order they were written, in one flat
         #: list (see :func:`remember`)
         self.written: list[Any] = []
-        #: rows recorded with some values the database generated: filled after the flush
-        self.incomplete: list[tuple[MapperSpec, State, Row, TablePart]] = []
+        #: rows recorded with some values the database generated, by buffer key: filled in
+        #: after the flush
+        self.incomplete: list[tuple[MapperSpec, State, TablePart, Key]] = []
         #: values of onupdate / version columns before the UPDATE overwrote them
         self.generated_old: dict[State, dict[str, Any]] = {}
 
@@ -279,10 +280,11 @@ def _load_old_values(
             if old is NO_VALUE:
                 break
         else:  # every old value is known: the common case
-            if plan_of(state.mapper).old_generated:
-                generated = unloaded_generated(plan_of(state.mapper), state)
-                if generated:
-                    missing.setdefault(state.mapper, []).append((state, [], generated))
+            plan = plan_of(state.mapper)
+            if plan.flush_sets:
+                unloaded = unloaded_set_by_flush(plan, state)
+                if unloaded:
+                    missing.setdefault(state.mapper, []).append((state, [], unloaded))
             continue
         mapper = state.mapper
         plan = plan_of(mapper)
@@ -290,9 +292,9 @@ def _load_old_values(
             continue
         column_keys = plan.spec.column_keys
         keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
-        generated = unloaded_generated(plan, state)
-        if keys or generated:
-            missing.setdefault(mapper, []).append((state, keys, generated))
+        unloaded = unloaded_set_by_flush(plan, state) if plan.flush_sets else []
+        if keys or unloaded:
+            missing.setdefault(mapper, []).append((state, keys, unloaded))
     for state in deleted:
         plan = plan_of(state.mapper)
         if not plan.wants_old or state.key is None:
@@ -313,16 +315,25 @@ def _load_old_values(
                 sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
 
 
-def unloaded_generated(plan: ModelPlan, state: State) -> list[str]:
-    """The columns the UPDATE of ``state`` sets itself whose old value is not loaded, when
-    the change keeps old values (else they need not be known)."""
-    generated = plan.old_generated
-    if not generated:
-        return []
-    values = state.dict
-    if values.keys() >= generated:
-        return []
-    return [key for key in generated if key not in values and key not in state.committed_state]
+def unloaded_set_by_flush(plan: ModelPlan, state: State) -> list[str]:
+    """The columns the flush will set itself on ``state`` whose old value is not loaded.
+
+    Those are the onupdate and version columns, and the foreign keys of a changed
+    many-to-one relationship, which SQLAlchemy copies from the related object as it
+    writes: loaded, their old values land in the history like any other.
+    """
+    values, committed = state.dict, state.committed_state
+    spec = plan.spec
+    keys = [key for key in spec.generated_keys if key not in values and key not in committed]
+    many_to_one = spec.many_to_one
+    if many_to_one and not many_to_one.keys().isdisjoint(committed):
+        for relationship in many_to_one.keys() & committed.keys():
+            keys.extend(
+                local
+                for local, _ in many_to_one[relationship]
+                if local not in values and local not in committed and local not in keys
+            )
+    return keys
 
 
 def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:

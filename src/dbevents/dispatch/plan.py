@@ -43,10 +43,10 @@ class ModelPlan:
         "before_save",
         "before_update",
         "capture",
+        "flush_sets",
         "keep_new",
         "keep_old",
         "model",
-        "old_generated",
         "spec",
         "wants_old",
         "writes",
@@ -66,8 +66,9 @@ class ModelPlan:
         self.writes = table.writes
         #: old values must be known: for capture, or for callbacks to skip no-op updates
         self.wants_old = self.keep_old or self.writes
-        #: columns an UPDATE sets itself whose old values the change needs
-        self.old_generated = self.spec.generated_keys if self.keep_old else frozenset()
+        #: the flush may set columns itself (onupdate, version, many-to-one foreign keys)
+        #: whose old values the change needs
+        self.flush_sets = self.keep_old and bool(self.spec.generated_keys or self.spec.many_to_one)
         self.before_save: Callbacks = table.get("before_save")
         self.before_insert: Callbacks = table.get("before_insert")
         self.before_update: Callbacks = table.get("before_update")

@@ -20,11 +20,11 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from .._compat import NO_VALUE
-from ..capture import Row
+from .._compat import NO_VALUE, post_updated
+from ..capture import Key, Row
 from ..changes import Op
 from ..exceptions import AbortError
-from ..mapping import MapperSpec, TablePart
+from ..mapping import MapperSpec, TablePart, attribute_key
 from .flush import (
     FlushState,
     State,
@@ -120,7 +120,7 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     part.spec.name, pk, Op.INSERT, spec.model, None, row if plan.keep_new else None
                 )
                 if not complete and plan.keep_new:
-                    fs.incomplete.append((spec, state, row, part))
+                    fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
         if plan.after:
             fields = (
                 {key: values[key] for key in plan.spec.column_keys if key in values}
@@ -229,7 +229,7 @@ def _record_update(
             row, complete = _row_of(part, values)
             buffer.add(part.spec.name, pk, Op.INSERT, spec.model, None, row if keep_new else None)
             if not complete and keep_new:
-                fs.incomplete.append((spec, state, row, part))
+                fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
             continue
         buffer.add(
             part.spec.name,
@@ -239,8 +239,8 @@ def _record_update(
             old if keep_old else None,
             new if keep_new else None,
         )
-        if keep_new and incomplete and _has_no_value(new.values()):
-            fs.incomplete.append((spec, state, new, part))
+        if keep_new and incomplete:
+            fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
 
 
 def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
@@ -300,24 +300,74 @@ def _plain(value: Any) -> Any:
 
 
 def after_flush(st: SessionState, session: sa_orm.Session) -> None:
-    """Fill in values the database generated and SQLAlchemy did not fetch: one SELECT per mapper."""
+    """Complete what the flush wrote: values the database generated that SQLAlchemy did
+    not fetch (one SELECT per mapper), then the rows a ``post_update`` relationship
+    wrote a second time, which no mapper event reports."""
     fs = st.flush
-    if fs is None or not fs.incomplete:
+    if fs is None:
         return
-    by_mapper: dict[sa_orm.Mapper[Any], list[tuple[MapperSpec, State, Row, TablePart]]] = {}
+    if fs.incomplete:
+        _fill_incomplete(fs, session)
+    post_updates = post_updated(fs.context)
+    if post_updates:
+        _record_post_updates(fs, post_updates)
+
+
+def _fill_incomplete(fs: FlushState, session: sa_orm.Session) -> None:
+    by_mapper: dict[sa_orm.Mapper[Any], list[tuple[MapperSpec, State, TablePart, Key]]] = {}
     for item in fs.incomplete:
         by_mapper.setdefault(item[0].mapper, []).append(item)
     fs.incomplete = []
+    buffer = fs.buffer
     for mapper, items in by_mapper.items():
         spec = items[0][0]
         keys = sorted(spec.column_keys)
         idents = [_identity(mapper, st) for _, st, _, _ in items]
         found = select_by_identity(session, mapper, keys, idents)
-        for (_, _, row, part), ident in zip(items, idents, strict=True):
+        for (_, _, part, key), ident in zip(items, idents, strict=True):
             values = found.get(ident, {})
-            for name, key in part.columns:
-                if row.get(name, None) is NO_VALUE:
-                    row[name] = values.get(key) if key else None
+            stored = {name: values.get(attr) if attr else None for name, attr in part.columns}
+            buffer.complete(key, stored, NO_VALUE)
+
+
+def _record_post_updates(fs: FlushState, post_updates: list[tuple[State, set[Any]]]) -> None:
+    """Record the foreign keys a post_update UPDATE set, as an update of each row.
+
+    SQLAlchemy set them on the object just before that UPDATE, so they are in its
+    history: old to new.  A row the flush already recorded merges with it (an
+    insert keeps its final values); its after_update callbacks run only if the
+    flush ran none of its after_* callbacks yet.
+    """
+    remembered = _remembered_states(fs.written) if fs.written else set()
+    for state, columns in post_updates:
+        plan = fs.plan_of(state.mapper)
+        if not (plan.capture or plan.after):
+            continue
+        mapper, committed, values = state.mapper, state.committed_state, state.dict
+        fields: dict[str, Any] = {}
+        for column in columns:
+            key = attribute_key(mapper, column)
+            if key is None or key not in committed:
+                continue
+            old, new = committed[key], values.get(key, NO_VALUE)
+            if new is not NO_VALUE and (old is NO_VALUE or not same(old, new)):
+                fields[key] = new
+        if not fields:
+            continue
+        if plan.capture:
+            _record_update(fs, plan, state, fields, None)
+        if plan.after and state not in remembered:
+            remember(fs, Op.UPDATE, plan, state, fields if plan.after_update else _NO_FIELDS)
+
+
+def _remembered_states(written: list[Any]) -> set[State]:
+    """The states in a flush's list of rows for the after_* callbacks (see ``remember``)."""
+    states: set[State] = set()
+    at, end = 0, len(written)
+    while at < end:
+        states.add(written[at + 2])
+        at += 5 + 2 * written[at + 4]
+    return states
 
 
 def _identity(mapper: sa_orm.Mapper[Any], state: State) -> tuple[Any, ...]:

@@ -1,0 +1,212 @@
+"""Columns the flush writes for a relationship: many-to-one keys, post_update, read-back rows.
+
+SQLAlchemy copies a related object's key into the foreign key as it writes, after
+``before_flush``; with ``post_update=True`` it does so in a second UPDATE that no
+mapper event reports.  The delivered change must still be what the table holds,
+with the key's old value even when the object was expired.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+import dbevents
+from dbevents import ChangeSet, Op, RowSet
+from tests.fixtures import table_rows
+from tests.models import Company, Contact
+
+
+class RBase(sa_orm.DeclarativeBase):
+    pass
+
+
+class Widget(RBase):
+    __tablename__ = "widgets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(20))
+    favorite_id: Mapped[int | None] = mapped_column(sa.ForeignKey("entries.id", name="fk_fav"))
+    #: the two tables point at each other: this side is written by a second UPDATE
+    favorite: Mapped[Entry | None] = relationship(foreign_keys=[favorite_id], post_update=True)
+    entries: Mapped[list[Entry]] = relationship(
+        foreign_keys="Entry.widget_id", back_populates="widget"
+    )
+
+
+class Entry(RBase):
+    __tablename__ = "entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    widget_id: Mapped[int | None] = mapped_column(sa.ForeignKey("widgets.id"))
+    widget: Mapped[Widget | None] = relationship(foreign_keys=[widget_id], back_populates="entries")
+
+
+Diff = dict[tuple[str, Any], tuple[str, dict[str, Any] | None, dict[str, Any] | None]]
+
+
+def snapshot(engine: sa.Engine, tables: tuple[str, ...]) -> dict[str, dict[Any, dict[str, Any]]]:
+    return {table: table_rows(engine, table) for table in tables}
+
+
+def table_diff(before: dict[str, Any], after: dict[str, Any]) -> Diff:
+    """The net change of every row between two snapshots, updates as changed columns only."""
+    out: Diff = {}
+    for table in before:
+        old_rows, new_rows = before[table], after[table]
+        for pk in old_rows.keys() | new_rows.keys():
+            old, new = old_rows.get(pk), new_rows.get(pk)
+            if old is None:
+                out[(table, pk)] = ("insert", None, new)
+            elif new is None:
+                out[(table, pk)] = ("delete", old, None)
+            elif old != new:
+                keys = [k for k in new if old[k] != new[k]]
+                out[(table, pk)] = ("update", {k: old[k] for k in keys}, {k: new[k] for k in keys})
+    return out
+
+
+def delivered(changeset: ChangeSet) -> Diff:
+    return {
+        (c.table, c.pk): (
+            c.op.value,
+            None if c.old is None else dict(c.old),
+            None if c.new is None else dict(c.new),
+        )
+        for c in changeset.changes
+    }
+
+
+@pytest.fixture
+def received(events: dbevents.Events) -> list[ChangeSet]:
+    out: list[ChangeSet] = []
+    events.on_commit(out.append)
+    return out
+
+
+@pytest.fixture
+def WidgetSession(  # noqa: N802
+    events: dbevents.Events, engine: sa.Engine
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    RBase.metadata.create_all(engine)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    yield maker
+    events.uninstall(maker)
+
+
+# -- many-to-one on an expired object -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["other", "none", "new"])
+def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    received: list[ChangeSet],
+    target: str,
+) -> None:
+    with Session() as session:
+        a, b = Company(name="a"), Company(name="b")
+        contact = Contact(email="x@x", company=a)
+        session.add_all([a, b, contact])
+        session.commit()  # expires everything: company_id is not loaded any more
+        old_id = a.id  # (loads the company, not the contact)
+        before = snapshot(tables, ("companies", "contacts"))
+        contact.company = {"other": b, "none": None, "new": Company(name="c")}[target]
+        session.commit()
+    (_, changeset) = received
+    assert delivered(changeset) == table_diff(before, snapshot(tables, ("companies", "contacts")))
+    (update,) = changeset.updated
+    assert update.old == {"company_id": old_id}
+
+
+# -- post_update ----------------------------------------------------------------------------
+
+
+def test_post_update_keys_are_captured_on_every_kind_of_write(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    received: list[ChangeSet],
+) -> None:
+    tables = ("widgets", "entries")
+    with WidgetSession() as session:
+
+        def commit_and_check() -> None:
+            before = snapshot(engine, tables)
+            count = len(received)
+            session.commit()
+            want = table_diff(before, snapshot(engine, tables))
+            assert want, "each step changes the tables"
+            assert len(received) == count + 1
+            assert delivered(received[-1]) == want
+
+        widget = Widget(name="w")
+        first = Entry(widget=widget)
+        widget.favorite = first  # a cycle: the widget's key is written after both inserts
+        session.add(widget)
+        commit_and_check()
+        second = Entry(widget=widget)
+        widget.favorite = second  # only the post_update UPDATE writes the widget
+        commit_and_check()
+        widget.favorite = None
+        commit_and_check()
+        widget.favorite = first
+        widget.name = "renamed"  # the widget's own UPDATE, then the post_update one
+        commit_and_check()
+        widget.favorite = None
+        session.delete(first)  # the key is cleared by the post_update before the DELETE
+        commit_and_check()
+        widget_id = widget.id
+    assert table_rows(engine, "widgets")[(widget_id,)]["favorite_id"] is None
+
+
+def test_after_update_runs_for_a_row_only_a_post_update_wrote(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session], events: dbevents.Events
+) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    @events.listens_for(Widget, "after_update")
+    def after_update(cls: type[Widget], rows: RowSet[Widget], fields: dict[str, Any]) -> None:
+        calls.append(("after_update", dict(fields)))
+
+    @events.listens_for(Widget, "after_insert")
+    def after_insert(cls: type[Widget], fields: dict[str, Any], pk: Any) -> None:
+        calls.append(("after_insert", dict(fields)))
+
+    with WidgetSession() as session:
+        widget = Widget(name="w")
+        entry = Entry(widget=widget)
+        widget.favorite = entry
+        session.add(widget)
+        session.commit()
+        assert [name for name, _ in calls] == ["after_insert"]  # its after_* ran already
+        other = Entry(widget=widget)
+        session.add(other)
+        session.flush()
+        widget.favorite = other
+        session.commit()
+        assert calls[1:] == [("after_update", {"favorite_id": other.id})]
+
+
+# -- rows read back after the flush -----------------------------------------------------------
+
+
+def test_a_row_deleted_and_inserted_again_is_read_back_once_merged(
+    Session: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, received: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        session.add(Contact(id=1, email="a@x"))
+        session.commit()
+        before = snapshot(tables, ("contacts",))
+        session.execute(sa.delete(Contact).where(Contact.id == 1))
+        # name and company_id are never set: not known until read back after the flush,
+        # by which time this insert has merged with the delete into an update
+        session.add(Contact(id=1, email="b@x"))
+        session.commit()
+    (_, changeset) = received
+    assert delivered(changeset) == table_diff(before, snapshot(tables, ("contacts",)))
+    assert [(c.op, dict(c.new or {})) for c in changeset.changes] == [(Op.UPDATE, {"email": "b@x"})]
