@@ -47,6 +47,21 @@ class Entry(RBase):
     widget: Mapped[Widget | None] = relationship(foreign_keys=[widget_id], back_populates="entries")
 
 
+class Folder(RBase):
+    __tablename__ = "folders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: one-to-many without a backref: the flush alone sets the files' keys
+    files: Mapped[list[File]] = relationship()
+
+
+class File(RBase):
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("folders.id"))
+
+
 Diff = dict[tuple[str, Any], tuple[str, dict[str, Any] | None, dict[str, Any] | None]]
 
 
@@ -122,6 +137,29 @@ def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
     assert delivered(changeset) == table_diff(before, snapshot(tables, ("companies", "contacts")))
     (update,) = changeset.updated
     assert update.old == {"company_id": old_id}
+
+
+def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    received: list[ChangeSet],
+) -> None:
+    tables = ("folders", "files")
+    with WidgetSession() as session:
+        a, b = Folder(id=1), Folder(id=2)
+        files = [File(id=1), File(id=2)]
+        a.files.extend(files)
+        session.add_all([a, b])
+        session.commit()  # the files are expired, and only the folder changes below
+        before = snapshot(engine, tables)
+        b.files.extend(files)
+        session.commit()
+    (_, changeset) = received
+    assert delivered(changeset) == table_diff(before, snapshot(engine, tables))
+    assert {c.pk: dict(c.old or {}) for c in changeset.changes} == {
+        (1,): {"folder_id": 1},
+        (2,): {"folder_id": 1},
+    }
 
 
 # -- post_update ----------------------------------------------------------------------------

@@ -60,8 +60,32 @@ def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if generated and state.key is not None and (plan.capture or plan.after):
             values = state.dict
             fs.generated_old[state] = {key: values.get(key, NO_VALUE) for key in generated}
-        if plan.before and state not in fs.seen:
+        if state in fs.seen:
+            continue
+        # a row the flush found itself: a child whose key a one-to-many relationship set
+        if state.key is not None and plan.keep_old:
+            _read_unknown_old(connection, mapper, plan, state)
+        if plan.before:
             late_before(fs, plan, "update" if state.key is not None else "insert", state)
+
+
+def _read_unknown_old(
+    connection: sa.Connection, mapper: sa_orm.Mapper[Any], plan: ModelPlan, state: State
+) -> None:
+    """Read the old values the history of a row about to be updated does not know.
+
+    before_flush did so for the rows it saw, with one SELECT per mapper; a row
+    the flush found itself, whose columns were expired, takes a SELECT of its own.
+    """
+    column_keys = plan.spec.column_keys
+    committed = state.committed_state
+    keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+    if keys:
+        identity = state.identity or ()
+        row = select_by_identity(connection, mapper, keys, [identity]).get(identity)
+        if row is not None:
+            for key in keys:
+                committed[key] = row[key]
 
 
 def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State) -> None:
