@@ -47,6 +47,26 @@ class Entry(RBase):
     widget: Mapped[Widget | None] = relationship(foreign_keys=[widget_id], back_populates="entries")
 
 
+class Board(RBase):
+    """A versioned row with a post_update key: that UPDATE counts the version up too."""
+
+    __tablename__ = "boards"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(20))
+    version: Mapped[int] = mapped_column()
+    pin_id: Mapped[int | None] = mapped_column(sa.ForeignKey("pins.id", name="fk_pin"))
+    pin: Mapped[Pin | None] = relationship(foreign_keys=[pin_id], post_update=True)
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Pin(RBase):
+    __tablename__ = "pins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    board_id: Mapped[int | None] = mapped_column(sa.ForeignKey("boards.id"))
+
+
 class Folder(RBase):
     __tablename__ = "folders"
 
@@ -200,6 +220,37 @@ def test_post_update_keys_are_captured_on_every_kind_of_write(
         commit_and_check()
         widget_id = widget.id
     assert table_rows(engine, "widgets")[(widget_id,)]["favorite_id"] is None
+
+
+def test_a_post_update_of_a_versioned_row_delivers_the_new_version(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    received: list[ChangeSet],
+) -> None:
+    with WidgetSession() as session:
+        board = Board(id=1)
+        board.pin = Pin(id=1, board_id=1)
+        session.add(board)
+        session.commit()
+        session.add(Pin(id=2, board_id=1))
+        session.flush()
+        board.pin = session.get(Pin, 2)  # only the post_update UPDATE writes the board
+        session.commit()
+        board.pin = session.get(Pin, 1)
+        board.name = "b"  # an UPDATE of its own first, then the post_update one
+        session.commit()
+    assert table_rows(engine, "boards")[(1,)]["version"] == 4
+    inserted, pinned, both = ([c for c in cs.changes if c.table == "boards"] for cs in received)
+    assert dict(inserted[0].new or {}) == {"id": 1, "name": None, "version": 1, "pin_id": 1}
+    # the version before a post_update alone is not known: the old values leave it out
+    assert (dict(pinned[0].old or {}), dict(pinned[0].new or {})) == (
+        {"pin_id": 1},
+        {"pin_id": 2, "version": 2},
+    )
+    assert (dict(both[0].old or {}), dict(both[0].new or {})) == (
+        {"name": None, "version": 2, "pin_id": 2},
+        {"name": "b", "version": 4, "pin_id": 1},
+    )
 
 
 def test_after_update_runs_for_a_row_only_a_post_update_wrote(

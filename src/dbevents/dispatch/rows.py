@@ -378,10 +378,24 @@ def _record_post_updates(fs: FlushState, post_updates: list[tuple[State, set[Any
                 fields[key] = new
         if not fields:
             continue
+        bumped = _post_update_version(mapper, state)
+        if bumped is not None:  # the UPDATE counted the version up, outside any history
+            fields[bumped] = values.get(bumped)
         if plan.capture:
-            _record_update(fs, plan, state, fields, None)
+            # the version's value before this UPDATE is not known: kept from an UPDATE of the
+            # row earlier in the flush, if any, else left out of the old values
+            _record_update(fs, plan, state, fields, {bumped: NO_VALUE} if bumped else None)
         if plan.after and state not in remembered:
             remember(fs, Op.UPDATE, plan, state, fields if plan.after_update else _NO_FIELDS)
+
+
+def _post_update_version(mapper: sa_orm.Mapper[Any], state: State) -> str | None:
+    """The key of the version counter a post_update UPDATE of ``state`` counted up, if any
+    (SQLAlchemy does so for a row that existed before the flush)."""
+    column = mapper.version_id_col
+    if column is None or state.key is None or mapper.version_id_generator is False:
+        return None
+    return attribute_key(mapper, column)
 
 
 def _remembered_states(written: list[Any]) -> set[State]:
