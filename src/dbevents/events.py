@@ -20,7 +20,7 @@ from .capture import LEVELS, CaptureLevel
 from .changes import ChangeSet, Op
 from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink
-from .dispatch import flush, rows, statement
+from .dispatch import completion, flush, rows, statement
 from .dispatch.connection import bind_connection
 from .dispatch.plan import ModelPlan, Plans
 from .exceptions import ConfigurationError, DbEventsWarning
@@ -157,7 +157,7 @@ class Events:
         flush.before_flush(state_of(session, self), session, context)
 
     def _after_flush(self, session: sa_orm.Session, context: Any) -> None:
-        rows.after_flush(state_of(session, self), session)
+        completion.after_flush(state_of(session, self), session)
 
     def _after_flush_postexec(self, session: sa_orm.Session, context: Any) -> None:
         flush.after_flush_postexec(state_of(session, self), session)

@@ -3,9 +3,10 @@
 The mapper ``after_insert`` / ``after_update`` / ``after_delete`` events fire
 exactly for the rows the flush wrote, cascades and delete-orphans included, so
 rows are recorded there, with their old values; values the database generated
-and SQLAlchemy did not fetch are filled in once the flush is over, with one
-SELECT per mapper.  The mapper ``before_*`` events catch objects that joined the
-flush after ``before_flush`` (a cascade), whose ``before_*`` callbacks run late.
+and SQLAlchemy did not fetch are filled in once the flush is over
+(:mod:`.completion`).  The mapper ``before_*`` events catch objects that joined
+the flush after ``before_flush`` (a cascade, a key a relationship sets), whose
+``before_*`` callbacks run late.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from .._compat import NO_VALUE, post_updated
-from ..capture import Key, Row
+from .._compat import NO_VALUE
+from ..capture import Row
 from ..changes import Op
 from ..exceptions import AbortError
-from ..mapping import MapperSpec, TablePart, attribute_key
+from ..mapping import MapperSpec, TablePart
 from .flush import (
     FlushState,
     State,
@@ -38,13 +39,13 @@ from .flush import (
 from .plan import ModelPlan
 
 if TYPE_CHECKING:
-    from ..session import SessionState
+    pass
 
-__all__ = ["after_flush", "listen_mappers"]
+__all__ = ["NO_FIELDS", "listen_mappers", "record_update"]
 
 _PLAIN: Final = frozenset({str, int, float, bool, type(None)})
 #: a deleted row's fields, for after_* callbacks that get none
-_NO_FIELDS: Final[dict[str, Any]] = {}
+NO_FIELDS: Final[dict[str, Any]] = {}
 
 
 # -- mapper events: the rows really written ---------------------------------------------------
@@ -149,7 +150,7 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             fields = (
                 {key: values[key] for key in plan.spec.column_keys if key in values}
                 if plan.after_insert
-                else _NO_FIELDS
+                else NO_FIELDS
             )
             remember(fs, Op.INSERT, plan, state, fields)
 
@@ -168,9 +169,9 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if not fields:
             continue  # SQLAlchemy reports every dirty object; no row was written for this one
         if plan.capture:
-            _record_update(fs, plan, state, fields, generated_old)
+            record_update(fs, plan, state, fields, generated_old)
         if plan.after:
-            known = fields if plan.after_update else _NO_FIELDS
+            known = fields if plan.after_update else NO_FIELDS
             if known and _has_no_value(known.values()):
                 known = {k: v for k, v in fields.items() if v is not NO_VALUE}
             remember(fs, Op.UPDATE, plan, state, known)
@@ -204,7 +205,7 @@ def _written_fields(
     return fields
 
 
-def _record_update(
+def record_update(
     fs: FlushState,
     plan: ModelPlan,
     state: State,
@@ -287,7 +288,7 @@ def _on_after_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     part.spec.name, pk, Op.DELETE, spec.model, row if plan.keep_old else None, None
                 )
         if plan.after:
-            remember(fs, Op.DELETE, plan, state, _NO_FIELDS)
+            remember(fs, Op.DELETE, plan, state, NO_FIELDS)
 
 
 def _has_no_value(values: Iterable[Any]) -> bool:
@@ -318,100 +319,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dict | list | set):
         return copy.deepcopy(value)
     return value
-
-
-# -- after the flush -------------------------------------------------------------------------
-
-
-def after_flush(st: SessionState, session: sa_orm.Session) -> None:
-    """Complete what the flush wrote: values the database generated that SQLAlchemy did
-    not fetch (one SELECT per mapper), then the rows a ``post_update`` relationship
-    wrote a second time, which no mapper event reports."""
-    fs = st.flush
-    if fs is None:
-        return
-    if fs.incomplete:
-        _fill_incomplete(fs, session)
-    post_updates = post_updated(fs.context)
-    if post_updates:
-        _record_post_updates(fs, post_updates)
-
-
-def _fill_incomplete(fs: FlushState, session: sa_orm.Session) -> None:
-    by_mapper: dict[sa_orm.Mapper[Any], list[tuple[MapperSpec, State, TablePart, Key]]] = {}
-    for item in fs.incomplete:
-        by_mapper.setdefault(item[0].mapper, []).append(item)
-    fs.incomplete = []
-    buffer = fs.buffer
-    for mapper, items in by_mapper.items():
-        spec = items[0][0]
-        keys = sorted(spec.column_keys)
-        idents = [_identity(mapper, st) for _, st, _, _ in items]
-        found = select_by_identity(session, mapper, keys, idents)
-        for (_, _, part, key), ident in zip(items, idents, strict=True):
-            values = found.get(ident, {})
-            stored = {name: values.get(attr) if attr else None for name, attr in part.columns}
-            buffer.complete(key, stored, NO_VALUE)
-
-
-def _record_post_updates(fs: FlushState, post_updates: list[tuple[State, set[Any]]]) -> None:
-    """Record the foreign keys a post_update UPDATE set, as an update of each row.
-
-    SQLAlchemy set them on the object just before that UPDATE, so they are in its
-    history: old to new.  A row the flush already recorded merges with it (an
-    insert keeps its final values); its after_update callbacks run only if the
-    flush ran none of its after_* callbacks yet.
-    """
-    remembered = _remembered_states(fs.written) if fs.written else set()
-    for state, columns in post_updates:
-        plan = fs.plan_of(state.mapper)
-        if not (plan.capture or plan.after):
-            continue
-        mapper, committed, values = state.mapper, state.committed_state, state.dict
-        fields: dict[str, Any] = {}
-        for column in columns:
-            key = attribute_key(mapper, column)
-            if key is None or key not in committed:
-                continue
-            old, new = committed[key], values.get(key, NO_VALUE)
-            if new is not NO_VALUE and (old is NO_VALUE or not same(old, new)):
-                fields[key] = new
-        if not fields:
-            continue
-        bumped = _post_update_version(mapper, state)
-        if bumped is not None:  # the UPDATE counted the version up, outside any history
-            fields[bumped] = values.get(bumped)
-        if plan.capture:
-            # the version's value before this UPDATE is not known: kept from an UPDATE of the
-            # row earlier in the flush, if any, else left out of the old values
-            _record_update(fs, plan, state, fields, {bumped: NO_VALUE} if bumped else None)
-        if plan.after and state not in remembered:
-            remember(fs, Op.UPDATE, plan, state, fields if plan.after_update else _NO_FIELDS)
-
-
-def _post_update_version(mapper: sa_orm.Mapper[Any], state: State) -> str | None:
-    """The key of the version counter a post_update UPDATE of ``state`` counted up, if any
-    (SQLAlchemy does so for a row that existed before the flush)."""
-    column = mapper.version_id_col
-    if column is None or state.key is None or mapper.version_id_generator is False:
-        return None
-    return attribute_key(mapper, column)
-
-
-def _remembered_states(written: list[Any]) -> set[State]:
-    """The states in a flush's list of rows for the after_* callbacks (see ``remember``)."""
-    states: set[State] = set()
-    at, end = 0, len(written)
-    while at < end:
-        states.add(written[at + 2])
-        at += 5 + 2 * written[at + 4]
-    return states
-
-
-def _identity(mapper: sa_orm.Mapper[Any], state: State) -> tuple[Any, ...]:
-    if state.key is not None:
-        return state.key[1]
-    return tuple(mapper.primary_key_from_instance(state.obj()))
 
 
 _listening = False
