@@ -7,6 +7,7 @@ outlives the test that registered it.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -58,3 +59,42 @@ def table_rows(engine: sa.Engine, table: str) -> dict[tuple[object, ...], dict[s
     with engine.connect() as conn:
         rows = [dict(r) for r in conn.execute(sa.select(t)).mappings()]
     return {tuple(r[k] for k in key): r for r in rows}
+
+
+Snapshot = dict[str, dict[tuple[object, ...], dict[str, object]]]
+#: (table, pk) -> (op, old, new): a change set, or the difference of two snapshots
+Diff = dict[tuple[str, tuple[Any, ...]], tuple[str, dict[str, Any] | None, dict[str, Any] | None]]
+
+
+def snapshot(engine: sa.Engine, tables: tuple[str, ...]) -> Snapshot:
+    """These tables' rows, read back with plain SQL."""
+    return {table: table_rows(engine, table) for table in tables}
+
+
+def table_diff(before: Snapshot, after: Snapshot) -> Diff:
+    """The net change of every row between two snapshots; updates as changed columns only."""
+    out: Diff = {}
+    for table in before:
+        old_rows, new_rows = before[table], after[table]
+        for pk in old_rows.keys() | new_rows.keys():
+            old, new = old_rows.get(pk), new_rows.get(pk)
+            if old is None:
+                out[(table, pk)] = ("insert", None, new)
+            elif new is None:
+                out[(table, pk)] = ("delete", old, None)
+            elif old != new:
+                keys = [k for k in new if old[k] != new[k]]
+                out[(table, pk)] = ("update", {k: old[k] for k in keys}, {k: new[k] for k in keys})
+    return out
+
+
+def delivered(changeset: dbevents.ChangeSet) -> Diff:
+    """A change set in the shape of :func:`table_diff`."""
+    return {
+        (c.table, c.pk): (
+            c.op.value,
+            None if c.old is None else dict(c.old),
+            None if c.new is None else dict(c.new),
+        )
+        for c in changeset.changes
+    }

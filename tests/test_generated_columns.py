@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, RowSet
-from tests.fixtures import table_rows
+from tests.fixtures import delivered, snapshot, table_diff, table_rows
 
 _stamps = itertools.count(1)
 
@@ -73,32 +73,6 @@ def Session(  # noqa: N802
     events.uninstall(maker)
 
 
-@pytest.fixture
-def received(events: dbevents.Events) -> list[ChangeSet]:
-    out: list[ChangeSet] = []
-    events.on_commit(out.append)
-    return out
-
-
-def table_diff(
-    before: dict[Any, dict[str, Any]], after: dict[Any, dict[str, Any]]
-) -> dict[Any, tuple[dict[str, Any], dict[str, Any]]]:
-    """The columns that changed in each row: pk -> (old, new)."""
-    out = {}
-    for pk, row in after.items():
-        old = before[pk]
-        changed = {k for k in row if row[k] != old[k]}
-        if changed:
-            out[pk] = ({k: old[k] for k in changed}, {k: row[k] for k in changed})
-    return out
-
-
-def delivered(changeset: ChangeSet, table: str) -> dict[Any, tuple[dict[str, Any], dict[str, Any]]]:
-    return {
-        c.pk: (dict(c.old or {}), dict(c.new or {})) for c in changeset.changes if c.table == table
-    }
-
-
 def _uow(session: sa_orm.Session) -> None:
     for doc in session.scalars(sa.select(Doc)):
         doc.title = doc.title + "!"
@@ -141,30 +115,30 @@ WRITES: dict[str, Write] = {
 def test_columns_the_update_sets_are_captured_old_and_new(
     Session: sa_orm.sessionmaker[sa_orm.Session],
     engine: sa.Engine,
-    received: list[ChangeSet],
+    changesets: list[ChangeSet],
     write: Write,
 ) -> None:
-    before = table_rows(engine, "docs")
+    before = snapshot(engine, ("docs",))
     with Session() as session:
         write(session)
         session.commit()
-    want = table_diff(before, table_rows(engine, "docs"))
-    assert set(want) == {(1,), (2,)}
+    want = table_diff(before, snapshot(engine, ("docs",)))
+    assert set(want) == {("docs", (1,)), ("docs", (2,))}
     # the generated columns are part of what changed: stamp in Python, edits in SQL
-    assert all({"title", "stamp", "edits"} <= set(new) for _, new in want.values())
-    (changeset,) = received
-    assert delivered(changeset, "docs") == want
+    assert all({"title", "stamp", "edits"} <= set(new or ()) for _, _, new in want.values())
+    (changeset,) = changesets
+    assert delivered(changeset) == want
 
 
 def test_inserts_have_the_defaults_each_row_was_given(
-    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, received: list[ChangeSet]
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, changesets: list[ChangeSet]
 ) -> None:
     with Session() as session:
         session.add_all([Doc(id=i, title=f"new{i}", serial=None) for i in (3, 4, 5)])
         session.add_all([Doc(id=i, title=f"new{i}") for i in (6, 7, 8)])
         session.commit()
     stored = table_rows(engine, "docs")
-    (changeset,) = received
+    (changeset,) = changesets
     assert {c.pk: dict(c.new or {}) for c in changeset.created} == {
         pk: row for pk, row in stored.items() if pk not in {(1,), (2,)}
     }
@@ -191,7 +165,7 @@ def test_after_update_fields_hold_the_values_written(
 
 
 def test_the_version_counter_is_captured_on_every_update(
-    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, received: list[ChangeSet]
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, changesets: list[ChangeSet]
 ) -> None:
     with Session() as session:
         rows = list(session.scalars(sa.select(Versioned)))
@@ -203,15 +177,15 @@ def test_the_version_counter_is_captured_on_every_update(
         session.commit()
     stored = table_rows(engine, "versioned")
     assert [stored[(1,)]["version"], stored[(2,)]["version"]] == [3, 7]
-    (changeset,) = received
-    assert delivered(changeset, "versioned") == {
-        (1,): ({"title": "v", "version": 1}, {"title": "x", "version": 3}),
-        (2,): ({"title": "v", "version": 5}, {"title": "x", "version": 7}),
+    (changeset,) = changesets
+    assert delivered(changeset) == {
+        ("versioned", (1,)): ("update", {"title": "v", "version": 1}, {"title": "x", "version": 3}),
+        ("versioned", (2,)): ("update", {"title": "v", "version": 5}, {"title": "x", "version": 7}),
     }
 
 
 def test_a_stale_version_fails_the_flush_and_delivers_nothing(
-    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, received: list[ChangeSet]
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, changesets: list[ChangeSet]
 ) -> None:
     with Session(expire_on_commit=False) as session:
         row = session.get(Versioned, 1)
@@ -222,5 +196,5 @@ def test_a_stale_version_fails_the_flush_and_delivers_nothing(
         row.title = "mine"
         with pytest.raises(sa_orm.exc.StaleDataError):
             session.commit()
-    assert received == []
+    assert changesets == []
     assert table_rows(engine, "versioned")[(1,)]["title"] == "x"

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 import dbevents
 from dbevents import ChangeSet, Op, RowSet
-from tests.fixtures import table_rows
+from tests.fixtures import delivered, snapshot, table_diff, table_rows
 from tests.models import Company, Contact
 
 
@@ -82,48 +82,6 @@ class File(RBase):
     folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("folders.id"))
 
 
-Diff = dict[tuple[str, Any], tuple[str, dict[str, Any] | None, dict[str, Any] | None]]
-
-
-def snapshot(engine: sa.Engine, tables: tuple[str, ...]) -> dict[str, dict[Any, dict[str, Any]]]:
-    return {table: table_rows(engine, table) for table in tables}
-
-
-def table_diff(before: dict[str, Any], after: dict[str, Any]) -> Diff:
-    """The net change of every row between two snapshots, updates as changed columns only."""
-    out: Diff = {}
-    for table in before:
-        old_rows, new_rows = before[table], after[table]
-        for pk in old_rows.keys() | new_rows.keys():
-            old, new = old_rows.get(pk), new_rows.get(pk)
-            if old is None:
-                out[(table, pk)] = ("insert", None, new)
-            elif new is None:
-                out[(table, pk)] = ("delete", old, None)
-            elif old != new:
-                keys = [k for k in new if old[k] != new[k]]
-                out[(table, pk)] = ("update", {k: old[k] for k in keys}, {k: new[k] for k in keys})
-    return out
-
-
-def delivered(changeset: ChangeSet) -> Diff:
-    return {
-        (c.table, c.pk): (
-            c.op.value,
-            None if c.old is None else dict(c.old),
-            None if c.new is None else dict(c.new),
-        )
-        for c in changeset.changes
-    }
-
-
-@pytest.fixture
-def received(events: dbevents.Events) -> list[ChangeSet]:
-    out: list[ChangeSet] = []
-    events.on_commit(out.append)
-    return out
-
-
 @pytest.fixture
 def WidgetSession(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
@@ -141,7 +99,7 @@ def WidgetSession(  # noqa: N802
 def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
     Session: sa_orm.sessionmaker[sa_orm.Session],
     tables: sa.Engine,
-    received: list[ChangeSet],
+    changesets: list[ChangeSet],
     target: str,
 ) -> None:
     with Session() as session:
@@ -153,7 +111,7 @@ def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
         before = snapshot(tables, ("companies", "contacts"))
         contact.company = {"other": b, "none": None, "new": Company(name="c")}[target]
         session.commit()
-    (_, changeset) = received
+    (_, changeset) = changesets
     assert delivered(changeset) == table_diff(before, snapshot(tables, ("companies", "contacts")))
     (update,) = changeset.updated
     assert update.old == {"company_id": old_id}
@@ -162,7 +120,7 @@ def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
 def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
     WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
     engine: sa.Engine,
-    received: list[ChangeSet],
+    changesets: list[ChangeSet],
 ) -> None:
     tables = ("folders", "files")
     with WidgetSession() as session:
@@ -174,7 +132,7 @@ def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
         before = snapshot(engine, tables)
         b.files.extend(files)
         session.commit()
-    (_, changeset) = received
+    (_, changeset) = changesets
     assert delivered(changeset) == table_diff(before, snapshot(engine, tables))
     assert {c.pk: dict(c.old or {}) for c in changeset.changes} == {
         (1,): {"folder_id": 1},
@@ -188,19 +146,19 @@ def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
 def test_post_update_keys_are_captured_on_every_kind_of_write(
     WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
     engine: sa.Engine,
-    received: list[ChangeSet],
+    changesets: list[ChangeSet],
 ) -> None:
     tables = ("widgets", "entries")
     with WidgetSession() as session:
 
         def commit_and_check() -> None:
             before = snapshot(engine, tables)
-            count = len(received)
+            count = len(changesets)
             session.commit()
             want = table_diff(before, snapshot(engine, tables))
             assert want, "each step changes the tables"
-            assert len(received) == count + 1
-            assert delivered(received[-1]) == want
+            assert len(changesets) == count + 1
+            assert delivered(changesets[-1]) == want
 
         widget = Widget(name="w")
         first = Entry(widget=widget)
@@ -225,7 +183,7 @@ def test_post_update_keys_are_captured_on_every_kind_of_write(
 def test_a_post_update_of_a_versioned_row_delivers_the_new_version(
     WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
     engine: sa.Engine,
-    received: list[ChangeSet],
+    changesets: list[ChangeSet],
 ) -> None:
     with WidgetSession() as session:
         board = Board(id=1)
@@ -240,7 +198,7 @@ def test_a_post_update_of_a_versioned_row_delivers_the_new_version(
         board.name = "b"  # an UPDATE of its own first, then the post_update one
         session.commit()
     assert table_rows(engine, "boards")[(1,)]["version"] == 4
-    inserted, pinned, both = ([c for c in cs.changes if c.table == "boards"] for cs in received)
+    inserted, pinned, both = ([c for c in cs.changes if c.table == "boards"] for cs in changesets)
     assert dict(inserted[0].new or {}) == {"id": 1, "name": None, "version": 1, "pin_id": 1}
     # the version before a post_update alone is not known: the old values leave it out
     assert (dict(pinned[0].old or {}), dict(pinned[0].new or {})) == (
@@ -285,7 +243,7 @@ def test_after_update_runs_for_a_row_only_a_post_update_wrote(
 
 
 def test_a_row_deleted_and_inserted_again_is_read_back_once_merged(
-    Session: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, received: list[ChangeSet]
+    Session: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, changesets: list[ChangeSet]
 ) -> None:
     with Session() as session:
         session.add(Contact(id=1, email="a@x"))
@@ -296,6 +254,6 @@ def test_a_row_deleted_and_inserted_again_is_read_back_once_merged(
         # by which time this insert has merged with the delete into an update
         session.add(Contact(id=1, email="b@x"))
         session.commit()
-    (_, changeset) = received
+    (_, changeset) = changesets
     assert delivered(changeset) == table_diff(before, snapshot(tables, ("contacts",)))
     assert [(c.op, dict(c.new or {})) for c in changeset.changes] == [(Op.UPDATE, {"email": "b@x"})]

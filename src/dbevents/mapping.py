@@ -110,12 +110,12 @@ class MapperSpec:
         "column_keys",
         "columns_of_key",
         "generated_keys",
-        "python_onupdate_keys",
         "many_to_one",
         "mapper",
         "model",
         "name",
         "parts",
+        "python_onupdate_keys",
         "scalar_defaults",
     )
 

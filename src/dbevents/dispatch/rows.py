@@ -15,7 +15,7 @@ import copy
 import operator
 from collections.abc import Iterable
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
@@ -37,9 +37,6 @@ from .flush import (
     unloaded_columns,
 )
 from .plan import ModelPlan
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["NO_FIELDS", "listen_mappers", "record_update"]
 
