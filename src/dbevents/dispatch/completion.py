@@ -16,7 +16,8 @@ from .._compat import NO_VALUE, post_updated
 from ..capture import Key
 from ..changes import Op
 from ..mapping import MapperSpec, TablePart, attribute_key
-from .flush import FlushState, State, remember, same, select_by_identity
+from .flush import FlushState, State, remember, same
+from .oldvalues import select_by_identity
 from .rows import NO_FIELDS, record_update
 
 if TYPE_CHECKING:

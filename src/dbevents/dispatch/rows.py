@@ -26,16 +26,8 @@ from ..capture import Row
 from ..changes import Op
 from ..exceptions import AbortError
 from ..mapping import MapperSpec, TablePart
-from .flush import (
-    FlushState,
-    State,
-    active_flushes,
-    remember,
-    run_before,
-    same,
-    select_by_identity,
-    unloaded_columns,
-)
+from .flush import FlushState, State, active_flushes, remember, run_before, same
+from .oldvalues import select_by_identity, unloaded_columns
 from .plan import ModelPlan
 
 __all__ = ["NO_FIELDS", "listen_mappers", "record_update"]

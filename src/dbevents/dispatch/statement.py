@@ -4,7 +4,7 @@
 ORM-enabled or on a Core ``Table``, before it runs.  Here the ``before_*``
 callbacks run (and may edit the values or veto), then the statement runs; the
 connection layer (:mod:`.connection`) captures its rows as it does for every
-statement and hands them back through :func:`~.connection.written_rows`, so the
+statement and hands them back through :func:`~.written.written_rows`, so the
 ``after_*`` callbacks see exactly the rows that were written.
 
 Row-level callbacks (``before_save``, ``after_destroy``, ...) make the affected
@@ -32,7 +32,8 @@ from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
 from ..registry import Table, first_veto
 from ..rowset import RowSet
-from .connection import SKIP_CAPTURE, Written, written_rows
+from .stored import SKIP_CAPTURE
+from .written import Written, written_rows
 
 if TYPE_CHECKING:
     from ..session import SessionState

@@ -1,0 +1,310 @@
+"""How one INSERT, UPDATE or DELETE on a session's connection is captured.
+
+Before it runs, :func:`plan_statement` decides how its rows will be known, and
+may add ``return_defaults()`` or rewrite the UPDATE (never the caller's result
+type or ``rowcount``): INSERT and UPDATE return the rows as stored; UPDATE and
+DELETE read the affected rows first (``FOR UPDATE`` where the database has it),
+or, on PostgreSQL, return old and new values from one statement.  After it ran,
+:func:`record_result` records the rows in the buffers of the capturing sessions
+and reports them to the statement ``after_*`` callbacks waiting for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, final
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from .._compat import explicit_returning, upsert_clause
+from ..changes import Op
+from ..mapping import TableSpec, column_name
+from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
+from .returning import Returns, set_columns, update_from_locked, updated_columns
+from .stored import (
+    inserted_rows,
+    keys_of,
+    pk_of,
+    read_rows,
+    read_tuples,
+    returned_rows,
+    rows_by_key,
+)
+from .uncaptured import uncaptured
+from .upsert import conflicting_rows
+from .written import Written, report
+
+if TYPE_CHECKING:
+    from ..session import SessionState
+
+__all__ = ["StatementPlan", "plan_statement", "record_result"]
+
+Row = dict[str, Any]
+
+
+@final
+class StatementPlan:
+    """What to do after one statement ran."""
+
+    __slots__ = (
+        "before",
+        "columns",
+        "keys_only",
+        "old_columns",
+        "old_rows",
+        "op",
+        "returns",
+        "session",
+        "sets_key",
+        "spec",
+        "statement",
+        "states",
+    )
+
+    def __init__(
+        self,
+        statement: Any,
+        op: Op,
+        spec: TableSpec,
+        session: sa_orm.Session,
+        states: list[SessionState],
+        before: dict[tuple[Any, ...], Row] | None,
+        columns: Sequence[sa.ColumnElement[Any]],
+        returns: Returns,
+        keys_only: bool,
+        old_columns: Sequence[sa.ColumnElement[Any]] = (),
+        sets_key: bool = False,
+        old_rows: Sequence[Sequence[Any]] = (),
+    ) -> None:
+        self.statement = statement
+        #: only the primary keys of the rows are wanted (and read)
+        self.keys_only = keys_only
+        self.returns = returns
+        #: the statement's own column objects (annotated in ORM statements): RETURNING keys
+        self.columns = columns
+        #: Returns.OLD_AND_NEW: the labelled old values, one for each of ``columns``
+        self.old_columns = old_columns
+        #: UPDATE: the statement sets primary key columns (rows may move to new keys)
+        self.sets_key = sets_key
+        self.session = session
+        self.op = op
+        self.spec = spec
+        self.states = states
+        #: UPDATE / DELETE: the affected rows as they were, by primary key
+        self.before = before
+        #: Returns.NEW_OF_READ: the affected rows as they were, ``columns`` by position
+        self.old_rows = old_rows
+
+
+def plan_statement(
+    connection: sa.Connection,
+    session: sa_orm.Session,
+    states: list[SessionState],
+    statement: Any,
+    spec: TableSpec,
+    parameters: list[dict[str, Any]],
+    wanted: str,
+) -> tuple[Any, StatementPlan]:
+    """The statement to run instead of ``statement``, and how to record what it writes.
+
+    :param wanted: ``"rows"`` (their values are captured) or ``"keys"`` (only which rows).
+    """
+    table = spec.table
+    dialect = connection.dialect
+    # an upsert's rows are inserts or updates: which, only the rows read first can tell
+    upserted = (
+        conflicting_rows(connection, spec, statement, parameters)
+        if isinstance(statement, sa.Insert) and not spec.link
+        else None
+    )
+    keys_only = wanted == "keys" and upserted is None
+    if keys_only:
+        columns: list[Any] = [table.c[name] for name in spec.pk]
+    elif isinstance(statement, sa.Update):
+        columns = updated_columns(table, spec, statement, parameters)
+    else:
+        columns = list(table.columns)
+    before = None
+    returns = Returns.NEW
+    old_columns: list[Any] = []
+    old_rows: Sequence[Sequence[Any]] = ()
+    sets_key = isinstance(statement, sa.Update) and bool(
+        (set_columns(table, statement, parameters) or set()) & set(spec.pk)
+    )
+    if isinstance(statement, sa.Insert):
+        op = Op.LINK if spec.link else Op.INSERT
+        before = upserted
+        if not explicit_returning(statement) and (
+            dialect.insert_executemany_returning
+            if len(parameters) > 1
+            else dialect.insert_returning
+        ):
+            statement = statement.return_defaults(supplemental_cols=columns)
+    else:
+        op = (
+            Op.UPDATE
+            if isinstance(statement, sa.Update)
+            else (Op.UNLINK if spec.link else Op.DELETE)
+        )
+        single = len(parameters) == 1 and not explicit_returning(statement)
+        returning = (
+            dialect.update_executemany_returning
+            if len(parameters) > 1
+            else dialect.update_returning
+        )
+        if single and op is not Op.UPDATE and dialect.delete_returning:
+            # DELETE ... RETURNING: the deleted rows, exactly, in the statement itself
+            statement = statement.return_defaults(supplemental_cols=columns)
+            returns = Returns.OLD
+        elif single and op is Op.UPDATE and keys_only and dialect.update_returning:
+            statement = statement.return_defaults(supplemental_cols=columns)
+        elif (
+            single
+            and op is Op.UPDATE
+            and dialect.name == "postgresql"
+            and table.primary_key
+            and not sets_key  # old and new rows are paired by key, which must hold still
+        ):
+            statement, old_columns = update_from_locked(statement, spec, columns)
+            returns = Returns.OLD_AND_NEW
+        elif (
+            single
+            and op is Op.UPDATE
+            and returning
+            and table.primary_key
+            and not keys_only
+            and not sets_key  # old and new rows are paired by key, which must hold still
+        ):
+            # read first (locked where the database can), paired with RETURNING by position
+            old_rows = read_tuples(connection, columns, statement.whereclause, parameters[0])
+            if old_rows:
+                statement = statement.return_defaults(supplemental_cols=columns)
+            returns = Returns.NEW_OF_READ
+        else:  # read first, locked where the database can
+            before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
+            if (
+                op is Op.UPDATE
+                and before
+                and returning
+                and not keys_only
+                and not explicit_returning(statement)
+            ):
+                statement = statement.return_defaults(supplemental_cols=columns)
+    plan = StatementPlan(
+        statement,
+        op,
+        spec,
+        session,
+        states,
+        before,
+        columns,
+        returns,
+        keys_only,
+        old_columns,
+        sets_key,
+        old_rows,
+    )
+    return statement, plan
+
+
+def record_result(
+    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
+) -> None:
+    """Record and report the rows the planned statement wrote."""
+    spec = plan.spec
+    if plan.keys_only:
+        _after_keys(connection, plan, result)
+    elif plan.op in (Op.INSERT, Op.LINK):
+        inserted = inserted_rows(connection, spec, plan.columns, result)
+        if not inserted and _unidentified(plan.statement, result):
+            uncaptured(
+                plan.states,
+                f"dbevents cannot capture the rows this INSERT ... RETURNING adds to "
+                f"{spec.name!r}: its own RETURNING leaves no room for dbevents', and the rows "
+                f"have no key it sent; they are missing from the change set. Execute it with "
+                f"a list of parameter sets (session.execute(insert(M).returning(...), [row])), "
+                f"or send the key",
+            )
+        if plan.before:  # an upsert: a row that was there before was updated
+            old = plan.before
+            after = {pk: row for row in inserted if (pk := pk_of(spec, row)) in old}
+            inserted = [row for row in inserted if pk_of(spec, row) not in old]
+            before = {pk: old[pk] for pk in after}
+            record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+            report(Written(spec, Op.UPDATE, list(after)))
+        record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
+        report(Written(spec, plan.op, (), inserted))
+    elif plan.returns is Returns.OLD:
+        deleted = returned_rows(plan.columns, result) or []
+        before = dict(zip(keys_of(spec, deleted), deleted, strict=True))
+        record_rows(plan.session, plan.states, spec, plan.op, before, None)
+        report(Written(spec, plan.op, list(before)))
+    elif (
+        plan.returns in (Returns.OLD_AND_NEW, Returns.NEW_OF_READ)
+        and (
+            changes := update_diffs(
+                spec,
+                plan.columns,
+                result,
+                old_columns=plan.old_columns,
+                old_rows=plan.old_rows if plan.returns is Returns.NEW_OF_READ else None,
+            )
+        )
+        is not None
+    ):
+        diffs, keys = changes
+        record_diffs(plan.session, plan.states, spec, diffs)
+        report(Written(spec, Op.UPDATE, keys))
+    elif plan.returns is Returns.OLD_AND_NEW:  # keyed otherwise than by name: by key, as dicts
+        names = [column_name(column) for column in plan.columns]
+        olds = returned_rows(plan.old_columns, result, names=names) or []
+        news = returned_rows(plan.columns, result) or []
+        before = {pk_of(spec, row): row for row in olds}
+        after = {pk_of(spec, row): row for row in news}
+        record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+        report(Written(spec, Op.UPDATE, list(after)))
+    elif plan.op is Op.UPDATE:
+        if plan.returns is Returns.NEW_OF_READ:  # returned keyed otherwise: by key, as dicts
+            plan.before = rows_by_key(spec, plan.columns, plan.old_rows)
+        if not plan.before:
+            return
+        before = plan.before
+        returned = returned_rows(plan.columns, result)
+        width = len(plan.columns)
+        sets_key = plan.sets_key
+        if returned is not None and all(len(row) == width for row in returned):
+            updated = dict(zip(keys_of(spec, returned), returned, strict=True))
+        else:  # re-read by key: a row the UPDATE moved to a new key can't be found
+            sets_key = False
+            updated = read_rows(connection, spec, None, [], pks=list(before), columns=plan.columns)
+        record_update(plan.session, plan.states, spec, before, updated, sets_key=sets_key)
+        report(Written(spec, Op.UPDATE, list(updated)))
+    else:
+        record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
+        report(Written(spec, plan.op, list(plan.before or ())))
+
+
+def _unidentified(statement: Any, result: sa.CursorResult[Any]) -> bool:
+    """Whether an INSERT that wrote rows left dbevents no way to tell which: an explicit
+    RETURNING of the caller's, and no key among the values sent."""
+    if not explicit_returning(statement) or upsert_clause(statement) is not None:
+        return False  # (an upsert may have inserted nothing: every row conflicted)
+    compiled = getattr(result.context, "compiled_parameters", None)
+    return bool(compiled)
+
+
+def _after_keys(
+    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
+) -> None:
+    """Record and report the rows of a statement whose keys are all that is wanted."""
+    spec, op = plan.spec, plan.op
+    if op in (Op.INSERT, Op.LINK):
+        rows = inserted_rows(connection, spec, plan.columns, result, keys_only=True)
+    elif plan.before is not None:
+        rows = list(plan.before.values())
+    else:
+        rows = returned_rows(plan.columns, result) or []
+    keys = keys_of(spec, rows)
+    record_keys(plan.session, plan.states, spec, op, keys)
+    report(Written(spec, op, keys, rows if op in (Op.INSERT, Op.LINK) else ()))

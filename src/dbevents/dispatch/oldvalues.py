@@ -1,0 +1,142 @@
+"""Old values a change needs that the session has not loaded.
+
+A dirty attribute that was expired when it was set has no old value, a deleted
+object may have expired columns, and the flush sets some columns itself (onupdate,
+the version counter, many-to-one foreign keys).  Before the flush writes, those
+are read with one SELECT per mapper and put where SQLAlchemy keeps them, so its
+own history (and no-op detection) has them like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from .._compat import NO_VALUE
+from .plan import ModelPlan
+
+__all__ = ["load_old_values", "select_by_identity", "unloaded_columns", "unloaded_set_by_flush"]
+
+State = sa_orm.InstanceState[Any]
+
+_FETCH_CHUNK: Final = 500
+
+
+def load_old_values(
+    session: sa_orm.Session,
+    plan_of: Callable[[sa_orm.Mapper[Any]], ModelPlan],
+    candidates: tuple[list[State], ...],
+) -> None:
+    """Fetch the unknown old values of changed rows: one SELECT per mapper.
+
+    A dirty attribute that was expired when it was set has no old value; a deleted
+    object may have expired columns, and an updated one expired columns that the
+    UPDATE itself will set (onupdate, the version counter).  The values are put
+    where SQLAlchemy itself keeps them, so its own no-op detection benefits as well:
+    an old value of a dirty attribute in its history, any other as loaded.
+    """
+    _, dirty, deleted = candidates
+    # per mapper: (state, keys whose old value goes into the history, keys to load)
+    missing: dict[sa_orm.Mapper[Any], list[tuple[State, list[str], list[str]]]] = {}
+    for state in dirty:
+        committed = state.committed_state
+        for old in committed.values():
+            if old is NO_VALUE:
+                break
+        else:  # every old value is known: the common case
+            plan = plan_of(state.mapper)
+            if plan.flush_sets:
+                unloaded = unloaded_set_by_flush(plan, state)
+                if unloaded:
+                    missing.setdefault(state.mapper, []).append((state, [], unloaded))
+            continue
+        mapper = state.mapper
+        plan = plan_of(mapper)
+        if not plan.wants_old:
+            continue
+        column_keys = plan.spec.column_keys
+        keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+        unloaded = unloaded_set_by_flush(plan, state) if plan.flush_sets else []
+        if keys or unloaded:
+            missing.setdefault(mapper, []).append((state, keys, unloaded))
+    for state in deleted:
+        plan = plan_of(state.mapper)
+        if not plan.wants_old or state.key is None:
+            continue
+        keys = unloaded_columns(plan, state)
+        if keys:
+            missing.setdefault(state.mapper, []).append((state, [], keys))
+    for mapper, items in missing.items():
+        keys = sorted({key for _, expired, unloaded in items for key in (*expired, *unloaded)})
+        found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
+        for state, expired, unloaded in items:
+            row = found.get(state.identity or ())
+            if row is None:
+                continue  # gone already: the flush will report it
+            for key in expired:
+                state.committed_state[key] = row[key]
+            for key in unloaded:
+                sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
+
+
+def unloaded_set_by_flush(plan: ModelPlan, state: State) -> list[str]:
+    """The columns the flush will set itself on ``state`` whose old value is not loaded.
+
+    Those are the onupdate and version columns, and the foreign keys of a changed
+    many-to-one relationship, which SQLAlchemy copies from the related object as it
+    writes: loaded, their old values land in the history like any other.
+    """
+    values, committed = state.dict, state.committed_state
+    spec = plan.spec
+    keys = [key for key in spec.generated_keys if key not in values and key not in committed]
+    many_to_one = spec.many_to_one
+    if many_to_one and not many_to_one.keys().isdisjoint(committed):
+        for relationship in many_to_one.keys() & committed.keys():
+            keys.extend(
+                local
+                for local, _ in many_to_one[relationship]
+                if local not in values and local not in committed and local not in keys
+            )
+    return keys
+
+
+def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:
+    """The column attributes of ``state`` not loaded; when all are (the common case), found
+    with one set comparison."""
+    values, column_keys = state.dict, plan.spec.column_keys
+    if values.keys() >= column_keys:
+        return []
+    return [key for key in column_keys if key not in values]
+
+
+def select_by_identity(
+    session: sa_orm.Session | sa.Connection,
+    mapper: sa_orm.Mapper[Any],
+    keys: list[str],
+    identities: list[Any],
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Load attribute values of the rows with these identities, keyed by identity."""
+    pk_columns = list(mapper.primary_key)
+    pk_attrs = [mapper.get_property_by_column(c).key for c in pk_columns]
+    columns = [mapper.attrs[k].expression.label(k) for k in keys]  # type: ignore[attr-defined, unused-ignore]
+    pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(pk_columns)]
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for start in range(0, len(identities), _FETCH_CHUNK):
+        chunk = identities[start : start + _FETCH_CHUNK]
+        where = (
+            pk_columns[0].in_([ident[0] for ident in chunk])
+            if len(pk_columns) == 1
+            else sa.tuple_(*pk_columns).in_(chunk)
+        )
+        query = sa.select(*pk_labels, *columns).select_from(mapper.persist_selectable).where(where)
+        if isinstance(session, sa.Connection):
+            rows = session.execute(query).mappings()
+        else:
+            rows = session.connection(bind_arguments={"mapper": mapper}).execute(query).mappings()
+        for row in rows:
+            ident = tuple(row[f"_pk{i}"] for i in range(len(pk_attrs)))
+            found[ident] = dict(row)
+    return found
