@@ -158,14 +158,30 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
             if nodes:
                 pick(data, nodes).n = n
 
-        @rule(data=st.data())
-        def delete(self, data: Any) -> None:
+        def deletable(self) -> list[Node]:
+            """The nodes that may be deleted: persistent, and nobody's buddy."""
             nodes = [n for n in self.nodes() if n in self.session and n not in self.session.new]
             with self.session.no_autoflush:  # buddy has no backref: a buddy can't be deleted
                 buddies = {id(n.buddy) for n in [*nodes, *self.session.new] if n.buddy}
-            nodes = [n for n in nodes if id(n) not in buddies]
+            return [n for n in nodes if id(n) not in buddies]
+
+        @rule(data=st.data())
+        def delete(self, data: Any) -> None:
+            nodes = self.deletable()
             if nodes:
                 self.session.delete(pick(data, nodes))
+
+        @rule(data=st.data(), name=names, n=st.none() | numbers)
+        def replace(self, data: Any, name: str, n: int | None) -> None:
+            """Delete a node and add a new one under its key: the flush UPDATEs the row."""
+            victims = self.deletable()
+            if victims:
+                victim = pick(data, victims)
+                self.session.delete(victim)
+                node = Node(id=victim.id, name=name)
+                if n is not None:  # else the row keeps its n: a row switch writes what is set
+                    node.n = n
+                self.session.add(node)
 
         @rule(data=st.data(), tag=st.integers(1, 3))
         def link(self, data: Any, tag: int) -> None:

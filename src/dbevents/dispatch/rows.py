@@ -148,6 +148,9 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
     flushes = active_flushes.get(state.session_id)
     if flushes is None:
         return
+    if state.key is None:
+        _on_row_switch(flushes[0].session, mapper, connection, state)
+        return
     for fs in flushes:
         plan = fs.plan_of(mapper)
         if not (plan.capture or plan.after):
@@ -164,6 +167,24 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             if known and _has_no_value(known.values()):
                 known = {k: v for k, v in fields.items() if v is not NO_VALUE}
             remember(fs, Op.UPDATE, plan, state, known)
+
+
+def _on_row_switch(
+    session: sa_orm.Session, mapper: sa_orm.Mapper[Any], connection: sa.Connection, state: State
+) -> None:
+    """A new object took the key of one deleted in the same flush.
+
+    SQLAlchemy then UPDATEs the row rather than DELETE and INSERT it, and fires
+    ``after_update`` for the new object alone.  Recorded as what was asked for,
+    the old object's delete and the new one's insert: the buffer nets the two into
+    the UPDATE the database saw, and each object gets the ``after_*`` callbacks
+    that go with the ``before_*`` ones it had.
+    """
+    existing = session.identity_map.get(mapper.identity_key_from_instance(state.obj()))
+    if existing is not None:
+        old = sa_orm.attributes.instance_state(existing)
+        _on_after_delete(old.mapper, connection, old)
+    _on_after_insert(mapper, connection, state)
 
 
 def _written_fields(
