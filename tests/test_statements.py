@@ -451,6 +451,47 @@ def test_an_upsert_on_another_unique_key_finds_the_row_it_updates(
     assert by_op[Op.INSERT].new == {"id": 2, "label": "blue", "note": "first"}
 
 
+RETURNING_WRITES: dict[str, tuple[Write, list[tuple[Any, ...]]]] = {
+    "orm update": (
+        lambda s: s.execute(
+            sa.update(Item).where(Item.id >= 2).values(qty=5).returning(Item.id, Item.qty)
+        ).all(),
+        [(2, 105), (3, 105)],  # (the callback added 100 to qty)
+    ),
+    "orm update of entities": (
+        lambda s: [
+            (i.id, i.name) for i in s.scalars(sa.update(Item).values(name="x").returning(Item))
+        ],
+        [(1, "x"), (2, "x"), (3, "x")],
+    ),
+    "core update": (
+        lambda s: s.execute(
+            items.update().where(items.c.id == 1).values(qty=9).returning(items.c.qty)
+        ).all(),
+        [(109,)],
+    ),
+    "orm delete": (
+        lambda s: s.execute(sa.delete(Item).where(Item.id >= 2).returning(Item.name)).all(),
+        [("n2",), ("n3",)],
+    ),
+    "core delete": (
+        lambda s: s.execute(items.delete().where(items.c.id == 3).returning(items.c.id)).all(),
+        [(3,)],
+    ),
+}
+
+
+@pytest.mark.parametrize("path", RETURNING_WRITES)
+def test_a_statement_with_its_own_returning_keeps_its_result_and_is_captured(
+    path: str, Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    write, returned = RETURNING_WRITES[path]
+    results: list[Any] = []
+    check_delivered(db, Session, changesets, lambda s: results.append(sorted(write(s))))
+    assert results == [returned]
+    assert changesets and [c[0] for c in calls][-1] in ("after_update", "after_delete")
+
+
 # -- DELETE ------------------------------------------------------------------------------------
 
 DELETES: dict[str, Write] = {
