@@ -80,6 +80,7 @@ class File(RBase):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("folders.id"))
+    name: Mapped[str | None] = mapped_column(sa.String(20))
 
 
 @pytest.fixture
@@ -138,6 +139,39 @@ def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
         (1,): {"folder_id": 1},
         (2,): {"folder_id": 1},
     }
+
+
+def test_expired_children_a_one_to_many_moves_are_read_with_one_select(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    tables = ("folders", "files")
+    with WidgetSession() as session:
+        a, b = Folder(id=1), Folder(id=2)
+        files = [File(id=i, name=f"file {i}") for i in range(1, 6)]
+        a.files.extend(files)
+        session.add_all([a, b])
+        session.commit()
+        before = snapshot(engine, tables)
+        files[0].name = "renamed"  # set while expired: not to be overwritten by the read
+        b.files.extend(files)
+        selects: list[str] = []
+
+        @sa.event.listens_for(engine, "before_cursor_execute")
+        def count(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+            if sql.lstrip().upper().startswith("SELECT") and "files" in sql:
+                selects.append(sql)
+
+        try:
+            session.commit()
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", count)
+    # SQLAlchemy alone loads each expired file as the flush writes its key: five SELECTs
+    assert len(selects) == 1
+    (_, changeset) = changesets
+    assert delivered(changeset) == table_diff(before, snapshot(engine, tables))
+    assert dict(changeset.changes[0].new or {}) == {"folder_id": 2, "name": "renamed"}
 
 
 # -- post_update ----------------------------------------------------------------------------

@@ -114,6 +114,7 @@ class MapperSpec:
         "mapper",
         "model",
         "name",
+        "one_to_many",
         "parts",
         "python_onupdate_keys",
         "scalar_defaults",
@@ -174,6 +175,12 @@ class MapperSpec:
                     if local_key and remote_key:
                         pairs.append((local_key, remote_key))
                 self.many_to_one[rel.key] = tuple(pairs)
+        #: one-to-many relationships: the flush writes the keys of the objects they gain or lose
+        self.one_to_many = frozenset(
+            rel.key
+            for rel in mapper.relationships
+            if rel.direction is sa_orm.ONETOMANY and rel.secondary is None and not rel.viewonly
+        )
 
     def rows_of(self, values: dict[str, Any]) -> list[dict[str, Any]]:
         """Split attribute values into one column-name row per table (missing: skipped)."""

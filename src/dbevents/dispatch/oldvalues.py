@@ -9,7 +9,7 @@ own history (and no-op detection) has them like any other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -18,7 +18,13 @@ import sqlalchemy.orm as sa_orm
 from .._compat import NO_VALUE
 from .plan import ModelPlan
 
-__all__ = ["load_old_values", "select_by_identity", "unloaded_columns", "unloaded_set_by_flush"]
+__all__ = [
+    "load_old_values",
+    "unloaded_moved_children",
+    "select_by_identity",
+    "unloaded_columns",
+    "unloaded_set_by_flush",
+]
 
 State = sa_orm.InstanceState[Any]
 
@@ -41,20 +47,25 @@ def load_old_values(
     _, dirty, deleted = candidates
     # per mapper: (state, keys whose old value goes into the history, keys to load)
     missing: dict[sa_orm.Mapper[Any], list[tuple[State, list[str], list[str]]]] = {}
+    moved: set[State] = set()
     for state in dirty:
         committed = state.committed_state
+        mapper = state.mapper
+        plan = plan_of(mapper)
+        one_to_many = plan.spec.one_to_many
+        if one_to_many and not one_to_many.isdisjoint(committed):
+            changed = one_to_many & committed.keys()
+            for child, keys in unloaded_moved_children(plan_of, state, changed, moved):
+                missing.setdefault(child.mapper, []).append((child, [], keys))
         for old in committed.values():
             if old is NO_VALUE:
                 break
         else:  # every old value is known: the common case
-            plan = plan_of(state.mapper)
             if plan.flush_sets:
                 unloaded = unloaded_set_by_flush(plan, state)
                 if unloaded:
-                    missing.setdefault(state.mapper, []).append((state, [], unloaded))
+                    missing.setdefault(mapper, []).append((state, [], unloaded))
             continue
-        mapper = state.mapper
-        plan = plan_of(mapper)
         if not plan.wants_old:
             continue
         column_keys = plan.spec.column_keys
@@ -80,6 +91,41 @@ def load_old_values(
                 state.committed_state[key] = row[key]
             for key in unloaded:
                 sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
+
+
+def unloaded_moved_children(
+    plan_of: Callable[[sa_orm.Mapper[Any]], ModelPlan],
+    state: State,
+    relationships: Iterable[str],
+    seen: set[State],
+) -> Iterator[tuple[State, list[str]]]:
+    """The persistent objects these one-to-many collections of ``state`` gained or lost,
+    with their expired columns, for those whose old values are captured.
+
+    The flush writes their foreign keys itself, after ``before_flush``; when their
+    columns are expired, SQLAlchemy loads each of them on its own as it does, and so
+    would the old values: read before, with one SELECT per mapper, neither happens.
+    ``seen`` holds the children found so far, which are not yielded again.
+    """
+    obj, passive = state.obj(), sa_orm.PassiveFlag.PASSIVE_NO_INITIALIZE
+    for key in relationships:
+        history = sa_orm.attributes.get_history(obj, key, passive)
+        for child in (*history.added, *history.deleted):
+            child_state = sa_orm.attributes.instance_state(child) if child is not None else None
+            if child_state is None or child_state.key is None or child_state in seen:
+                continue
+            seen.add(child_state)
+            plan = plan_of(child_state.mapper)
+            if plan.keep_old:
+                values, column_keys = child_state.dict, plan.spec.column_keys
+                # (an expired attribute set since is in the dict: not to be overwritten)
+                keys = [
+                    k
+                    for k in child_state.expired_attributes
+                    if k in column_keys and k not in values
+                ]
+                if keys:
+                    yield child_state, keys
 
 
 def unloaded_set_by_flush(plan: ModelPlan, state: State) -> list[str]:
