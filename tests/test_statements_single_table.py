@@ -1,0 +1,97 @@
+"""Statements on a single-table inheritance subclass.
+
+SQLAlchemy adds the subclass's discriminator (``WHERE kind IN (...)``) to an ORM
+statement on a subclass as it compiles it: the statement dbevents sees has no such
+criterion.  Rows of the other classes in the table must be neither changed nor
+reported, whatever dbevents reads or rewrites around the statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column
+
+import dbevents
+from dbevents import ChangeSet, RowSet
+from tests.fixtures import delivered, snapshot, table_diff
+
+
+class IBase(sa_orm.DeclarativeBase):
+    pass
+
+
+class Employee(IBase):
+    __tablename__ = "employees"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    name: Mapped[str] = mapped_column(sa.String(20))
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "employee"}
+
+
+class Manager(Employee):
+    __mapper_args__ = {"polymorphic_identity": "manager"}
+
+
+TABLES = ("employees",)
+
+WRITES: dict[str, Any] = {
+    "update": lambda s: s.execute(sa.update(Manager).values(name="boss")),
+    "update where": lambda s: s.execute(
+        sa.update(Manager).where(Manager.name != "nobody").values(name="boss")
+    ),
+    "update, fetch": lambda s: s.execute(
+        sa.update(Manager).values(name="boss"), execution_options={"synchronize_session": "fetch"}
+    ),
+    "query update": lambda s: s.query(Manager).update({"name": "boss"}),
+    "delete": lambda s: s.execute(sa.delete(Manager)),
+    "query delete": lambda s: s.query(Manager).delete(),
+}
+
+
+@pytest.fixture
+def Session(  # noqa: N802
+    events: dbevents.Events, engine: sa.Engine
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    IBase.metadata.create_all(engine)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    with maker() as session:
+        session.add_all(
+            [Employee(id=1, name="ann"), Manager(id=2, name="bob"), Employee(id=3, name="cy")]
+        )
+        session.commit()
+    yield maker
+    events.uninstall(maker)
+
+
+@pytest.mark.parametrize("path", WRITES)
+def test_a_statement_on_a_subclass_changes_and_reports_its_rows_only(
+    path: str,
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    events: dbevents.Events,
+    engine: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    seen: list[Any] = []
+
+    @events.listens_for(Manager, "before_update")
+    def before_update(cls: type[Any], rows: RowSet[Any], fields: dict[str, Any]) -> None:
+        seen.append(("before_update", sorted(e.id for e in rows)))
+
+    @events.listens_for(Manager, "before_delete")
+    def before_delete(cls: type[Any], rows: RowSet[Any]) -> None:
+        seen.append(("before_delete", sorted(e.id for e in rows)))
+
+    before = snapshot(engine, TABLES)
+    with Session() as session:
+        WRITES[path](session)
+        session.commit()
+    after = snapshot(engine, TABLES)
+    assert {pk for _, pk in table_diff(before, after)} == {(2,)}  # the manager alone
+    assert delivered(changesets[-1]) == table_diff(before, after)
+    assert [ids for _, ids in seen] == [[2]]
