@@ -14,8 +14,9 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 import dbevents
-from dbevents import ChangeSet, Op
+from dbevents import Change, ChangeSet, Op
 from dbevents.changes import stored_fields
+from tests.fixtures import table_rows
 from tests.models import Address, Company, Contact, Dog, Subgroup, Tag
 
 Changes = list[tuple[str, str, tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]]
@@ -448,6 +449,60 @@ def test_not_robust_raises_an_exception_group_after_all_ran(tables: sa.Engine) -
     assert info.group_contains(ZeroDivisionError)
     with tables.connect() as conn:  # committed all the same
         assert conn.scalar(sa.text("select count(*) from contacts")) == 1
+
+
+def test_a_commit_made_while_delivering_is_delivered_after_in_commit_order(
+    tables: sa.Engine,
+) -> None:
+    # an after_commit callback that writes the row it was told of, and commits
+    events = dbevents.Events()
+    memory = events.add_sink(dbevents.MemorySink())
+    received: list[list[tuple[str, dict[str, Any]]]] = []
+    events.on_commit(
+        lambda cs: received.append([(c.op.value, dict(c.new or {})) for c in cs.changes])
+    )
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+
+        @events.listens_for(Contact, "after_commit", op=Op.INSERT)
+        def name_it(cls: type[Contact], change: Change) -> None:
+            contact = session.get_one(Contact, change.pk)
+            contact.name = contact.email.upper()
+            session.commit()
+            assert received[-1][0][0] == "insert"  # (this commit is not delivered yet)
+
+        session.add(Contact(id=1, email="h@x"))
+        session.commit()
+    assert received == [
+        [("insert", {"id": 1, "email": "h@x", "name": None, "company_id": None})],
+        [("update", {"name": "H@X"})],
+    ]
+    assert isinstance(memory, dbevents.MemorySink)
+    assert memory.get("contacts", 1) == table_rows(tables, "contacts")[(1,)]
+
+
+def test_not_robust_raises_the_failures_of_a_commit_made_while_delivering(
+    tables: sa.Engine,
+) -> None:
+    events = dbevents.Events(robust=False)
+    delivered: list[int] = []
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+
+        @events.on_commit
+        def commits_once_then_fails(cs: ChangeSet) -> None:
+            delivered.append(len(delivered))
+            if len(delivered) == 1:
+                session.add(Contact(email="second@x"))
+                session.commit()
+            else:
+                raise ZeroDivisionError
+
+        session.add(Contact(email="first@x"))
+        with pytest.raises(ExceptionGroup) as info:
+            session.commit()
+    assert delivered == [0, 1]  # both delivered, the failing one after the first
+    assert info.group_contains(ZeroDivisionError)
 
 
 def test_concurrent_sessions_in_threads_do_not_leak(

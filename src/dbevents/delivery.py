@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._compat import await_in_greenlet, in_greenlet
@@ -48,6 +49,13 @@ class TransactionalSink(Protocol):
     def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None: ...
 
 
+#: the change sets committed while this context delivers another one (a callback or a
+#: listener that commits), delivered in turn once that one is done; None when not delivering
+_queue: ContextVar[list[tuple[Events, ChangeSet, Sequence[type[Any] | None]]] | None] = ContextVar(
+    "dbevents.delivery_queue", default=None
+)
+
+
 def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
     """Run model after_commit callbacks, then listeners and sinks in registration order.
 
@@ -55,7 +63,35 @@ def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
     ``on_error`` handlers; the others still run.  ``models`` holds the mapped
     class of each change (``None`` for association and Core-only tables).  With ``robust=False`` the
     failures are raised together as an :class:`ExceptionGroup` at the end.
+
+    A commit made while a change set is being delivered (an ``after_commit``
+    callback that writes and commits) is delivered after it, not inside it: every
+    receiver gets change sets in the order they were committed, so a sink that
+    keeps rows never applies a later change before an earlier one.
     """
+    queue = _queue.get()
+    if queue is not None:
+        queue.append((events, changeset, models))
+        return
+    queue = [(events, changeset, models)]
+    token = _queue.set(queue)
+    errors: list[Exception] = []
+    try:
+        while queue:
+            events, changeset, models = queue.pop(0)
+            failed = _deliver_one(events, changeset, models)
+            if not events.robust:
+                errors += failed
+    finally:
+        _queue.reset(token)
+    if errors:
+        raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
+
+
+def _deliver_one(
+    events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]
+) -> list[Exception]:
+    """Deliver one change set (see :func:`deliver`); return the failures."""
     errors: list[Exception] = []
     registry = events.registry
     callbacks_of = {
@@ -72,8 +108,7 @@ def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
                     _call(events, fn, changeset, errors, model, change)
     for receiver in events.receivers:
         _call(events, receiver, changeset, errors, changeset)
-    if errors and not events.robust:
-        raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
+    return errors
 
 
 def _call(
