@@ -29,12 +29,22 @@ def apply_vetoes(
     session: sa_orm.Session, events: Events, vetoes: list[tuple[str, State, Callable[..., Any]]]
 ) -> None:
     """Skip each vetoed operation, or raise AbortError before touching anything."""
+    # the rows a skipped delete keeps: the vetoed ones, and what their delete cascades to
+    kept = {
+        kept
+        for op, state, _ in vetoes
+        if op == "delete"
+        for kept in (state, *(st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)))
+    }
+    stranded = _strands_delete(session, kept) if kept else None
     for op, state, fn in vetoes:
         reason = None
         if events.abort == "raise":
             reason = 'Events(abort="raise")'
         elif op == "insert":
             reason = _strands_insert(session, state)
+        elif op == "delete":
+            reason = stranded
         elif op == "update" and any(
             key not in mapper_spec(state.mapper).column_keys for key in committed_state(state)
         ):
@@ -76,17 +86,61 @@ def _strands_insert(session: sa_orm.Session, state: State) -> str | None:
     return None
 
 
+def _strands_delete(session: sa_orm.Session, kept: set[State]) -> str | None:
+    """Tell why keeping these rows would leave one of them referring to a row still deleted.
+
+    A row whose parent's delete cascades to it cannot stay when the parent goes (when
+    the delete does not cascade, SQLAlchemy sets the row's key to NULL instead).
+    """
+    deleted = {sa.inspect(obj) for obj in session.deleted} - kept
+    for parent in deleted:
+        for rel in _delete_cascades(parent.mapper):
+            for child in _held(parent, rel):
+                if child in kept:
+                    return _stranded(child, parent)
+    for child in kept:
+        for rel in child.mapper.relationships:
+            if rel.direction is sa_orm.MANYTOONE:
+                for parent in _held(child, rel):
+                    if parent in deleted and any(
+                        child.mapper.isa(cascade.mapper)
+                        for cascade in _delete_cascades(parent.mapper)
+                    ):
+                        return _stranded(child, parent)
+    return None
+
+
+def _delete_cascades(mapper: sa_orm.Mapper[Any]) -> list[sa_orm.RelationshipProperty[Any]]:
+    """The one-to-many relationships of ``mapper`` whose delete cascades to their rows."""
+    return [
+        rel
+        for rel in mapper.relationships
+        if rel.direction is sa_orm.ONETOMANY and rel.secondary is None and rel.cascade.delete
+    ]
+
+
+def _stranded(child: State, parent: State) -> str:
+    return (
+        f"{sa_orm.util.state_str(child)} would stay, while {sa_orm.util.state_str(parent)}, "
+        "whose delete cascades to it, is deleted"
+    )
+
+
 def _related_states(state: State) -> Iterable[State]:
-    values = state.dict
     for rel in state.mapper.relationships:
-        value = values.get(rel.key)
-        if value is None:
-            continue
-        items = value if rel.uselist and not isinstance(value, dict) else [value]
-        if isinstance(value, dict):
-            items = value.values()
-        for item in items:
-            yield sa.inspect(item)
+        yield from _held(state, rel)
+
+
+def _held(state: State, rel: sa_orm.RelationshipProperty[Any]) -> Iterable[State]:
+    """The objects a loaded relationship of ``state`` holds (none when it is not loaded)."""
+    value = state.dict.get(rel.key)
+    if value is None:
+        return
+    items = value if rel.uselist and not isinstance(value, dict) else [value]
+    if isinstance(value, dict):
+        items = value.values()
+    for item in items:
+        yield sa.inspect(item)
 
 
 def _revert(session: sa_orm.Session, state: State, obj: object) -> None:
