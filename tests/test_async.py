@@ -89,3 +89,38 @@ def test_async_session_of_other_class_is_untouched(async_engine: AsyncEngine) ->
 
     asyncio.run(main())
     assert received == []
+
+
+def test_a_commit_an_async_callback_makes_is_delivered_after_in_commit_order(
+    async_engine: AsyncEngine,
+) -> None:
+    events = dbevents.Events()
+    received: list[list[tuple[str, Any]]] = []
+    events.on_commit(
+        lambda cs: received.append([(c.op.value, (c.new or {}).get("name")) for c in cs.changes])
+    )
+    sessions: list[AsyncSession] = []
+
+    @events.listens_for(Company, "after_commit", op=dbevents.Op.INSERT)
+    async def rename(cls: type[Company], change: dbevents.Change) -> None:
+        session = sessions[0]
+        company = await session.get_one(Company, change.pk)
+        company.name = company.name.upper()
+        await session.commit()
+
+    class Bound(AsyncBound):
+        pass
+
+    maker = async_sessionmaker(async_engine, sync_session_class=Bound)
+    events.install(maker)
+
+    async def main() -> None:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        async with maker() as session:
+            sessions.append(session)
+            session.add(Company(name="acme"))
+            await session.commit()
+
+    asyncio.run(main())
+    assert received == [[("insert", "acme")], [("update", "ACME")]]
