@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import DynamicMapped, Mapped, mapped_column, relationship
 
 import dbevents
 from dbevents import ChangeSet, RowSet
@@ -42,6 +42,8 @@ class Shelf(Vetoing, VBase):
     books: Mapped[list[Book]] = relationship(back_populates="shelf", cascade="all, delete-orphan")
     #: no delete cascade: a shelf's delete sets its posters' key to NULL
     posters: Mapped[list[Poster]] = relationship(back_populates="shelf")
+    #: a collection never loaded into the object, with no relationship back
+    labels: DynamicMapped[Label] = relationship(cascade="all, delete-orphan")
 
 
 class Book(Vetoing, VBase):
@@ -60,7 +62,14 @@ class Poster(Vetoing, VBase):
     shelf: Mapped[Shelf | None] = relationship(back_populates="posters")
 
 
-TABLES = ("shelves", "books", "posters")
+class Label(Vetoing, VBase):
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shelf_id: Mapped[int | None] = mapped_column(sa.ForeignKey("shelves.id"))
+
+
+TABLES = ("shelves", "books", "posters", "labels")
 
 
 @pytest.fixture
@@ -95,6 +104,23 @@ def test_a_kept_row_whose_parents_delete_cascades_to_it_aborts(
         session.rollback()
     assert snapshot(engine, TABLES) == before
     assert len(changesets) == 1  # the first commit's
+
+
+def test_a_kept_row_of_a_dynamic_collection_whose_delete_cascades_aborts(
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine
+) -> None:
+    with Session() as session:
+        the_shelf = shelf("s", [])
+        the_shelf.labels.append(Label(title="keep"))
+        session.add(the_shelf)
+        session.commit()
+        before = snapshot(engine, TABLES)
+        session.delete(session.scalars(sa.select(Label)).one())
+        session.delete(the_shelf)
+        with pytest.raises(dbevents.AbortError, match="whose delete cascades to it"):
+            session.commit()
+        session.rollback()
+    assert snapshot(engine, TABLES) == before
 
 
 def test_a_vetoed_parent_keeps_what_its_delete_cascades_to(

@@ -15,7 +15,7 @@ import sqlalchemy.orm as sa_orm
 
 from .._compat import NO_VALUE, committed_state
 from ..exceptions import AbortError
-from ..mapping import mapper_spec
+from ..mapping import attribute_key, mapper_spec
 
 if TYPE_CHECKING:
     from ..events import Events
@@ -90,24 +90,36 @@ def _strands_delete(session: sa_orm.Session, kept: set[State]) -> str | None:
     """Tell why keeping these rows would leave one of them referring to a row still deleted.
 
     A row whose parent's delete cascades to it cannot stay when the parent goes (when
-    the delete does not cascade, SQLAlchemy sets the row's key to NULL instead).
+    the delete does not cascade, SQLAlchemy sets the row's key to NULL instead).  Told
+    by the key values, so that collections not loaded (dynamic, write-only) count too.
     """
-    deleted = {sa.inspect(obj) for obj in session.deleted} - kept
-    for parent in deleted:
+    # per one-to-many relationship whose delete cascades: its deleted parents, by the key
+    # values their rows are referred to by (synchronize_pairs: parent column, child column)
+    parents: dict[sa_orm.RelationshipProperty[Any], dict[tuple[Any, ...], State]] = {}
+    for parent in {sa.inspect(obj) for obj in session.deleted} - kept:
         for rel in _delete_cascades(parent.mapper):
-            for child in _held(parent, rel):
-                if child in kept:
-                    return _stranded(child, parent)
+            key = _key_values(parent, [local for local, _ in rel.synchronize_pairs])
+            if key is not None:
+                parents.setdefault(rel, {})[key] = parent
     for child in kept:
-        for rel in child.mapper.relationships:
-            if rel.direction is sa_orm.MANYTOONE:
-                for parent in _held(child, rel):
-                    if parent in deleted and any(
-                        child.mapper.isa(cascade.mapper)
-                        for cascade in _delete_cascades(parent.mapper)
-                    ):
-                        return _stranded(child, parent)
+        for rel, by_key in parents.items():
+            if child.mapper.isa(rel.mapper):
+                key = _key_values(child, [remote for _, remote in rel.synchronize_pairs])
+                if key is not None and key in by_key:
+                    return _stranded(child, by_key[key])
     return None
+
+
+def _key_values(state: State, columns: list[sa.ColumnElement[Any]]) -> tuple[Any, ...] | None:
+    """The values of ``state`` for these columns; None when one is not mapped, loaded or set."""
+    values = []
+    for column in columns:
+        key = attribute_key(state.mapper, column)
+        value = state.dict.get(key) if key is not None else None
+        if value is None:
+            return None
+        values.append(value)
+    return tuple(values)
 
 
 def _delete_cascades(mapper: sa_orm.Mapper[Any]) -> list[sa_orm.RelationshipProperty[Any]]:
@@ -127,20 +139,17 @@ def _stranded(child: State, parent: State) -> str:
 
 
 def _related_states(state: State) -> Iterable[State]:
+    """The objects ``state``'s loaded relationships hold."""
+    values = state.dict
     for rel in state.mapper.relationships:
-        yield from _held(state, rel)
-
-
-def _held(state: State, rel: sa_orm.RelationshipProperty[Any]) -> Iterable[State]:
-    """The objects a loaded relationship of ``state`` holds (none when it is not loaded)."""
-    value = state.dict.get(rel.key)
-    if value is None:
-        return
-    items = value if rel.uselist and not isinstance(value, dict) else [value]
-    if isinstance(value, dict):
-        items = value.values()
-    for item in items:
-        yield sa.inspect(item)
+        value = values.get(rel.key)
+        if value is None:
+            continue
+        items = value if rel.uselist and not isinstance(value, dict) else [value]
+        if isinstance(value, dict):
+            items = value.values()
+        for item in items:
+            yield sa.inspect(item)
 
 
 def _revert(session: sa_orm.Session, state: State, obj: object) -> None:
