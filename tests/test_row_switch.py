@@ -123,3 +123,27 @@ def _described(args: tuple[Any, ...]) -> Any:
         for arg in args
     ]
     return described[0] if len(described) == 1 else tuple(described)
+
+
+def test_a_vetoed_delete_of_the_old_object_aborts(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    events: dbevents.Events,
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    @events.listens_for(Contact, "before_delete")
+    def keep(cls: type[Contact], rows: dbevents.RowSet[Contact]) -> bool:
+        return True
+
+    with Session() as session:
+        session.add(Contact(id=1, email="a@x"))
+        session.commit()
+        before = snapshot(tables, TABLES)
+        session.delete(session.get_one(Contact, 1))
+        session.add(Contact(id=1, email="b@x"))
+        # undone, the delete would leave the new object's INSERT failing on the key
+        with pytest.raises(dbevents.AbortError, match="a new object, takes the key"):
+            session.commit()
+        session.rollback()
+    assert snapshot(tables, TABLES) == before
+    assert len(changesets) == 1

@@ -36,7 +36,7 @@ def apply_vetoes(
         if op == "delete"
         for kept in (state, *(st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)))
     }
-    stranded = _strands_delete(session, kept) if kept else None
+    stranded = (_replaced(session, kept) or _strands_delete(session, kept)) if kept else None
     for op, state, fn in vetoes:
         reason = None
         if events.abort == "raise":
@@ -83,6 +83,24 @@ def _strands_insert(session: sa_orm.Session, state: State) -> str | None:
         for other in _related_states(st):
             if other in leaving:
                 return f"{sa_orm.util.state_str(st)} is pending and refers to it"
+    return None
+
+
+def _replaced(session: sa_orm.Session, kept: set[State]) -> str | None:
+    """Tell which new object takes the key of one of these rows, if one does.
+
+    SQLAlchemy would write the pair as one UPDATE of the row (a row switch): with
+    the delete undone, the new object's INSERT would fail on the key.
+    """
+    keys = {state.key: state for state in kept if state.key is not None}
+    for obj in session.new:
+        mapper = sa.inspect(obj).mapper
+        old = keys.get(mapper.identity_key_from_instance(obj))
+        if old is not None:
+            return (
+                f"{sa_orm.util.state_str(sa.inspect(obj))}, a new object, takes the key of "
+                f"{sa_orm.util.state_str(old)}"
+            )
     return None
 
 
