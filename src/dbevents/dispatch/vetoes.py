@@ -31,10 +31,10 @@ def apply_vetoes(
     """Skip each vetoed operation, or raise AbortError before touching anything."""
     # the rows a skipped delete keeps: the vetoed ones, and what their delete cascades to
     kept = {
-        kept
+        row
         for op, state, _ in vetoes
         if op == "delete"
-        for kept in (state, *(st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)))
+        for row in (state, *(st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)))
     }
     stranded = (_replaced(session, kept) or _strands_delete(session, kept)) if kept else None
     for op, state, fn in vetoes:
