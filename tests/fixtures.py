@@ -6,7 +6,7 @@ outlives the test that registered it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -45,8 +45,16 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
     events: dbevents.Events, tables: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
     """A sessionmaker on the test database, with :func:`events` installed."""
-    maker = sa_orm.sessionmaker(tables)
-    events.install(maker)
+    yield from installed(events, tables, Base.metadata)
+
+
+def installed(
+    events: dbevents.Events, engine: sa.Engine, metadata: sa.MetaData
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    """For a fixture: ``metadata``'s tables created, and a sessionmaker with ``events``
+    installed, uninstalled once the test is over."""
+    metadata.create_all(engine)
+    maker = events.install(sa_orm.sessionmaker(engine))
     yield maker
     events.uninstall(maker)
 
@@ -86,6 +94,20 @@ def table_diff(before: Snapshot, after: Snapshot) -> Diff:
                 keys = [k for k in new if old[k] != new[k]]
                 out[(table, pk)] = ("update", {k: old[k] for k in keys}, {k: new[k] for k in keys})
     return out
+
+
+def committed_diff(
+    maker: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    tables: tuple[str, ...],
+    write: Callable[[sa_orm.Session], object],
+) -> Diff:
+    """Run ``write`` in a session of ``maker`` and commit; return what it changed in ``tables``."""
+    before = snapshot(engine, tables)
+    with maker() as session:
+        write(session)
+        session.commit()
+    return table_diff(before, snapshot(engine, tables))
 
 
 def delivered(changeset: dbevents.ChangeSet) -> Diff:

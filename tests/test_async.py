@@ -18,6 +18,22 @@ class AsyncBound(sa_orm.Session):
     """The sync session class of the async sessions under test (installed on, per test)."""
 
 
+def installed(events: dbevents.Events, engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Async sessions of a sync session class of their own, with ``events`` installed on it."""
+
+    class Bound(AsyncBound):
+        pass
+
+    maker = async_sessionmaker(engine, sync_session_class=Bound)
+    events.install(maker)
+    return maker
+
+
+async def create_tables(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
 def test_async_session_runs_callbacks_and_awaits_async_listeners(
     async_engine: AsyncEngine,
 ) -> None:
@@ -41,15 +57,10 @@ def test_async_session_runs_callbacks_and_awaits_async_listeners(
             ("commit", sorted((c.op.value, (c.new or {}).get("name")) for c in changeset.changes))
         )
 
-    class Bound(AsyncBound):
-        pass
-
-    maker = async_sessionmaker(async_engine, sync_session_class=Bound)
-    events.install(maker)
+    maker = installed(events, async_engine)
 
     async def main() -> None:
-        async with async_engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await create_tables(async_engine)
         async with maker() as session:
             session.add(Company(name="uow"))
             await session.execute(sa.insert(Company), [{"name": "bulk"}])
@@ -75,14 +86,10 @@ def test_async_session_of_other_class_is_untouched(async_engine: AsyncEngine) ->
     received: list[ChangeSet] = []
     events.on_commit(received.append)
 
-    class Installed(AsyncBound):
-        pass
-
-    events.install(async_sessionmaker(async_engine, sync_session_class=Installed))
+    installed(events, async_engine)
 
     async def main() -> None:
-        async with async_engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await create_tables(async_engine)
         async with AsyncSession(async_engine) as session:
             session.add(Company(name="x"))
             await session.commit()
@@ -108,15 +115,10 @@ def test_a_commit_an_async_callback_makes_is_delivered_after_in_commit_order(
         company.name = company.name.upper()
         await session.commit()
 
-    class Bound(AsyncBound):
-        pass
-
-    maker = async_sessionmaker(async_engine, sync_session_class=Bound)
-    events.install(maker)
+    maker = installed(events, async_engine)
 
     async def main() -> None:
-        async with async_engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await create_tables(async_engine)
         async with maker() as session:
             sessions.append(session)
             session.add(Company(name="acme"))

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet
-from tests.fixtures import delivered, snapshot, table_diff
+from tests.fixtures import committed_diff, delivered, installed
 
 
 class KBase(sa_orm.DeclarativeBase):
@@ -38,15 +38,15 @@ TABLES = ("people",)
 def Session(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
-    KBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
+    sessions = installed(events, engine, KBase.metadata)
+    maker = next(sessions)
     with engine.begin() as conn:
         conn.execute(
             Person.__table__.insert(),  # type: ignore[attr-defined]
             [{"full_name": "ann", "age_years": 30}],  # (person_id 1, from the sequence)
         )
     yield maker
-    events.uninstall(maker)
+    yield from sessions  # (uninstalls)
 
 
 def _unit_of_work(s: sa_orm.Session) -> None:
@@ -96,11 +96,7 @@ def test_changes_are_keyed_by_column_and_fields_by_attribute(
     def updated(cls: type[Any], rows: Any, fields: dict[str, Any]) -> None:
         keys.update(fields)
 
-    before = snapshot(engine, TABLES)
-    with Session() as session:
-        WRITES[path](session)
-        session.commit()
-    after = snapshot(engine, TABLES)
-    assert table_diff(before, after)  # (every path changes something)
-    assert delivered(changesets[-1]) == table_diff(before, after)
+    changed = committed_diff(Session, engine, TABLES, WRITES[path])
+    assert changed  # (every path changes something)
+    assert delivered(changesets[-1]) == changed
     assert keys <= {"id", "name", "age"}

@@ -18,7 +18,7 @@ from sqlalchemy.orm import DynamicMapped, Mapped, mapped_column, relationship
 
 import dbevents
 from dbevents import ChangeSet, RowSet
-from tests.fixtures import delivered, snapshot, table_diff
+from tests.fixtures import delivered, installed, snapshot, table_diff
 
 
 class VBase(sa_orm.DeclarativeBase):
@@ -76,10 +76,7 @@ TABLES = ("shelves", "books", "posters", "labels")
 def Session(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
-    VBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
-    yield maker
-    events.uninstall(maker)
+    yield from installed(events, engine, VBase.metadata)
 
 
 def shelf(title: str, books: list[str], posters: list[str] = []) -> Shelf:  # noqa: B006

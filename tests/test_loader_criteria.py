@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, RowSet
-from tests.fixtures import delivered, snapshot, table_diff
+from tests.fixtures import committed_diff, delivered
 
 
 class TBase(sa_orm.DeclarativeBase):
@@ -103,14 +103,10 @@ def test_rows_the_criterion_leaves_out_are_neither_changed_nor_reported(
     def before_delete(cls: type[Any], rows: RowSet[Any]) -> None:
         seen.append(sorted(n.id for n in rows))
 
-    before = snapshot(engine, TABLES)
-    with Session() as session:
-        WRITES[path](session)
-        session.commit()
-    after = snapshot(engine, TABLES)
+    changed = committed_diff(Session, engine, TABLES, WRITES[path])
     # (SQLAlchemy applies no criteria to an UPDATE by primary key: each row given is written)
     expected = {(1,), (3,)} if path != "bulk update by key" else {(1,), (2,)}
-    assert {pk for _, pk in table_diff(before, after)} == expected
-    assert delivered(changesets[-1]) == table_diff(before, after)
+    assert {pk for _, pk in changed} == expected
+    assert delivered(changesets[-1]) == changed
     if path != "bulk update by key":  # (per row: before_update runs once for each)
         assert seen == [[1, 3]]

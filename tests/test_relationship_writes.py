@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 import dbevents
 from dbevents import ChangeSet, Op, RowSet
-from tests.fixtures import delivered, snapshot, table_diff, table_rows
+from tests.fixtures import delivered, installed, snapshot, table_diff, table_rows
 from tests.models import Company, Contact
 
 
@@ -87,10 +87,7 @@ class File(RBase):
 def WidgetSession(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
-    RBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
-    yield maker
-    events.uninstall(maker)
+    yield from installed(events, engine, RBase.metadata)
 
 
 # -- many-to-one on an expired object -----------------------------------------------------------
@@ -118,30 +115,7 @@ def test_a_many_to_one_change_has_the_old_key_of_an_expired_object(
     assert update.old == {"company_id": old_id}
 
 
-def test_a_one_to_many_move_has_the_old_key_of_an_expired_child(
-    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
-    engine: sa.Engine,
-    changesets: list[ChangeSet],
-) -> None:
-    tables = ("folders", "files")
-    with WidgetSession() as session:
-        a, b = Folder(id=1), Folder(id=2)
-        files = [File(id=1), File(id=2)]
-        a.files.extend(files)
-        session.add_all([a, b])
-        session.commit()  # the files are expired, and only the folder changes below
-        before = snapshot(engine, tables)
-        b.files.extend(files)
-        session.commit()
-    (_, changeset) = changesets
-    assert delivered(changeset) == table_diff(before, snapshot(engine, tables))
-    assert {c.pk: dict(c.old or {}) for c in changeset.changes} == {
-        (1,): {"folder_id": 1},
-        (2,): {"folder_id": 1},
-    }
-
-
-def test_expired_children_a_one_to_many_moves_are_read_with_one_select(
+def test_a_one_to_many_move_reads_the_old_keys_of_expired_children_with_one_select(
     WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
     engine: sa.Engine,
     changesets: list[ChangeSet],
@@ -152,7 +126,7 @@ def test_expired_children_a_one_to_many_moves_are_read_with_one_select(
         files = [File(id=i, name=f"file {i}") for i in range(1, 6)]
         a.files.extend(files)
         session.add_all([a, b])
-        session.commit()
+        session.commit()  # the files are expired, and only the folder changes below
         before = snapshot(engine, tables)
         files[0].name = "renamed"  # set while expired: not to be overwritten by the read
         b.files.extend(files)
@@ -171,6 +145,10 @@ def test_expired_children_a_one_to_many_moves_are_read_with_one_select(
     assert len(selects) == 1
     (_, changeset) = changesets
     assert delivered(changeset) == table_diff(before, snapshot(engine, tables))
+    assert {c.pk: dict(c.old or {}) for c in changeset.changes} == {
+        (1,): {"folder_id": 1, "name": "file 1"},
+        **{(i,): {"folder_id": 1} for i in range(2, 6)},
+    }
     assert dict(changeset.changes[0].new or {}) == {"folder_id": 2, "name": "renamed"}
 
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet, RowSet
-from tests.fixtures import delivered, snapshot, table_diff
+from tests.fixtures import committed_diff, delivered, installed
 
 
 class IBase(sa_orm.DeclarativeBase):
@@ -58,15 +58,15 @@ WRITES: dict[str, Any] = {
 def Session(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
-    IBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
+    sessions = installed(events, engine, IBase.metadata)
+    maker = next(sessions)
     with maker() as session:
         session.add_all(
             [Employee(id=1, name="ann"), Manager(id=2, name="bob"), Employee(id=3, name="cy")]
         )
         session.commit()
     yield maker
-    events.uninstall(maker)
+    yield from sessions  # (uninstalls)
 
 
 @pytest.mark.parametrize("path", WRITES)
@@ -87,11 +87,7 @@ def test_a_statement_on_a_subclass_changes_and_reports_its_rows_only(
     def before_delete(cls: type[Any], rows: RowSet[Any]) -> None:
         seen.append(("before_delete", sorted(e.id for e in rows)))
 
-    before = snapshot(engine, TABLES)
-    with Session() as session:
-        WRITES[path](session)
-        session.commit()
-    after = snapshot(engine, TABLES)
-    assert {pk for _, pk in table_diff(before, after)} == {(2,)}  # the manager alone
-    assert delivered(changesets[-1]) == table_diff(before, after)
+    changed = committed_diff(Session, engine, TABLES, WRITES[path])
+    assert {pk for _, pk in changed} == {(2,)}  # the manager alone
+    assert delivered(changesets[-1]) == changed
     assert [ids for _, ids in seen] == [[2]]

@@ -20,9 +20,9 @@ from .plan import ModelPlan
 
 __all__ = [
     "load_old_values",
-    "unloaded_moved_children",
     "select_by_identity",
     "unloaded_columns",
+    "unloaded_moved_children",
     "unloaded_set_by_flush",
 ]
 
