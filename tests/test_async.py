@@ -126,3 +126,28 @@ def test_a_commit_an_async_callback_makes_is_delivered_after_in_commit_order(
 
     asyncio.run(main())
     assert received == [[("insert", "acme")], [("update", "ACME")]]
+
+
+def test_a_savepoint_on_the_connection_drops_its_rows_on_rollback(
+    async_engine: AsyncEngine,
+) -> None:
+    events = dbevents.Events()
+    received: list[ChangeSet] = []
+    events.on_commit(received.append)
+    maker = installed(events, async_engine)
+
+    async def main() -> None:
+        await create_tables(async_engine)
+        async with maker() as session:
+            session.add(Company(name="kept"))
+            await session.flush()
+            connection = await session.connection()
+            savepoint = await connection.begin_nested()
+            await session.execute(sa.insert(Company).values(name="undone"))
+            await session.execute(sa.update(Company).values(name="undone too"))
+            await savepoint.rollback()
+            await session.commit()
+
+    asyncio.run(main())
+    (changeset,) = received
+    assert [dict(c.new or {})["name"] for c in changeset.changes] == ["kept"]

@@ -171,3 +171,22 @@ def test_flush_candidates_are_the_states_of_new_dirty_and_deleted(tables: sa.Eng
         assert dirty == [sa.inspect(changed)]
         assert deleted == [sa.inspect(gone)]
         session.rollback()
+
+
+def test_provisioning_connection_tells_the_sessions_own_savepoints(tables: sa.Engine) -> None:
+    seen: list[bool] = []
+    with sa_orm.Session(tables) as session:
+
+        def savepoint(connection: sa.Connection, name: str | None) -> None:
+            seen.append(_compat.provisioning_connection(session))
+
+        sa.event.listen(tables, "savepoint", savepoint)
+        try:
+            assert not _compat.provisioning_connection(session)
+            session.begin_nested()
+            connection = session.connection()  # the session begins its SAVEPOINT here
+            connection.begin_nested().rollback()  # one of the application's
+            session.rollback()
+        finally:
+            sa.event.remove(tables, "savepoint", savepoint)
+    assert seen == [True, False]

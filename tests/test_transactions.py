@@ -269,6 +269,19 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
         def rollback_savepoint(self) -> None:
             self.savepoints.pop().rollback()
 
+        @rule(name=names, n=numbers, keep=st.booleans())
+        def connection_savepoint(self, name: str, n: int, keep: bool) -> None:
+            # one the application begins on the session's connection, not session.begin_nested()
+            self.session.flush()  # what is pending is not the savepoint's
+            savepoint = self.session.connection().begin_nested()
+            self.session.execute(sa.update(Node).where(Node.name == name).values(n=n))
+            self.session.execute(sa.insert(Node), [{"name": name, "n": n}])
+            if keep:
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+                self.session.expire_all()  # the session does not know what it undid
+
         @rule()
         def flush_error_in_savepoint(self) -> None:
             savepoint = self.session.begin_nested()

@@ -26,6 +26,7 @@ __all__ = [
     "flush_running",
     "multi_values",
     "post_updated",
+    "provisioning_connection",
     "sa_version",
     "upsert_clause",
     "where_criteria",
@@ -62,6 +63,21 @@ def flush_candidates(
     deleted = session._deleted
     dirty = [state for state in session._dirty_states if state not in deleted]
     return list(session._new), dirty, list(deleted)
+
+
+def provisioning_connection(session: sa_orm.Session) -> bool:
+    """Whether ``session`` is beginning its transaction on a connection right now.
+
+    A SAVEPOINT emitted meanwhile is the session's own (``begin_nested()``, or
+    ``join_transaction_mode="create_savepoint"``); any other one on its connection
+    was begun by the application.  Private: ``Session._transaction``,
+    ``SessionTransaction._state``.
+    """
+    transaction = session._transaction
+    return transaction is not None and transaction._state is _PROVISIONING
+
+
+_PROVISIONING: Any = sa_orm.session.SessionTransactionState.PROVISIONING_CONNECTION
 
 
 def in_greenlet() -> bool:

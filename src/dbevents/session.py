@@ -5,6 +5,12 @@ SQLAlchemy fires ``after_commit`` when a SAVEPOINT is released and
 Each root or SAVEPOINT transaction gets its own buffer; ``after_commit`` marks
 the one that committed, and ``after_transaction_end`` then merges it into its
 parent (a savepoint), delivers it (the root), or drops it (never marked).
+
+A SAVEPOINT the application begins on the session's connection itself
+(``session.connection().begin_nested()``) is no session transaction, so no
+session event tells of it: its statements do (see ``dispatch.connection``), and
+it gets a buffer the same way, merged when it is released and dropped when it
+is rolled back.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ Transaction = sa_orm.SessionTransaction
 class SessionState:
     """What one :class:`Events` tracks for one session."""
 
-    __slots__ = ("buffers", "events", "flush", "prepared")
+    __slots__ = ("buffers", "events", "flush", "prepared", "savepoints")
 
     def __init__(self, events: Events) -> None:
         self.events = events
@@ -49,15 +55,60 @@ class SessionState:
         self.flush: FlushState | None = None
         #: (change set, buffer version) built in the root's before_commit
         self.prepared: tuple[ChangeSet, int] | None = None
+        #: SAVEPOINTs the application began on the session's connection, outermost
+        #: first: (name, the session transaction they were begun in, buffer)
+        self.savepoints: list[tuple[str, Transaction, Buffer]] = []
 
     def buffer(self, session: sa_orm.Session) -> Buffer:
         """The buffer of the innermost root or SAVEPOINT transaction, begun if need be."""
         transaction = session.get_nested_transaction() or session.get_transaction()
         assert transaction is not None, "rows are only recorded inside a transaction"
+        return self._innermost(transaction)
+
+    def _innermost(self, transaction: Transaction) -> Buffer:
+        """The buffer of ``transaction``'s innermost application SAVEPOINT, else its own."""
+        for _, owner, savepoint_buffer in reversed(self.savepoints):
+            if owner is transaction:
+                return savepoint_buffer
         buffer = self.buffers.get(transaction)
         if buffer is None:
             buffer = self.buffers[transaction] = Buffer()
         return buffer
+
+    # -- SAVEPOINTs begun on the session's connection -----------------------------------
+
+    def savepoint_begun(self, session: sa_orm.Session, name: str) -> None:
+        """The application began SAVEPOINT ``name`` on the session's connection."""
+        transaction = session.get_nested_transaction() or session.get_transaction()
+        if transaction is not None:
+            self.savepoints.append((name, transaction, Buffer()))
+
+    def savepoint_ended(self, name: str, released: bool) -> None:
+        """SAVEPOINT ``name`` was released (its rows join the enclosing one) or rolled back.
+
+        Ending a SAVEPOINT ends those begun after it as well, as in SQL.
+        """
+        names = [begun for begun, _, _ in self.savepoints]
+        if name not in names:
+            return  # one of the session's own
+        index = names.index(name)
+        owner = self.savepoints[index][1]
+        ended, self.savepoints = self.savepoints[index:], self.savepoints[:index]
+        if released:
+            enclosing = self._innermost(owner)
+            for _, _, buffer in ended:
+                buffer.merge_into(enclosing)
+
+    def _end_savepoints_of(self, transaction: Transaction, committed: bool) -> None:
+        """The session transaction ended: so did the SAVEPOINTs begun in it."""
+        if not any(owner is transaction for _, owner, _ in self.savepoints):
+            return
+        ended = [entry for entry in self.savepoints if entry[1] is transaction]
+        self.savepoints = [entry for entry in self.savepoints if entry[1] is not transaction]
+        if committed:
+            own = self._innermost(transaction)
+            for _, _, buffer in ended:
+                buffer.merge_into(own)
 
     # -- transaction events ----------------------------------------------------------------
 
@@ -68,6 +119,8 @@ class SessionState:
         # flush first: the net change set must be complete before anyone looks at it
         session.flush()
         root = session.get_transaction()
+        if root is not None:
+            self._end_savepoints_of(root, committed=True)  # COMMIT keeps what they hold
         buffer = self.buffers.get(root) if root is not None else None
         if not buffer:
             self.prepared = None
@@ -110,16 +163,21 @@ class SessionState:
     def after_commit(self, session: sa_orm.Session) -> None:
         """Mark the transaction that committed: the innermost savepoint, else the root."""
         transaction = session.get_nested_transaction() or session.get_transaction()
-        buffer = self.buffers.get(transaction) if transaction is not None else None
+        if transaction is None:
+            return
+        self._end_savepoints_of(transaction, committed=True)
+        buffer = self.buffers.get(transaction)
         if buffer is not None:
             buffer.committed = True
 
     def after_transaction_end(self, session: sa_orm.Session, transaction: Transaction) -> None:
         """Merge a released savepoint, deliver a committed root, drop anything else."""
+        self._end_savepoints_of(transaction, committed=False)  # rolled back (or merged)
         buffer = self.buffers.pop(transaction, None)
         if transaction.parent is None:
             prepared, self.prepared = self.prepared, None
             self.buffers.clear()
+            self.savepoints.clear()
             end_flushes(session)  # a failed flush never reached after_flush_postexec
         if buffer is None or not buffer.committed or not buffer:
             return
@@ -143,10 +201,7 @@ class SessionState:
         while parent is not None and not (parent.nested or parent.parent is None):
             parent = parent.parent
         assert parent is not None
-        buffer = self.buffers.get(parent)
-        if buffer is None:
-            buffer = self.buffers[parent] = Buffer()
-        return buffer
+        return self._innermost(parent)
 
     def _changeset(self, buffer: Buffer, previous: ChangeSet | None = None) -> ChangeSet:
         return ChangeSet(

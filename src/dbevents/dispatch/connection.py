@@ -10,7 +10,9 @@ on are left alone.
 
 Here a statement is told apart: not a write, a write no one captures, raw SQL
 (:mod:`.uncaptured`), or a write to capture, whose plan :mod:`.dml` makes before it
-runs and carries out after.
+runs and carries out after.  The SAVEPOINT statements of savepoints the
+application begins on the connection itself are followed too: no session event
+tells of those.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.sql.elements import False_
+from sqlalchemy.sql.expression import (
+    ReleaseSavepointClause,
+    RollbackToSavepointClause,
+    SavepointClause,
+)
 
-from .._compat import dml_table, where_criteria
+from .._compat import dml_table, provisioning_connection, where_criteria
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
 from .dml import StatementPlan, plan_statement, record_result
@@ -76,9 +83,12 @@ def _before_execute(
     execution_options: Mapping[str, Any],
 ) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     session, states = _capturing(connection)
-    if session is None or not states:
+    if session is None:
         return statement, multiparams, params
-    if execution_options.get(SKIP_CAPTURE):
+    if isinstance(statement, _SAVEPOINT_STATEMENTS):
+        _follow_savepoint(session, statement)
+        return statement, multiparams, params
+    if not states or execution_options.get(SKIP_CAPTURE):
         return statement, multiparams, params
     if isinstance(statement, sa.TextClause):
         raw_write(states, statement.text)
@@ -111,6 +121,26 @@ def _before_execute(
     )
     _plans.setdefault(connection, []).append(plan)
     return statement, multiparams, params
+
+
+_SAVEPOINT_STATEMENTS: Final = (SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)
+
+
+def _follow_savepoint(session: sa_orm.Session, statement: Any) -> None:
+    """Give a SAVEPOINT the application begins on the connection a buffer of its own.
+
+    Those the session begins itself (``begin_nested()``) have theirs already,
+    through the session's transaction events.  Muted or not, every
+    :class:`Events` follows it: a block unmuted inside it still ends with it.
+    """
+    states: dict[Any, SessionState] = session.info.get(STATE_KEY) or {}
+    name = statement.ident
+    for st in states.values():
+        if isinstance(statement, SavepointClause):
+            if not provisioning_connection(session):
+                st.savepoint_begun(session, name)
+        else:
+            st.savepoint_ended(name, released=isinstance(statement, ReleaseSavepointClause))
 
 
 def _wanted(states: list[SessionState], spec: TableSpec, insert: bool) -> str | None:

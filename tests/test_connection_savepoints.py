@@ -1,0 +1,198 @@
+"""SAVEPOINTs the application begins on the session's connection itself.
+
+``session.connection().begin_nested()`` is no session transaction: SQLAlchemy
+fires no session event for it.  The rows written inside one still leave the
+database when it rolls back, so they must leave the change set too, and they
+join the enclosing transaction when it is released.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+from dbevents import ChangeSet
+from tests.fixtures import Diff, committed_diff, delivered
+from tests.models import Contact
+
+TABLES = ("contacts",)
+contacts: sa.Table = Contact.__table__  # type: ignore[assignment]
+
+Write = Callable[[sa_orm.Session, int], object]
+
+
+def _statement(session: sa_orm.Session, key: int) -> None:
+    session.execute(sa.insert(Contact).values(id=key, email=f"{key}@x"))
+    session.execute(sa.update(Contact).where(Contact.id == 1).values(name=f"set in {key}"))
+
+
+def _core(session: sa_orm.Session, key: int) -> None:
+    connection = session.connection()
+    connection.execute(contacts.insert().values(id=key, email=f"{key}@x"))
+    connection.execute(contacts.delete().where(contacts.c.id == 2))
+
+
+def _unit_of_work(session: sa_orm.Session, key: int) -> None:
+    session.add(Contact(id=key, email=f"{key}@x"))
+    session.get_one(Contact, 1).name = f"set in {key}"
+    session.flush()
+
+
+WRITES = pytest.mark.parametrize("write", [_statement, _core, _unit_of_work])
+
+
+@pytest.fixture
+def seeded(Session: sa_orm.sessionmaker[sa_orm.Session], changesets: list[ChangeSet]) -> None:
+    with Session() as session:
+        session.add_all([Contact(id=1, email="1@x"), Contact(id=2, email="2@x")])
+        session.commit()
+    changesets.clear()
+
+
+def _assert_delivered(changesets: list[ChangeSet], diff: Diff) -> None:
+    """The transaction's change set is exactly what it changed in the table."""
+    if diff:
+        (changeset,) = changesets
+        assert delivered(changeset) == diff
+    else:
+        assert changesets == []
+
+
+@WRITES
+@pytest.mark.parametrize("end", ["rollback", "commit"])
+@pytest.mark.usefixtures("seeded")
+def test_a_savepoint_on_the_connection_keeps_or_drops_its_rows(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+    write: Write,
+    end: str,
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        session.add(Contact(id=10, email="before@x"))
+        session.flush()
+        savepoint = session.connection().begin_nested()
+        write(session, 11)
+        getattr(savepoint, end)()
+        session.add(Contact(id=12, email="after@x"))
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert (("contacts", (11,)) in diff) is (end == "commit")
+    _assert_delivered(changesets, diff)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_a_rolled_back_savepoint_inside_a_session_savepoint(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        with session.begin_nested():
+            _statement(session, 10)
+            savepoint = session.connection().begin_nested()
+            _statement(session, 11)
+            savepoint.rollback()
+            _core(session, 12)
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert {pk for _, pk in diff} == {(1,), (2,), (10,), (12,)}
+    _assert_delivered(changesets, diff)
+
+
+@pytest.mark.parametrize("end", ["rollback", "commit"])
+@pytest.mark.usefixtures("seeded")
+def test_a_session_savepoint_inside_one_on_the_connection(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+    end: str,
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        savepoint = session.connection().begin_nested()
+        _statement(session, 10)
+        with session.begin_nested():  # released into the connection's savepoint
+            _core(session, 11)
+        getattr(savepoint, end)()
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert bool(diff) is (end == "commit")
+    _assert_delivered(changesets, diff)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_a_savepoint_left_open_commits_with_the_transaction(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        session.connection().begin_nested()
+        _statement(session, 10)
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert ("contacts", (10,)) in diff
+    _assert_delivered(changesets, diff)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_a_savepoint_left_open_ends_with_a_rollback(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        session.connection().begin_nested()
+        _statement(session, 10)
+        session.rollback()
+        _core(session, 11)  # the next transaction starts clean
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert set(diff) == {("contacts", (11,)), ("contacts", (2,))}
+    _assert_delivered(changesets, diff)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_a_savepoint_begun_while_muted_still_drops_its_rows(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    events: dbevents.Events,
+    tables: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        with events.muted():
+            savepoint = session.connection().begin_nested()
+        _statement(session, 10)
+        savepoint.rollback()
+        _core(session, 11)
+
+    diff = committed_diff(Session, tables, TABLES, transaction)
+    assert ("contacts", (10,)) not in diff
+    _assert_delivered(changesets, diff)
+
+
+def test_a_session_joined_to_an_outer_transaction_keeps_its_own_savepoints(
+    events: dbevents.Events, tables: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    # join_transaction_mode="create_savepoint": every transaction of the session is a
+    # SAVEPOINT the session begins itself, and its commit is that SAVEPOINT's release
+    with tables.connect() as connection:
+        outer = connection.begin()
+        maker = events.install(
+            sa_orm.sessionmaker(connection, join_transaction_mode="create_savepoint")
+        )
+        try:
+            with maker() as session:
+                session.add(Contact(id=1, email="1@x"))
+                session.commit()
+                session.add(Contact(id=2, email="2@x"))
+                session.rollback()
+        finally:
+            events.uninstall(maker)
+            outer.rollback()
+    (changeset,) = changesets
+    assert [(c.table, c.pk) for c in changeset.changes] == [("contacts", (1,))]
