@@ -21,7 +21,7 @@ from .._compat import explicit_returning, upsert_clause
 from ..changes import Op
 from ..mapping import TableSpec, column_name
 from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
-from .returning import Returns, set_columns, update_from_locked, updated_columns
+from .returning import Returns, set_columns, set_literals, update_from_locked, updated_columns
 from .stored import (
     inserted_rows,
     keys_of,
@@ -56,6 +56,7 @@ class StatementPlan:
         "op",
         "returns",
         "session",
+        "set_to",
         "sets_key",
         "spec",
         "statement",
@@ -76,6 +77,7 @@ class StatementPlan:
         old_columns: Sequence[sa.ColumnElement[Any]] = (),
         sets_key: bool = False,
         old_rows: Sequence[Sequence[Any]] = (),
+        set_to: tuple[Any, ...] = (),
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -93,8 +95,11 @@ class StatementPlan:
         self.states = states
         #: UPDATE / DELETE: the affected rows as they were, by primary key
         self.before = before
-        #: Returns.NEW_OF_READ: the affected rows as they were, ``columns`` by position
+        #: Returns.NEW_OF_READ / SET_OF_READ: the affected rows as they were, ``columns``
+        #: by position
         self.old_rows = old_rows
+        #: Returns.SET_OF_READ: the values the UPDATE SETs, one for each non-key column
+        self.set_to = set_to
 
 
 def plan_statement(
@@ -129,6 +134,7 @@ def plan_statement(
     returns = Returns.NEW
     old_columns: list[Any] = []
     old_rows: Sequence[Sequence[Any]] = ()
+    set_to: tuple[Any, ...] = ()
     sets_key = isinstance(statement, sa.Update) and bool(
         (set_columns(table, statement, parameters) or set()) & set(spec.pk)
     )
@@ -178,9 +184,14 @@ def plan_statement(
         ):
             # read first (locked where the database can), paired with RETURNING by position
             old_rows = read_tuples(connection, columns, statement.whereclause, parameters[0])
-            if old_rows:
-                statement = statement.return_defaults(supplemental_cols=columns)
-            returns = Returns.NEW_OF_READ
+            names = [name for name in map(column_name, columns) if name not in spec.pk]
+            literals = set_literals(table, statement, parameters[0], names)
+            if literals is not None:  # plain values: the rows read tell what it writes
+                set_to, returns = literals, Returns.SET_OF_READ
+            else:
+                if old_rows:
+                    statement = statement.return_defaults(supplemental_cols=columns)
+                returns = Returns.NEW_OF_READ
         else:  # read first, locked where the database can
             before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
             if (
@@ -204,6 +215,7 @@ def plan_statement(
         old_columns,
         sets_key,
         old_rows,
+        set_to,
     )
     return statement, plan
 
@@ -240,15 +252,24 @@ def record_result(
         before = dict(zip(keys_of(spec, deleted), deleted, strict=True))
         record_rows(plan.session, plan.states, spec, plan.op, before, None)
         report(Written(spec, plan.op, list(before)))
+    elif plan.returns is Returns.SET_OF_READ and result.rowcount != len(plan.old_rows):
+        # the UPDATE left out rows the read found, by a criterion SQLAlchemy adds as it
+        # compiles (a single-table subclass, with_loader_criteria): the rows it wrote are
+        # those read whose values differ now (one it set to what it had can't be told)
+        before = rows_by_key(spec, plan.columns, plan.old_rows)
+        after = read_rows(connection, spec, None, [], pks=list(before), columns=plan.columns)
+        record_update(plan.session, plan.states, spec, before, after, sets_key=False)
+        report(Written(spec, Op.UPDATE, [pk for pk, row in after.items() if row != before[pk]]))
     elif (
-        plan.returns in (Returns.OLD_AND_NEW, Returns.NEW_OF_READ)
+        plan.returns in (Returns.OLD_AND_NEW, Returns.NEW_OF_READ, Returns.SET_OF_READ)
         and (
             changes := update_diffs(
                 spec,
                 plan.columns,
                 result,
                 old_columns=plan.old_columns,
-                old_rows=plan.old_rows if plan.returns is Returns.NEW_OF_READ else None,
+                old_rows=plan.old_rows if plan.returns is not Returns.OLD_AND_NEW else None,
+                set_to=plan.set_to if plan.returns is Returns.SET_OF_READ else None,
             )
         )
         is not None

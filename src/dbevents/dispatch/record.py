@@ -46,25 +46,32 @@ def update_diffs(
     *,
     old_columns: Sequence[sa.ColumnElement[Any]] = (),
     old_rows: Sequence[Sequence[Any]] | None = None,
+    set_to: tuple[Any, ...] | None = None,
 ) -> tuple[Diffs, list[tuple[Any, ...]]] | None:
     """The changes of an UPDATE that returned ``columns`` of each row it changed.
 
     The old values are either returned next to the new ones (``old_columns``, one
     for each of ``columns``: PostgreSQL), or were read before it (``old_rows``,
     ``columns`` by position: :func:`~.stored.read_tuples`), then paired by position,
-    by key if the two came in different orders.  Returns the changed rows and the
-    keys of every row the UPDATE matched, or None when the rows are keyed otherwise
-    than by name.
+    by key if the two came in different orders.  When the UPDATE SETs plain values
+    (``set_to``, one for each non-key column), it returned nothing: those are the new
+    values of every row read.  Returns the changed rows and the keys of every row the
+    UPDATE matched, or None when the rows are keyed otherwise than by name.
     """
     if old_rows is not None and not old_rows:  # no row matched: nothing was returned
         return [], []
+    names = [name for name in map(column_name, columns) if name not in spec.pk]
+    if old_rows is not None and set_to is not None:
+        read_at = {column_name(column): i for i, column in enumerate(columns)}
+        keys = list(_picked(old_rows, [read_at[name] for name in spec.pk]))
+        olds = _picked(old_rows, [read_at[name] for name in names])
+        return _paired_diffs(names, zip(keys, olds, repeat(set_to))), keys
     rows = returning_rows(result)
     if rows is None:
         return None
     if not rows:
         return [], []
     at = {key: i for i, key in enumerate(rows[0]._mapping.keys())}
-    names = [name for name in map(column_name, columns) if name not in spec.pk]
     try:
         keys = list(_picked(rows, [at[name] for name in spec.pk]))
         news = _picked(rows, [at[name] for name in names])

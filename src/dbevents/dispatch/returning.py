@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from .._compat import dml_values
 from ..mapping import TableSpec
 
-__all__ = ["Returns", "set_columns", "update_from_locked", "updated_columns"]
+__all__ = ["Returns", "set_columns", "set_literals", "update_from_locked", "updated_columns"]
 
 Row = dict[str, Any]
 
@@ -27,6 +27,7 @@ class Returns(enum.Enum):
 
     NEW = "new"  # INSERT / UPDATE: the rows as stored (the old ones were read first, by key)
     NEW_OF_READ = "new of read"  # UPDATE: the rows as stored, of those read first as tuples
+    SET_OF_READ = "set of read"  # UPDATE (nothing returned): the values it SETs, over those read
     OLD = "old"  # DELETE: the rows as they were
     OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
 
@@ -70,6 +71,53 @@ def set_columns(
     if any(key not in names for key in keys):
         return None
     return {names[key] for key in keys}
+
+
+#: column types whose stored value reads back as exactly the Python value of this type
+#: that was sent (exact classes: CHAR pads, Enum maps, a TypeDecorator may convert)
+_STORED_AS_SENT: Final[dict[type[Any], type[Any]]] = {
+    **dict.fromkeys(
+        (sa.String, sa.Text, sa.Unicode, sa.UnicodeText, sa.VARCHAR, sa.NVARCHAR, sa.TEXT), str
+    ),
+    **dict.fromkeys(
+        (sa.Integer, sa.BigInteger, sa.SmallInteger, sa.INTEGER, sa.BIGINT, sa.SMALLINT), int
+    ),
+    **dict.fromkeys((sa.Boolean, sa.BOOLEAN), bool),
+}
+
+
+def set_literals(
+    table: sa.Table, statement: Any, parameters: Mapping[str, Any], names: Sequence[str]
+) -> tuple[Any, ...] | None:
+    """The value an UPDATE SETs each of the columns ``names`` to, when it is a plain value
+    stored exactly as sent; None when any of them is not (an expression, a default the
+    statement computes, a value the column's type converts): only RETURNING tells those.
+
+    Then the UPDATE need not return its rows: the rows read before it, with these
+    values, are the rows it wrote.
+    """
+    pairs = dml_values(statement)
+    if not pairs:
+        return None
+    columns = {column.key: column for column in table.columns}
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        column = columns.get(_column_key(key))
+        if (
+            column is None
+            or not isinstance(value, sa.BindParameter)
+            or value.callable is not None
+            or value.required
+            or value.key in parameters
+        ):
+            return None
+        literal = value.value
+        if literal is not None and type(literal) is not _STORED_AS_SENT.get(type(column.type)):
+            return None
+        values[column.name] = literal
+    if any(name not in values for name in names):
+        return None  # set by an onupdate default, or otherwise than by a value
+    return tuple([values[name] for name in names])
 
 
 def _column_key(key: Any) -> Any:
