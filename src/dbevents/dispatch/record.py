@@ -110,10 +110,14 @@ def _paired_diffs(
     A hot loop: an unchanged row and a row whose every column changed are told by
     C-level comparisons; only the rest is compared column by column.  (Values read
     from the database are separate objects, so a column compared equal here is
-    also what :func:`_diff_values` would call unchanged.)
+    also what :func:`_diff_values` would call unchanged.)  Rows given the very same
+    new values tuple (an UPDATE of plain values) share one dict of them: recorded
+    rows are values that nothing changes in place.
     """
     diffs: Diffs = []
     eq = operator.eq
+    shared: tuple[Any, ...] | None = None
+    shared_row: Row = {}
     for key, was, now in rows:
         try:
             if was == now:
@@ -123,7 +127,9 @@ def _paired_diffs(
             whole = False
         if whole:
             # zip with any keyword costs a third of this loop; the tuples hold one value per name
-            diffs += (key, dict(zip(names, was)), dict(zip(names, now)))  # noqa: B905
+            if now is not shared:
+                shared, shared_row = now, dict(zip(names, now))  # noqa: B905
+            diffs += (key, dict(zip(names, was)), shared_row)  # noqa: B905
         else:
             changed = _diff_values(names, was, now)
             if changed is not None:
