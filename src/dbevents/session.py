@@ -101,9 +101,9 @@ class SessionState:
 
     def _end_savepoints_of(self, transaction: Transaction, committed: bool) -> None:
         """The session transaction ended: so did the SAVEPOINTs begun in it."""
-        if not any(owner is transaction for _, owner, _ in self.savepoints):
-            return
         ended = [entry for entry in self.savepoints if entry[1] is transaction]
+        if not ended:
+            return
         self.savepoints = [entry for entry in self.savepoints if entry[1] is not transaction]
         if committed:
             own = self._innermost(transaction)
