@@ -43,34 +43,37 @@ def _unit_of_work(session: sa_orm.Session, key: int) -> None:
 
 
 WRITES = pytest.mark.parametrize("write", [_statement, _core, _unit_of_work])
+Committed = Callable[[Callable[[sa_orm.Session], None]], Diff]
 
 
 @pytest.fixture
-def seeded(Session: sa_orm.sessionmaker[sa_orm.Session], changesets: list[ChangeSet]) -> None:
+def committed(
+    Session: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, changesets: list[ChangeSet]
+) -> Committed:
+    """Run a transaction on two stored contacts and commit it; check that its change set is
+    exactly what it changed in the table, and return that."""
     with Session() as session:
         session.add_all([Contact(id=1, email="1@x"), Contact(id=2, email="2@x")])
         session.commit()
     changesets.clear()
 
+    def run(transaction: Callable[[sa_orm.Session], None]) -> Diff:
+        diff = committed_diff(Session, tables, TABLES, transaction)
+        if diff:
+            (changeset,) = changesets
+            assert delivered(changeset) == diff
+        else:
+            assert changesets == []
+        changesets.clear()
+        return diff
 
-def _assert_delivered(changesets: list[ChangeSet], diff: Diff) -> None:
-    """The transaction's change set is exactly what it changed in the table."""
-    if diff:
-        (changeset,) = changesets
-        assert delivered(changeset) == diff
-    else:
-        assert changesets == []
+    return run
 
 
 @WRITES
 @pytest.mark.parametrize("end", ["rollback", "commit"])
-@pytest.mark.usefixtures("seeded")
 def test_a_savepoint_on_the_connection_keeps_or_drops_its_rows(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
-    write: Write,
-    end: str,
+    committed: Committed, write: Write, end: str
 ) -> None:
     def transaction(session: sa_orm.Session) -> None:
         session.add(Contact(id=10, email="before@x"))
@@ -80,17 +83,10 @@ def test_a_savepoint_on_the_connection_keeps_or_drops_its_rows(
         getattr(savepoint, end)()
         session.add(Contact(id=12, email="after@x"))
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert (("contacts", (11,)) in diff) is (end == "commit")
-    _assert_delivered(changesets, diff)
+    assert (("contacts", (11,)) in committed(transaction)) is (end == "commit")
 
 
-@pytest.mark.usefixtures("seeded")
-def test_a_rolled_back_savepoint_inside_a_session_savepoint(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
-) -> None:
+def test_a_rolled_back_savepoint_inside_a_session_savepoint(committed: Committed) -> None:
     def transaction(session: sa_orm.Session) -> None:
         with session.begin_nested():
             _statement(session, 10)
@@ -99,19 +95,11 @@ def test_a_rolled_back_savepoint_inside_a_session_savepoint(
             savepoint.rollback()
             _core(session, 12)
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert {pk for _, pk in diff} == {(1,), (2,), (10,), (12,)}
-    _assert_delivered(changesets, diff)
+    assert {pk for _, pk in committed(transaction)} == {(1,), (2,), (10,), (12,)}
 
 
 @pytest.mark.parametrize("end", ["rollback", "commit"])
-@pytest.mark.usefixtures("seeded")
-def test_a_session_savepoint_inside_one_on_the_connection(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
-    end: str,
-) -> None:
+def test_a_session_savepoint_inside_one_on_the_connection(committed: Committed, end: str) -> None:
     def transaction(session: sa_orm.Session) -> None:
         savepoint = session.connection().begin_nested()
         _statement(session, 10)
@@ -119,49 +107,29 @@ def test_a_session_savepoint_inside_one_on_the_connection(
             _core(session, 11)
         getattr(savepoint, end)()
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert bool(diff) is (end == "commit")
-    _assert_delivered(changesets, diff)
+    assert bool(committed(transaction)) is (end == "commit")
 
 
-@pytest.mark.usefixtures("seeded")
-def test_a_savepoint_left_open_commits_with_the_transaction(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
-) -> None:
+def test_a_savepoint_left_open_commits_with_the_transaction(committed: Committed) -> None:
     def transaction(session: sa_orm.Session) -> None:
         session.connection().begin_nested()
         _statement(session, 10)
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert ("contacts", (10,)) in diff
-    _assert_delivered(changesets, diff)
+    assert ("contacts", (10,)) in committed(transaction)
 
 
-@pytest.mark.usefixtures("seeded")
-def test_a_savepoint_left_open_ends_with_a_rollback(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
-) -> None:
+def test_a_savepoint_left_open_ends_with_a_rollback(committed: Committed) -> None:
     def transaction(session: sa_orm.Session) -> None:
         session.connection().begin_nested()
         _statement(session, 10)
         session.rollback()
         _core(session, 11)  # the next transaction starts clean
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert set(diff) == {("contacts", (11,)), ("contacts", (2,))}
-    _assert_delivered(changesets, diff)
+    assert set(committed(transaction)) == {("contacts", (11,)), ("contacts", (2,))}
 
 
-@pytest.mark.usefixtures("seeded")
 def test_a_savepoint_begun_while_muted_still_drops_its_rows(
-    Session: sa_orm.sessionmaker[sa_orm.Session],
-    events: dbevents.Events,
-    tables: sa.Engine,
-    changesets: list[ChangeSet],
+    committed: Committed, events: dbevents.Events
 ) -> None:
     def transaction(session: sa_orm.Session) -> None:
         with events.muted():
@@ -170,9 +138,7 @@ def test_a_savepoint_begun_while_muted_still_drops_its_rows(
         savepoint.rollback()
         _core(session, 11)
 
-    diff = committed_diff(Session, tables, TABLES, transaction)
-    assert ("contacts", (10,)) not in diff
-    _assert_delivered(changesets, diff)
+    assert ("contacts", (10,)) not in committed(transaction)
 
 
 def test_a_session_joined_to_an_outer_transaction_keeps_its_own_savepoints(
