@@ -182,7 +182,8 @@ def plan_statement(
             and not keys_only
             and not sets_key  # old and new rows are paired by key, which must hold still
         ):
-            # read first (locked where the database can), paired with RETURNING by position
+            # read first (locked where the database can); the new values are those it SETs,
+            # or what RETURNING gives back, paired with the rows read by position
             old_rows = read_tuples(connection, columns, statement.whereclause, parameters[0])
             names = [name for name in map(column_name, columns) if name not in spec.pk]
             literals = set_literals(table, statement, parameters[0], names)
