@@ -110,6 +110,19 @@ def committed_diff(
     return table_diff(before, snapshot(engine, tables))
 
 
+def row_sets(events: dbevents.Events, model: type[Any]) -> list[list[tuple[Any, ...]]]:
+    """The rows each ``before_update`` / ``before_delete`` of ``model`` receives, loaded and
+    named by primary key, call by call: filled in as the callbacks run."""
+    seen: list[list[tuple[Any, ...]]] = []
+
+    def record(cls: type[Any], rows: dbevents.RowSet[Any], *fields: Any) -> None:
+        seen.append(sorted(sa.inspect(row).identity for row in rows))
+
+    events.listens_for(model, "before_update")(record)
+    events.listens_for(model, "before_delete")(record)
+    return seen
+
+
 def delivered(changeset: dbevents.ChangeSet) -> Diff:
     """A change set in the shape of :func:`table_diff`."""
     return {

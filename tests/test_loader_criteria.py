@@ -17,8 +17,8 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
-from dbevents import ChangeSet, RowSet
-from tests.fixtures import committed_diff, delivered
+from dbevents import ChangeSet
+from tests.fixtures import committed_diff, delivered, row_sets
 
 
 class TBase(sa_orm.DeclarativeBase):
@@ -93,20 +93,11 @@ def test_rows_the_criterion_leaves_out_are_neither_changed_nor_reported(
     engine: sa.Engine,
     changesets: list[ChangeSet],
 ) -> None:
-    seen: list[list[int]] = []
-
-    @events.listens_for(Note, "before_update")
-    def before_update(cls: type[Any], rows: RowSet[Any], fields: dict[str, Any]) -> None:
-        seen.append(sorted(n.id for n in rows))
-
-    @events.listens_for(Note, "before_delete")
-    def before_delete(cls: type[Any], rows: RowSet[Any]) -> None:
-        seen.append(sorted(n.id for n in rows))
-
+    seen = row_sets(events, Note)
     changed = committed_diff(Session, engine, TABLES, WRITES[path])
     # (SQLAlchemy applies no criteria to an UPDATE by primary key: each row given is written)
     expected = {(1,), (3,)} if path != "bulk update by key" else {(1,), (2,)}
     assert {pk for _, pk in changed} == expected
     assert delivered(changesets[-1]) == changed
     if path != "bulk update by key":  # (per row: before_update runs once for each)
-        assert seen == [[1, 3]]
+        assert seen == [[(1,), (3,)]]

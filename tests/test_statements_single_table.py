@@ -17,8 +17,8 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
-from dbevents import ChangeSet, RowSet
-from tests.fixtures import committed_diff, delivered, installed
+from dbevents import ChangeSet
+from tests.fixtures import committed_diff, delivered, installed, row_sets
 
 
 class IBase(sa_orm.DeclarativeBase):
@@ -77,17 +77,8 @@ def test_a_statement_on_a_subclass_changes_and_reports_its_rows_only(
     engine: sa.Engine,
     changesets: list[ChangeSet],
 ) -> None:
-    seen: list[Any] = []
-
-    @events.listens_for(Manager, "before_update")
-    def before_update(cls: type[Any], rows: RowSet[Any], fields: dict[str, Any]) -> None:
-        seen.append(("before_update", sorted(e.id for e in rows)))
-
-    @events.listens_for(Manager, "before_delete")
-    def before_delete(cls: type[Any], rows: RowSet[Any]) -> None:
-        seen.append(("before_delete", sorted(e.id for e in rows)))
-
+    seen = row_sets(events, Manager)
     changed = committed_diff(Session, engine, TABLES, WRITES[path])
     assert {pk for _, pk in changed} == {(2,)}  # the manager alone
     assert delivered(changesets[-1]) == changed
-    assert [ids for _, ids in seen] == [[2]]
+    assert seen == [[(2,)]]

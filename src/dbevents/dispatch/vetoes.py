@@ -142,10 +142,11 @@ def _key_values(state: State, columns: list[sa.ColumnElement[Any]]) -> tuple[Any
 
 def _delete_cascades(mapper: sa_orm.Mapper[Any]) -> list[sa_orm.RelationshipProperty[Any]]:
     """The one-to-many relationships of ``mapper`` whose delete cascades to their rows."""
+    relationships = mapper.relationships
     return [
-        rel
-        for rel in mapper.relationships
-        if rel.direction is sa_orm.ONETOMANY and rel.secondary is None and rel.cascade.delete
+        relationships[key]
+        for key in mapper_spec(mapper).one_to_many
+        if relationships[key].cascade.delete
     ]
 
 
