@@ -86,6 +86,14 @@ def test_explicit_returning_and_where_criteria() -> None:
     assert len(_compat.where_criteria(plain)) == 2
 
 
+def test_returns_defaults_and_prefixes() -> None:
+    plain = sa.insert(companies)
+    assert not _compat.returns_defaults(plain) and _compat.prefixes(plain) == ()
+    assert _compat.returns_defaults(plain.return_defaults(companies.c.id))
+    (prefix,) = _compat.prefixes(plain.prefix_with("OR IGNORE"))
+    assert "OR IGNORE" in str(prefix[0])
+
+
 def test_dml_values_round_trip() -> None:
     table = companies
     statement = sa.update(table).values(name="a", rating=2)

@@ -26,7 +26,9 @@ __all__ = [
     "flush_running",
     "multi_values",
     "post_updated",
+    "prefixes",
     "provisioning_connection",
+    "returns_defaults",
     "sa_version",
     "upsert_clause",
     "where_criteria",
@@ -139,6 +141,17 @@ def post_updated(flush_context: Any) -> list[tuple[sa_orm.InstanceState[Any], se
 def explicit_returning(statement: Any) -> bool:
     """Whether a DML statement has a RETURNING clause of its own (private: ``_returning``)."""
     return bool(getattr(statement, "_returning", ()))
+
+
+def returns_defaults(statement: Any) -> bool:
+    """Whether a DML statement was given ``return_defaults()`` (private: ``_return_defaults``);
+    SQLAlchemy's bulk INSERT gives it one when it needs the new keys itself."""
+    return bool(getattr(statement, "_return_defaults", False))
+
+
+def prefixes(statement: Any) -> tuple[Any, ...]:
+    """A statement's ``prefix_with()`` prefixes, such as ``OR REPLACE`` (private: ``_prefixes``)."""
+    return tuple(getattr(statement, "_prefixes", ()))
 
 
 def dml_values(statement: Any) -> list[tuple[Any, Any]] | None:

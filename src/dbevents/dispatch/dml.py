@@ -22,6 +22,7 @@ from ..changes import Op
 from ..mapping import TableSpec, column_name
 from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
 from .returning import Returns, set_columns, set_literals, update_from_locked, updated_columns
+from .rowids import last_rowid, rows_after
 from .stored import (
     inserted_rows,
     keys_of,
@@ -33,7 +34,7 @@ from .stored import (
 )
 from .uncaptured import uncaptured
 from .upsert import conflicting_rows
-from .written import Written, report
+from .written import Written, collecting, report
 
 if TYPE_CHECKING:
     from ..session import SessionState
@@ -55,6 +56,7 @@ class StatementPlan:
         "old_rows",
         "op",
         "returns",
+        "rowid",
         "session",
         "set_to",
         "sets_key",
@@ -78,6 +80,7 @@ class StatementPlan:
         sets_key: bool = False,
         old_rows: Sequence[Sequence[Any]] = (),
         set_to: tuple[Any, ...] = (),
+        rowid: tuple[str, int] | None = None,
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -100,6 +103,8 @@ class StatementPlan:
         self.old_rows = old_rows
         #: Returns.SET_OF_READ: the values the UPDATE SETs, one for each non-key column
         self.set_to = set_to
+        #: Returns.AFTER_ROWID: the rowid's name and the largest before the INSERT
+        self.rowid = rowid
 
 
 def plan_statement(
@@ -135,13 +140,19 @@ def plan_statement(
     old_columns: list[Any] = []
     old_rows: Sequence[Sequence[Any]] = ()
     set_to: tuple[Any, ...] = ()
+    rowid: tuple[str, int] | None = None
     sets_key = isinstance(statement, sa.Update) and bool(
         (set_columns(table, statement, parameters) or set()) & set(spec.pk)
     )
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         before = upserted
-        if not explicit_returning(statement) and (
+        if upserted is None and len(parameters) > 1:
+            # a bulk INSERT: on SQLite, the rows above the largest rowid once it ran
+            rowid = last_rowid(connection, spec, statement, parameters)
+        if rowid is not None:
+            returns = Returns.AFTER_ROWID
+        elif not explicit_returning(statement) and (
             dialect.insert_executemany_returning
             if len(parameters) > 1
             else dialect.insert_returning
@@ -217,6 +228,7 @@ def plan_statement(
         sets_key,
         old_rows,
         set_to,
+        rowid,
     )
     return statement, plan
 
@@ -229,7 +241,7 @@ def record_result(
     if plan.keys_only:
         _after_keys(connection, plan, result)
     elif plan.op in (Op.INSERT, Op.LINK):
-        inserted = inserted_rows(connection, spec, plan.columns, result)
+        inserted = _inserted_rows(connection, plan, result)
         if not inserted and _unidentified(plan.statement, result):
             uncaptured(
                 plan.states,
@@ -307,6 +319,19 @@ def record_result(
         report(Written(spec, plan.op, list(plan.before or ())))
 
 
+def _inserted_rows(
+    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
+) -> list[Row]:
+    """The rows the planned INSERT added, as stored (the key alone if that is all wanted)."""
+    if plan.rowid is not None:
+        names = [column_name(column) for column in plan.columns]
+        return [
+            dict(zip(names, values))  # noqa: B905 (a hot loop; one value per name)
+            for values in rows_after(connection, plan.columns, plan.rowid)
+        ]
+    return inserted_rows(connection, plan.spec, plan.columns, result, keys_only=plan.keys_only)
+
+
 def _unidentified(statement: Any, result: sa.CursorResult[Any]) -> bool:
     """Whether an INSERT that wrote rows left dbevents no way to tell which: an explicit
     RETURNING of the caller's, and no key among the values sent."""
@@ -321,12 +346,18 @@ def _after_keys(
 ) -> None:
     """Record and report the rows of a statement whose keys are all that is wanted."""
     spec, op = plan.spec, plan.op
-    if op in (Op.INSERT, Op.LINK):
-        rows = inserted_rows(connection, spec, plan.columns, result, keys_only=True)
-    elif plan.before is not None:
-        rows = list(plan.before.values())
+    rows: list[Row]
+    if op in (Op.INSERT, Op.LINK) and plan.rowid is not None:
+        # the key's columns, in the key's order: each row read is its key
+        keys = rows_after(connection, plan.columns, plan.rowid)
+        rows = [dict(zip(spec.pk, key, strict=True)) for key in keys] if collecting() else []
     else:
-        rows = returned_rows(plan.columns, result) or []
-    keys = keys_of(spec, rows)
+        if op in (Op.INSERT, Op.LINK):
+            rows = _inserted_rows(connection, plan, result)
+        elif plan.before is not None:
+            rows = list(plan.before.values())
+        else:
+            rows = returned_rows(plan.columns, result) or []
+        keys = keys_of(spec, rows)
     record_keys(plan.session, plan.states, spec, op, keys)
     report(Written(spec, op, keys, rows if op in (Op.INSERT, Op.LINK) else ()))

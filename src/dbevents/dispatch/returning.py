@@ -30,6 +30,7 @@ class Returns(enum.Enum):
     SET_OF_READ = "set of read"  # UPDATE (nothing returned): the values it SETs, over those read
     OLD = "old"  # DELETE: the rows as they were
     OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
+    AFTER_ROWID = "after rowid"  # SQLite bulk INSERT (nothing returned): the rows read after it
 
 
 _OLD_PREFIX: Final = "dbevents_old_"

@@ -21,6 +21,7 @@ from ..mapping import TableSpec, column_name
 __all__ = [
     "SKIP_CAPTURE",
     "Row",
+    "fetch_tuples",
     "inserted_rows",
     "keys_of",
     "pk_of",
@@ -183,11 +184,18 @@ def read_tuples(
         query = query.where(where)
     if connection.dialect.name != "sqlite":
         query = query.with_for_update()
+    return fetch_tuples(connection, query, parameters)
+
+
+def fetch_tuples(
+    connection: sa.Connection, query: sa.Select[Any], parameters: Mapping[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """The rows of a query, as tuples."""
     # kept as tuples, a few hundred Rows at a time: the garbage collector stops tracking
     # a tuple of plain values, while ten thousand Rows alive at once would each be
     # counted towards its next full collection
     rows: list[tuple[Any, ...]] = []
-    for part in connection.execute(query, dict(parameters)).partitions(_CHUNK):
+    for part in connection.execute(query, dict(parameters or {})).partitions(_CHUNK):
         rows += map(tuple, part)
     return rows
 
