@@ -73,26 +73,26 @@ class Defaulted(RBase):
     name: Mapped[str]
 
 
-class Shadowed(RBase):
-    """Columns named as two of the rowid's three names: the third still reads it."""
+class RowidNamed:
+    """Columns named as two of the rowid's three names."""
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    rowid: Mapped[int | None] = mapped_column("rowid")
+    rowid_: Mapped[int | None] = mapped_column("_rowid_")
+
+
+class Shadowed(RowidNamed, RBase):
+    """The third name still reads the rowid."""
 
     __tablename__ = "shadowed"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
-    rowid: Mapped[int | None] = mapped_column("rowid")
-    rowid_: Mapped[int | None] = mapped_column("_rowid_")
 
-
-class Hidden(RBase):
-    """Columns named as all three: the rowid can't be read."""
+class Hidden(RowidNamed, RBase):
+    """Named as all three: the rowid can't be read."""
 
     __tablename__ = "hidden"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
-    rowid: Mapped[int | None] = mapped_column("rowid")
-    rowid_: Mapped[int | None] = mapped_column("_rowid_")
     oid: Mapped[int | None]
 
 
