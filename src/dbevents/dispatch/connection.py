@@ -116,10 +116,12 @@ def _before_execute(
             f'or mute the block on purpose (Events(raw_sql="ignore") silences this)',
         )
         return statement, multiparams, params
-    statement, plan = plan_statement(
+    statement, parameters, plan = plan_statement(
         connection, session, states, statement, spec, multiparams or [params], wanted
     )
     _plans.setdefault(connection, []).append(plan)
+    if multiparams:
+        multiparams = parameters  # a bulk INSERT's may come with keys drawn for its rows
     return statement, multiparams, params
 
 

@@ -23,6 +23,7 @@ from ..mapping import TableSpec, column_name
 from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
 from .returning import Returns, set_columns, set_literals, update_from_locked, updated_columns
 from .rowids import last_rowid, rows_after
+from .sequences import drawn_keys
 from .stored import (
     inserted_rows,
     keys_of,
@@ -52,6 +53,7 @@ class StatementPlan:
         "before",
         "columns",
         "keys_only",
+        "keys_sent",
         "old_columns",
         "old_rows",
         "op",
@@ -81,6 +83,7 @@ class StatementPlan:
         old_rows: Sequence[Sequence[Any]] = (),
         set_to: tuple[Any, ...] = (),
         rowid: tuple[str, int] | None = None,
+        keys_sent: Sequence[tuple[Any, ...]] = (),
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -105,6 +108,8 @@ class StatementPlan:
         self.set_to = set_to
         #: Returns.AFTER_ROWID: the rowid's name and the largest before the INSERT
         self.rowid = rowid
+        #: Returns.KEYS_SENT: the keys drawn for the rows, one per parameter set
+        self.keys_sent = keys_sent
 
 
 def plan_statement(
@@ -115,8 +120,9 @@ def plan_statement(
     spec: TableSpec,
     parameters: list[dict[str, Any]],
     wanted: str,
-) -> tuple[Any, StatementPlan]:
-    """The statement to run instead of ``statement``, and how to record what it writes.
+) -> tuple[Any, list[dict[str, Any]], StatementPlan]:
+    """The statement and parameter sets to run instead of those given, and how to record
+    what it writes.
 
     :param wanted: ``"rows"`` (their values are captured) or ``"keys"`` (only which rows).
     """
@@ -141,17 +147,25 @@ def plan_statement(
     old_rows: Sequence[Sequence[Any]] = ()
     set_to: tuple[Any, ...] = ()
     rowid: tuple[str, int] | None = None
+    keys_sent: list[tuple[Any, ...]] = []
     sets_key = isinstance(statement, sa.Update) and bool(
         (set_columns(table, statement, parameters) or set()) & set(spec.pk)
     )
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         before = upserted
+        drawn = None
         if upserted is None and len(parameters) > 1:
-            # a bulk INSERT: on SQLite, the rows above the largest rowid once it ran
+            # a bulk INSERT, which RETURNING slows down: on SQLite, its rows are those above
+            # the largest rowid once it ran; on PostgreSQL, its keys can be drawn first
             rowid = last_rowid(connection, spec, statement, parameters)
+            if rowid is None and keys_only:
+                drawn = drawn_keys(connection, spec, statement, parameters)
         if rowid is not None:
             returns = Returns.AFTER_ROWID
+        elif drawn is not None:
+            parameters, keys_sent = drawn
+            returns = Returns.KEYS_SENT
         elif not explicit_returning(statement) and (
             dialect.insert_executemany_returning
             if len(parameters) > 1
@@ -229,8 +243,9 @@ def plan_statement(
         old_rows,
         set_to,
         rowid,
+        keys_sent,
     )
-    return statement, plan
+    return statement, parameters, plan
 
 
 def record_result(
@@ -347,9 +362,13 @@ def _after_keys(
     """Record and report the rows of a statement whose keys are all that is wanted."""
     spec, op = plan.spec, plan.op
     rows: list[Row]
-    if op in (Op.INSERT, Op.LINK) and plan.rowid is not None:
-        # the key's columns, in the key's order: each row read is its key
-        keys = rows_after(connection, plan.columns, plan.rowid)
+    if op in (Op.INSERT, Op.LINK) and plan.returns in (Returns.AFTER_ROWID, Returns.KEYS_SENT):
+        keys = (
+            list(plan.keys_sent)
+            if plan.rowid is None
+            # the key's columns, in the key's order: each row read is its key
+            else rows_after(connection, plan.columns, plan.rowid)
+        )
         rows = [dict(zip(spec.pk, key, strict=True)) for key in keys] if collecting() else []
     else:
         if op in (Op.INSERT, Op.LINK):

@@ -31,6 +31,7 @@ class Returns(enum.Enum):
     OLD = "old"  # DELETE: the rows as they were
     OLD_AND_NEW = "old+new"  # PostgreSQL UPDATE ... FROM (SELECT ... FOR UPDATE): both
     AFTER_ROWID = "after rowid"  # SQLite bulk INSERT (nothing returned): the rows read after it
+    KEYS_SENT = "keys sent"  # PostgreSQL bulk INSERT (nothing returned): keys drawn before it
 
 
 _OLD_PREFIX: Final = "dbevents_old_"
