@@ -51,8 +51,9 @@ _SEQUENCE_OF: Final = sa.text(
               = format('nextval(%L::regclass)', CAST(s.name AS regclass)))
     """
 )
+#: one array rather than a row per key: the driver reads it in one go
 _NEXT_VALUES: Final = sa.text(
-    "SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :count) ORDER BY 1"
+    "SELECT array(SELECT nextval(CAST(:sequence AS regclass)) FROM generate_series(1, :count))"
 )
 
 
@@ -88,14 +89,9 @@ def drawn_keys(
     ).scalar()
     if sequence is None:
         return None
-    values = (
-        connection.execute(
-            _NEXT_VALUES,
-            {"sequence": sequence, "count": len(parameters)},
-            execution_options=_OPTIONS,
-        )
-        .scalars()
-        .all()
-    )
+    count = {"sequence": sequence, "count": len(parameters)}
+    values: list[Any] = connection.execute(
+        _NEXT_VALUES, count, execution_options=_OPTIONS
+    ).scalar_one()
     keyed = [{**p, key.key: value} for p, value in zip(parameters, values, strict=True)]
     return keyed, [(value,) for value in values]
