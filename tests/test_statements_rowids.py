@@ -9,6 +9,7 @@ shows.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
@@ -325,4 +327,37 @@ def test_keys_level_records_the_key_of_each_new_row(
         ((8, 1), None),
         ((7, 2), None),
         ((6, 3), None),
+    ]
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"  # of async_engine: aiosqlite
+
+
+def test_async_session_through_aiosqlite(
+    events: dbevents.Events, async_engine: AsyncEngine
+) -> None:
+    sent: list[str] = []
+    sa.event.listen(async_engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    got: list[dbevents.ChangeSet] = []
+    events.on_commit(got.append)
+    maker = async_sessionmaker(
+        async_engine, sync_session_class=type("Bound", (sa_orm.Session,), {})
+    )
+    events.install(maker)
+
+    async def main() -> None:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(RBase.metadata.create_all)
+        async with maker() as session:
+            await session.execute(sa.insert(Plain), _named(3))
+            await session.commit()
+
+    asyncio.run(main())
+    assert strategy(sent) == "rowid"
+    assert [(c.pk, c.new and c.new["score"]) for c in got[0].created] == [
+        ((1,), 5),
+        ((2,), 5),
+        ((3,), 5),
     ]
