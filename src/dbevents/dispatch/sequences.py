@@ -89,9 +89,9 @@ def drawn_keys(
     ).scalar()
     if sequence is None:
         return None
-    count = {"sequence": sequence, "count": len(parameters)}
+    wanted = {"sequence": sequence, "count": len(parameters)}
     values: list[Any] = connection.execute(
-        _NEXT_VALUES, count, execution_options=_OPTIONS
+        _NEXT_VALUES, wanted, execution_options=_OPTIONS
     ).scalar_one()
     keyed = [{**p, key.key: value} for p, value in zip(parameters, values, strict=True)]
     return keyed, [(value,) for value in values]
