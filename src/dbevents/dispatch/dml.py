@@ -35,6 +35,7 @@ from .stored import (
 )
 from .uncaptured import uncaptured
 from .upsert import conflicting_rows
+from .writelock import take_write_lock
 from .written import Written, collecting, report
 
 if TYPE_CHECKING:
@@ -128,6 +129,7 @@ def plan_statement(
     """
     table = spec.table
     dialect = connection.dialect
+    take_write_lock(connection, table, type(statement))  # SQLite: before any row is read
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
     upserted = (
         conflicting_rows(connection, spec, statement, parameters)

@@ -17,6 +17,7 @@ import sqlalchemy.orm as sa_orm
 
 from .._compat import NO_VALUE
 from .plan import ModelPlan
+from .writelock import take_write_lock
 
 __all__ = [
     "load_old_values",
@@ -169,6 +170,13 @@ def select_by_identity(
     pk_attrs = [mapper.get_property_by_column(c).key for c in pk_columns]
     columns = [mapper.attrs[k].expression.label(k) for k in keys]  # type: ignore[attr-defined, unused-ignore]
     pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(pk_columns)]
+    connection = (
+        session
+        if isinstance(session, sa.Connection)
+        else session.connection(bind_arguments={"mapper": mapper})
+    )
+    # the rows are about to be written: read them under the write lock (SQLite)
+    take_write_lock(connection, mapper.local_table, sa.Update)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for start in range(0, len(identities), _FETCH_CHUNK):
         chunk = identities[start : start + _FETCH_CHUNK]
@@ -178,11 +186,7 @@ def select_by_identity(
             else sa.tuple_(*pk_columns).in_(chunk)
         )
         query = sa.select(*pk_labels, *columns).select_from(mapper.persist_selectable).where(where)
-        if isinstance(session, sa.Connection):
-            rows = session.execute(query).mappings()
-        else:
-            rows = session.connection(bind_arguments={"mapper": mapper}).execute(query).mappings()
-        for row in rows:
+        for row in connection.execute(query).mappings():
             ident = tuple(row[f"_pk{i}"] for i in range(len(pk_attrs)))
             found[ident] = dict(row)
     return found

@@ -12,9 +12,9 @@ above the largest rowid before it, when
   one column (which may be the rowid) gets no value for it, nor a default;
 - the table is an ordinary rowid table without triggers (a trigger could add
   rows of its own, or skip some), as the database itself declares it;
-- the connection is inside a transaction: no other connection can then write
-  between the read of the largest rowid and the INSERT without making the
-  INSERT fail (SQLite refuses to upgrade a stale read to a write);
+- the connection holds the write lock (:mod:`.writelock` took it) inside a
+  transaction: no other connection can write between the read of the largest
+  rowid and the INSERT (in autocommit mode the lock ends with each statement);
 - the largest rowid is far from the top of its range, where SQLite would pick
   new rowids at random.
 
@@ -85,8 +85,8 @@ def rows_after(
 
 
 def _in_transaction(connection: sa.Connection) -> bool:
-    """Whether SQLite itself is inside a transaction on this connection (not only SQLAlchemy:
-    pysqlite without :func:`dbevents.sqlite.configure` begins one at the first write)."""
+    """Whether SQLite itself is inside a transaction on this connection, not only SQLAlchemy
+    (a connection in autocommit mode is in none)."""
     try:  # sqlite3's and aiosqlite's connections tell
         return bool(connection.connection.driver_connection.in_transaction)  # type: ignore[union-attr]
     except Exception:  # another driver, or one that won't tell from this thread

@@ -1,0 +1,50 @@
+"""SQLite: take the write lock before reading what a write is about to change.
+
+dbevents reads some rows before a statement writes them (the rows an UPDATE or
+DELETE matches, the rows an upsert may update, the largest rowid before a bulk
+INSERT), and a flush's old values that were not loaded.  On SQLite a read inside
+a transaction holds a shared lock, and a connection holding one that then asks
+for the write lock while another connection has it gets ``database is locked``
+at once: SQLite won't wait, as waiting could deadlock.  Without the read, the
+write would simply have waited for the other writer to commit.  So before
+reading, dbevents takes the write lock the write is about to take anyway, with
+the same kind of statement on the same table, one that writes nothing: it waits
+as the write would, and the rows read can't change before the write runs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Final
+
+import sqlalchemy as sa
+
+from .stored import SKIP_CAPTURE
+
+__all__ = ["take_write_lock"]
+
+_OPTIONS: Final = {SKIP_CAPTURE: True}
+
+#: the transaction each connection took the write lock in: once is enough
+_locked: weakref.WeakKeyDictionary[sa.Connection, Any] = weakref.WeakKeyDictionary()
+
+
+def take_write_lock(connection: sa.Connection, table: Any, kind: type[Any]) -> None:
+    """Take the database's write lock before an INSERT, UPDATE or DELETE (``kind``, the
+    statement's class) of ``table`` (SQLite only, once per transaction)."""
+    if connection.dialect.name != "sqlite" or not isinstance(table, sa.Table):
+        return
+    transaction = connection.get_transaction()
+    if transaction is None or _locked.get(connection) is transaction:
+        return
+    column = next(iter(table.primary_key.columns or table.columns))
+    nothing = sa.false()
+    noop: Any
+    if issubclass(kind, sa.Insert):
+        noop = sa.insert(table).from_select([column], sa.select(column).where(nothing))
+    elif issubclass(kind, sa.Update):
+        noop = sa.update(table).where(nothing).values({column: column})
+    else:
+        noop = sa.delete(table).where(nothing)
+    connection.execute(noop, execution_options=_OPTIONS)
+    _locked[connection] = transaction

@@ -1,0 +1,118 @@
+"""SQLite: a captured statement waits for another writer, as it would without dbevents.
+
+dbevents reads rows before some statements write them.  On SQLite, a connection
+that has read in its transaction and then asks for the write lock another
+connection holds is refused at once (``database is locked``) instead of waiting.
+dbevents takes the write lock before it reads, so the statement waits for the
+other writer to commit, as it would on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+import dbevents
+from tests.models import Base, Company
+
+companies: sa.Table = Company.__table__  # type: ignore[assignment]
+
+
+@pytest.fixture
+def engine(tmp_path: Any) -> Iterator[sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'locking.db'}"
+    eng = dbevents.sqlite.configure(sa.create_engine(url, connect_args={"timeout": 10}))
+    Base.metadata.create_all(eng)
+    with eng.begin() as conn:
+        conn.execute(sa.insert(companies), [{"id": i, "name": f"c{i}"} for i in (1, 2, 3)])
+    yield eng
+    eng.dispose()
+
+
+Write = Callable[[sa_orm.Session], object]
+
+WRITES: dict[str, Write] = {
+    "update": lambda s: s.execute(sa.update(Company).where(Company.id <= 2).values(rating=5)),
+    "delete": lambda s: s.execute(sa.delete(Company).where(Company.id == 3)),
+    "bulk insert": lambda s: s.execute(sa.insert(Company), [{"name": "x"}, {"name": "y"}]),
+    "upsert": lambda s: s.execute(
+        sa.dialects.sqlite.insert(Company)
+        .values([{"id": 1, "name": "one"}, {"id": 9, "name": "nine"}])
+        .on_conflict_do_update(index_elements=[Company.id], set_={"name": "one"})
+    ),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+def test_a_statement_waits_for_the_other_writer(
+    write: str, events: dbevents.Events, engine: sa.Engine
+) -> None:
+    got: list[dbevents.ChangeSet] = []
+    events.on_commit(got.append)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:  # holds the write lock until told to commit
+        with engine.begin() as conn:
+            conn.execute(sa.update(companies).where(companies.c.id == 2).values(name="other"))
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        threading.Timer(0.3, release.set).start()  # commits while this session waits
+        with maker() as session:
+            WRITES[write](session)
+            session.commit()
+    finally:
+        release.set()
+        thread.join()
+        events.uninstall(maker)
+    (changeset,) = got
+    assert changeset.changes
+
+
+def test_a_flush_reading_old_values_waits_for_the_other_writer(
+    events: dbevents.Events, engine: sa.Engine
+) -> None:
+    """Attributes set while expired have their old values read before the flush writes."""
+    got: list[dbevents.ChangeSet] = []
+    events.on_commit(got.append)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    holding, release = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(companies).values(id=7, name="other"))
+            holding.set()
+            release.wait(10)
+
+    try:
+        with maker() as session:
+            loaded = session.scalars(sa.select(Company).order_by(Company.id)).all()
+            ids = [company.id for company in loaded]
+            session.commit()  # expires them: their old values are no longer known
+            thread = threading.Thread(target=other_writer)
+            thread.start()
+            try:
+                assert holding.wait(10)
+                threading.Timer(0.3, release.set).start()
+                for company, id_ in zip(loaded, ids, strict=True):
+                    company.name = f"renamed {id_}"  # nothing loaded: SQLAlchemy reads nothing
+                session.commit()
+            finally:
+                release.set()
+                thread.join()
+    finally:
+        events.uninstall(maker)
+    (changeset,) = got
+    assert sorted((c.pk, dict(c.old or {})) for c in changeset.updated) == [
+        ((i,), {"name": f"c{i}"}) for i in (1, 2, 3)
+    ]
