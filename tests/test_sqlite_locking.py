@@ -9,6 +9,7 @@ other writer to commit, as it would on its own.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from tests.models import Base, Company
@@ -116,3 +118,39 @@ def test_a_flush_reading_old_values_waits_for_the_other_writer(
     assert sorted((c.pk, dict(c.old or {})) for c in changeset.updated) == [
         ((i,), {"name": f"c{i}"}) for i in (1, 2, 3)
     ]
+
+
+class LBase(sa_orm.DeclarativeBase):
+    pass
+
+
+class Stamped(LBase):
+    __tablename__ = "stamped"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    stamp: Mapped[int | None] = mapped_column(onupdate=lambda: next(_stamps))
+
+
+_stamps = itertools.count(1)
+
+
+def test_taking_the_lock_runs_no_default_of_the_table(
+    events: dbevents.Events, engine: sa.Engine
+) -> None:
+    """The statement that takes the lock is not one SQLAlchemy computes defaults for: a
+    Python ``onupdate`` is called for the UPDATE alone."""
+    LBase.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Stamped), [{"id": 1, "name": "a"}])
+    maker = events.install(sa_orm.sessionmaker(engine))
+    before = next(_stamps)
+    try:
+        with maker() as session:
+            session.execute(sa.update(Stamped).where(Stamped.id == 1).values(name="b"))
+            session.commit()
+    finally:
+        events.uninstall(maker)
+    assert next(_stamps) == before + 2  # one call in between: the UPDATE's own
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(Stamped.stamp)).scalar_one() == before + 1

@@ -37,14 +37,16 @@ def take_write_lock(connection: sa.Connection, table: Any, kind: type[Any]) -> N
     transaction = connection.get_transaction()
     if transaction is None or _locked.get(connection) is transaction:
         return
-    column = next(iter(table.primary_key.columns or table.columns))
-    nothing = sa.false()
-    noop: Any
+    # plain SQL: SQLAlchemy would compute the table's Python defaults for the statement
+    name = connection.dialect.identifier_preparer.format_table(table)
+    column = connection.dialect.identifier_preparer.quote(
+        next(iter(table.primary_key.columns or table.columns)).name
+    )
     if issubclass(kind, sa.Insert):
-        noop = sa.insert(table).from_select([column], sa.select(column).where(nothing))
+        noop = f"INSERT INTO {name} ({column}) SELECT {column} FROM {name} WHERE 0"
     elif issubclass(kind, sa.Update):
-        noop = sa.update(table).where(nothing).values({column: column})
+        noop = f"UPDATE {name} SET {column} = {column} WHERE 0"
     else:
-        noop = sa.delete(table).where(nothing)
-    connection.execute(noop, execution_options=_OPTIONS)
+        noop = f"DELETE FROM {name} WHERE 0"
+    connection.exec_driver_sql(noop, execution_options=_OPTIONS)
     _locked[connection] = transaction
