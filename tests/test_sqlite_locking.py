@@ -120,6 +120,9 @@ def test_a_flush_reading_old_values_waits_for_the_other_writer(
     ]
 
 
+_stamps = itertools.count(1)
+
+
 class LBase(sa_orm.DeclarativeBase):
     pass
 
@@ -130,9 +133,6 @@ class Stamped(LBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str]
     stamp: Mapped[int | None] = mapped_column(onupdate=lambda: next(_stamps))
-
-
-_stamps = itertools.count(1)
 
 
 def test_taking_the_lock_runs_no_default_of_the_table(
