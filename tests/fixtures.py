@@ -59,6 +59,26 @@ def installed(
     events.uninstall(maker)
 
 
+@pytest.fixture
+def statements(engine: sa.Engine) -> list[str]:
+    """The SQL :func:`engine` sends to the database, statement by statement, from here on."""
+    sent: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
+    return sent
+
+
+def returned_or(sent: list[str], way: str, sign: str) -> str:
+    """How an INSERT's rows were known, from the SQL :func:`statements` recorded:
+    ``"returning"`` when it returned them, else ``way``, which ``sign`` shows (a piece of
+    the SQL dbevents sent for it)."""
+    inserts = [sql for sql in sent if sql.startswith("INSERT")]
+    assert inserts, sent
+    if any("RETURNING" in sql for sql in inserts):
+        return "returning"
+    assert any(sign in sql for sql in sent), sent
+    return way
+
+
 def table_rows(engine: sa.Engine, table: str) -> dict[tuple[object, ...], dict[str, object]]:
     """A table's rows read back with plain SQL, keyed by primary key (all columns if none)."""
     meta = sa.MetaData()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
-from tests.fixtures import delivered, snapshot, table_diff
+from tests.fixtures import committed_diff, delivered, returned_or
 
 
 class RBase(sa_orm.DeclarativeBase):
@@ -128,14 +128,6 @@ def engine(tmp_path: Any) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture
-def statements(engine: sa.Engine) -> list[str]:
-    """The SQL sent to the database, statement by statement."""
-    sent: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
-    return sent
-
-
-@pytest.fixture
 def Session(  # noqa: N802 - a session factory reads best as a class name
     events: dbevents.Events, engine: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
@@ -146,12 +138,7 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
 
 def strategy(sent: list[str]) -> str:
     """How the INSERT's rows were known: ``"rowid"`` (read back after it) or ``"returning"``."""
-    inserts = [sql for sql in sent if sql.startswith("INSERT")]
-    assert inserts, sent
-    if any("RETURNING" in sql for sql in inserts):
-        return "returning"
-    assert any(" > ? ORDER BY " in sql for sql in sent), sent
-    return "rowid"
+    return returned_or(sent, "rowid", " > ? ORDER BY ")
 
 
 Write = Callable[[sa_orm.Session], object]
@@ -255,15 +242,11 @@ def test_bulk_insert_delivers_the_rows_the_table_gained(
             first(session)
             session.commit()
     changesets.clear()
-    before = snapshot(engine, TABLES)
     statements.clear()
-    with Session() as session:
-        write(session)
-        session.commit()
+    gained = committed_diff(Session, engine, TABLES, write)
     assert strategy(statements) == expected
-    expected_diff = table_diff(before, snapshot(engine, TABLES))
-    assert [delivered(cs) for cs in changesets] == [expected_diff]
-    assert all(op == "insert" for op, _, _ in expected_diff.values())
+    assert [delivered(cs) for cs in changesets] == [gained]
+    assert all(op == "insert" for op, _, _ in gained.values())
 
 
 def test_in_autocommit_the_insert_returns_its_rows(

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
-from tests.fixtures import snapshot, table_diff
+from tests.fixtures import committed_diff, returned_or
 
 
 @pytest.fixture
@@ -34,11 +34,15 @@ class SBase(sa_orm.DeclarativeBase):
     pass
 
 
-class Serial(SBase):
-    __tablename__ = "serials"
+class Named:
+    """A serial key and a name."""
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str]
+
+
+class Serial(Named, SBase):
+    __tablename__ = "serials"
 
 
 class ByDefault(SBase):
@@ -55,27 +59,18 @@ class Always(SBase):
     name: Mapped[str]
 
 
-class Renumbered(SBase):
+class Renumbered(Named, SBase):
     """A serial whose default someone changed: no longer the sequence's next value."""
 
     __tablename__ = "renumbered"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
 
-
-class Triggered(SBase):
+class Triggered(Named, SBase):
     __tablename__ = "triggered"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
 
-
-class Ruled(SBase):
+class Ruled(Named, SBase):
     __tablename__ = "ruled"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str]
 
 
 class Sequenced(SBase):
@@ -138,22 +133,9 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
     events.uninstall(maker)
 
 
-@pytest.fixture
-def statements(engine: sa.Engine) -> list[str]:
-    """The SQL sent to the database, statement by statement."""
-    sent: list[str] = []
-    sa.event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
-    return sent
-
-
 def strategy(sent: list[str]) -> str:
     """How the INSERT's keys were known: ``"drawn"`` (before it) or ``"returning"``."""
-    inserts = [sql for sql in sent if sql.startswith("INSERT")]
-    assert inserts, sent
-    if any("RETURNING" in sql for sql in inserts):
-        return "returning"
-    assert any("nextval(CAST" in sql for sql in sent), sent
-    return "drawn"
+    return returned_or(sent, "drawn", "nextval(CAST")
 
 
 Write = Callable[[sa_orm.Session], object]
@@ -205,13 +187,9 @@ def test_bulk_insert_delivers_the_keys_the_table_gained(
             session.execute(sa.insert(model), [{"name": "first"}])
         session.commit()
     changesets.clear()
-    before = snapshot(engine, TABLES)
     statements.clear()
-    with Session() as session:
-        write(session)
-        session.commit()
+    gained = committed_diff(Session, engine, TABLES, write)
     assert strategy(statements) == expected
-    gained = table_diff(before, snapshot(engine, TABLES))
     assert gained and all(op == "insert" for op, _, _ in gained.values())
     (changeset,) = changesets
     assert sorted((c.table, c.pk) for c in changeset.changes) == sorted(gained)
