@@ -175,7 +175,7 @@ def select_by_identity(
         if isinstance(session, sa.Connection)
         else session.connection(bind_arguments={"mapper": mapper})
     )
-    # the rows are about to be written: read them under the write lock (SQLite)
+    # rows a flush writes or has written: read under the write lock (SQLite), see writelock
     take_write_lock(connection, mapper.local_table, sa.Update)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for start in range(0, len(identities), _FETCH_CHUNK):
