@@ -340,7 +340,8 @@ def _inserted_rows(
     connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
 ) -> list[Row]:
     """The rows the planned INSERT added, as stored (the key alone if that is all wanted)."""
-    if plan.rowid is not None:
+    if plan.returns is Returns.AFTER_ROWID:
+        assert plan.rowid is not None
         names = [column_name(column) for column in plan.columns]
         return [
             dict(zip(names, values))  # noqa: B905 (a hot loop; one value per name)
@@ -364,13 +365,12 @@ def _after_keys(
     """Record and report the rows of a statement whose keys are all that is wanted."""
     spec, op = plan.spec, plan.op
     rows: list[Row]
-    if op in (Op.INSERT, Op.LINK) and plan.returns in (Returns.AFTER_ROWID, Returns.KEYS_SENT):
-        keys = (
-            list(plan.keys_sent)
-            if plan.rowid is None
-            # the key's columns, in the key's order: each row read is its key
-            else rows_after(connection, plan.columns, plan.rowid)
-        )
+    if plan.returns in (Returns.AFTER_ROWID, Returns.KEYS_SENT):  # a bulk INSERT
+        if plan.returns is Returns.KEYS_SENT:
+            keys = list(plan.keys_sent)
+        else:  # the key's columns, in the key's order: each row read is its key
+            assert plan.rowid is not None
+            keys = rows_after(connection, plan.columns, plan.rowid)
         rows = [dict(zip(spec.pk, key, strict=True)) for key in keys] if collecting() else []
     else:
         if op in (Op.INSERT, Op.LINK):

@@ -9,15 +9,31 @@ needs only its key and the columns it sets.
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any, Final
 
 import sqlalchemy as sa
 
-from .._compat import dml_values
+from .._compat import (
+    dml_values,
+    explicit_returning,
+    prefixes,
+    returns_defaults,
+    upsert_clause,
+)
 from ..mapping import TableSpec
 
-__all__ = ["Returns", "set_columns", "set_literals", "update_from_locked", "updated_columns"]
+__all__ = [
+    "Returns",
+    "plain_insert",
+    "sends_value",
+    "set_columns",
+    "set_literals",
+    "update_from_locked",
+    "updated_columns",
+]
 
 Row = dict[str, Any]
 
@@ -120,6 +136,29 @@ def set_literals(
     if any(name not in values for name in names):
         return None  # set by an onupdate default, or otherwise than by a value
     return tuple([values[name] for name in names])
+
+
+def plain_insert(statement: Any) -> bool:
+    """Whether an INSERT adds the rows of its parameter sets and nothing else: no RETURNING
+    (the caller's, or SQLAlchemy's own ``return_defaults()``), no upsert, no prefix such as
+    ``OR IGNORE``, no ``FROM SELECT``.  Only then can its rows be known without RETURNING."""
+    return not (
+        explicit_returning(statement)
+        or returns_defaults(statement)
+        or upsert_clause(statement) is not None
+        or prefixes(statement)
+        or statement.select is not None
+    )
+
+
+def sends_value(
+    column: sa.Column[Any], statement: Any, parameters: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Whether an INSERT sends a value (None included) for ``column``: in its ``values()``
+    or in any parameter set."""
+    if any(_column_key(key) == column.key for key, _ in dml_values(statement) or ()):
+        return True
+    return any(map(operator.contains, parameters, repeat(column.key)))  # no frame per row
 
 
 def _column_key(key: Any) -> Any:

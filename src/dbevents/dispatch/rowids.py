@@ -23,15 +23,14 @@ Anything else is returned by RETURNING as before.
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import sqlalchemy as sa
 
-from .._compat import dml_values, explicit_returning, prefixes, returns_defaults, upsert_clause
 from ..mapping import TableSpec
+from .returning import plain_insert, sends_value
 from .stored import SKIP_CAPTURE, fetch_tuples
 
 __all__ = ["last_rowid", "rows_after"]
@@ -56,11 +55,7 @@ def last_rowid(
     if (
         rowid is None
         or connection.dialect.name != "sqlite"
-        or explicit_returning(statement)
-        or returns_defaults(statement)
-        or upsert_clause(statement) is not None
-        or prefixes(statement)
-        or statement.select is not None
+        or not plain_insert(statement)
         or _sets_rowid(table, statement, parameters)
         or not _in_transaction(connection)
         or not _plain_rowid_table(connection, table)
@@ -101,17 +96,15 @@ def _rowid_name(table: sa.Table) -> str | None:
 
 def _sets_rowid(table: sa.Table, statement: Any, parameters: Sequence[Mapping[str, Any]]) -> bool:
     """Whether the INSERT may give a row its rowid: a one-column key (an INTEGER one is
-    the rowid) with a value sent or a default of its own."""
+    the rowid) with a value sent (even None: not worth telling apart) or a default."""
     if len(table.primary_key.columns) != 1:
         return False  # a composite key is never the rowid
     (key,) = table.primary_key.columns
-    if key.default is not None or key.server_default is not None:
-        return True
-    given = [name for name, _ in dml_values(statement) or ()]
-    if any(getattr(name, "key", name) == key.key for name in given):
-        return True
-    values = list(map(operator.methodcaller("get", key.key), parameters))  # no frame per row
-    return values.count(None) != len(values)
+    return (
+        key.default is not None
+        or key.server_default is not None
+        or sends_value(key, statement, parameters)
+    )
 
 
 def _plain_rowid_table(connection: sa.Connection, table: sa.Table) -> bool:

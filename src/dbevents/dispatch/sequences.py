@@ -20,15 +20,13 @@ Anything else returns its keys by RETURNING as before.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Mapping, Sequence
-from itertools import repeat
 from typing import Any, Final
 
 import sqlalchemy as sa
 
-from .._compat import dml_values, explicit_returning, prefixes, returns_defaults, upsert_clause
 from ..mapping import TableSpec
+from .returning import plain_insert, sends_value
 from .stored import SKIP_CAPTURE
 
 __all__ = ["drawn_keys"]
@@ -69,19 +67,12 @@ def drawn_keys(
     if (
         connection.dialect.name != "postgresql"
         or len(table.primary_key.columns) != 1
-        or explicit_returning(statement)
-        or returns_defaults(statement)
-        or upsert_clause(statement) is not None
-        or prefixes(statement)
-        or statement.select is not None
+        or not plain_insert(statement)
     ):
         return None
     (key,) = table.primary_key.columns
-    if key.default is not None:
-        return None  # a default of SQLAlchemy's (Python, or a Sequence it renders)
-    if any(getattr(name, "key", name) == key.key for name, _ in dml_values(statement) or ()):
-        return None
-    if any(map(operator.contains, parameters, repeat(key.key))):  # no frame per row
+    # a default of SQLAlchemy's (Python, or a Sequence it renders), or a key sent
+    if key.default is not None or sends_value(key, statement, parameters):
         return None
     name = connection.dialect.identifier_preparer.format_table(table)
     sequence = connection.execute(
