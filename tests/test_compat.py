@@ -139,10 +139,16 @@ def test_upsert_clause_and_multi_values() -> None:
         clause = _compat.upsert_clause(by_key)
         assert clause is not None
         assert list(clause.inferred_target_elements) == [table.c.id]
+        assert _compat.upsert_set_keys(clause) == ["name"]
+        by_column = statement.on_conflict_do_update(
+            index_elements=[table.c.id], set_={table.c.name: "x", "rating": 1}
+        )
+        assert _compat.upsert_set_keys(_compat.upsert_clause(by_column)) == [table.c.name, "rating"]
         assert type(_compat.upsert_clause(statement.on_conflict_do_nothing())).__name__ == (
             "OnConflictDoNothing"
         )
     named = postgresql.insert(table).on_conflict_do_update(constraint="pk", set_={"name": "x"})
+    assert _compat.upsert_set_keys(_compat.upsert_clause(statement.on_conflict_do_nothing())) is None
     clause = _compat.upsert_clause(named)
     assert clause is not None and clause.constraint_target == "pk"
     assert _compat.multi_values(sa.insert(table).values(id=1)) is None

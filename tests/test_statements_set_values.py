@@ -137,3 +137,24 @@ def test_rows_set_to_what_they_had_are_written_but_unchanged(
         ((1,), {"text": "t1"}, {"text": "t2"}),
         ((3,), {"text": "t3"}, {"text": "t2"}),
     ]
+
+
+def test_columns_set_by_the_parameters_too(
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """SQLAlchemy SETs a column named by a parameter besides the statement's values."""
+    with Session() as session:
+        session.execute(sa.update(Thing).where(Thing.id == 1).values(text="x"), {"count": 10})
+        by_key = sa.update(things).where(things.c.id == sa.bindparam("key")).values(text="y")
+        session.execute(by_key, [{"key": 2, "count": 20}, {"key": 3, "count": 30}])
+        session.commit()
+    assert {key: (row["text"], row["count"]) for key, row in _stored(engine).items()} == {
+        1: ("x", 10),
+        2: ("y", 20),
+        3: ("y", 30),
+    }
+    (changeset,) = changesets
+    assert {c.pk: (dict(c.old or {}), dict(c.new or {})) for c in changeset.changes} == {
+        (i,): ({"text": f"t{i}", "count": i}, {"text": new, "count": 10 * i})
+        for i, new in ((1, "x"), (2, "y"), (3, "y"))
+    }

@@ -31,6 +31,7 @@ __all__ = [
     "returns_defaults",
     "sa_version",
     "upsert_clause",
+    "upsert_set_keys",
     "where_criteria",
     "with_dml_values",
     "without_values",
@@ -209,6 +210,18 @@ def upsert_clause(statement: Any) -> Any | None:
     ``constraint_target`` (PostgreSQL and SQLite) are the conflict target.
     """
     return getattr(statement, "_post_values_clause", None)
+
+
+def upsert_set_keys(clause: Any) -> list[Any] | None:
+    """The SET targets (column keys or columns) of an ON CONFLICT DO UPDATE, or None.
+
+    Undocumented: ``update_values_to_set``, pairs on 2.0 and a dict on 2.1.  None for
+    MySQL's ON DUPLICATE KEY UPDATE, which keeps them otherwise.
+    """
+    values = getattr(clause, "update_values_to_set", None)
+    if values is None:
+        return None
+    return list(values) if isinstance(values, dict) else [key for key, _ in values]
 
 
 def multi_values(statement: Any) -> list[Any] | None:

@@ -33,7 +33,7 @@ def column_name(column: Any) -> str:
 class TableSpec:
     """A table's full name, its key columns and its column names, in table order."""
 
-    __slots__ = ("_link", "_model", "columns", "name", "pk", "table")
+    __slots__ = ("_link", "_model", "columns", "key_columns", "name", "pk", "table")
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
@@ -42,6 +42,14 @@ class TableSpec:
         primary = tuple(column_name(column) for column in table.primary_key.columns)
         #: a table without a primary key is keyed by all of its columns
         self.pk = primary or self.columns
+        #: the columns of its primary key, unique constraints and unique indexes: an UPDATE
+        #: that sets one of them takes PostgreSQL's stronger row lock (see stored.locked)
+        self.key_columns = frozenset(primary).union(
+            column_name(column)
+            for item in (*table.constraints, *table.indexes)
+            if isinstance(item, sa.UniqueConstraint) or getattr(item, "unique", False)
+            for column in getattr(item, "columns", ())
+        )
         self._model: Any = _MISSING
         self._link = False
 

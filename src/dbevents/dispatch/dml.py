@@ -21,7 +21,14 @@ from .._compat import explicit_returning, upsert_clause
 from ..changes import Op
 from ..mapping import TableSpec, column_name
 from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
-from .returning import Returns, set_columns, set_literals, update_from_locked, updated_columns
+from .returning import (
+    Returns,
+    changes_keys,
+    set_columns,
+    set_literals,
+    update_from_locked,
+    updated_columns,
+)
 from .rowids import last_rowid, rows_after
 from .sequences import drawn_keys
 from .stored import (
@@ -130,9 +137,11 @@ def plan_statement(
     table = spec.table
     dialect = connection.dialect
     take_write_lock(connection, table, type(statement))  # SQLite: before any row is read
+    # PostgreSQL: rows read first are locked as the statement will lock them
+    keys_change = changes_keys(spec, statement, parameters)
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
     upserted = (
-        conflicting_rows(connection, spec, statement, parameters)
+        conflicting_rows(connection, spec, statement, parameters, keys_change=keys_change)
         if isinstance(statement, sa.Insert) and not spec.link
         else None
     )
@@ -199,7 +208,9 @@ def plan_statement(
             and table.primary_key
             and not sets_key  # old and new rows are paired by key, which must hold still
         ):
-            statement, old_columns = update_from_locked(statement, spec, columns)
+            statement, old_columns = update_from_locked(
+                statement, spec, columns, keys_change=keys_change
+            )
             returns = Returns.OLD_AND_NEW
         elif (
             single
@@ -211,7 +222,9 @@ def plan_statement(
         ):
             # read first (locked where the database can); the new values are those it SETs,
             # or what RETURNING gives back, paired with the rows read by position
-            old_rows = read_tuples(connection, columns, statement.whereclause, parameters[0])
+            old_rows = read_tuples(
+                connection, columns, statement.whereclause, parameters[0], keys_change=keys_change
+            )
             names = [name for name in map(column_name, columns) if name not in spec.pk]
             literals = set_literals(table, statement, parameters[0], names)
             if literals is not None:  # plain values: the rows read tell what it writes
@@ -221,7 +234,14 @@ def plan_statement(
                     statement = statement.return_defaults(supplemental_cols=columns)
                 returns = Returns.NEW_OF_READ
         else:  # read first, locked where the database can
-            before = read_rows(connection, spec, statement.whereclause, parameters, columns=columns)
+            before = read_rows(
+                connection,
+                spec,
+                statement.whereclause,
+                parameters,
+                columns=columns,
+                keys_change=keys_change,
+            )
             if (
                 op is Op.UPDATE
                 and before

@@ -22,11 +22,13 @@ from .._compat import (
     prefixes,
     returns_defaults,
     upsert_clause,
+    upsert_set_keys,
 )
 from ..mapping import TableSpec
 
 __all__ = [
     "Returns",
+    "changes_keys",
     "plain_insert",
     "sends_value",
     "set_columns",
@@ -77,18 +79,39 @@ def updated_columns(
 def set_columns(
     table: sa.Table, statement: Any, parameters: Sequence[Mapping[str, Any]]
 ) -> set[str] | None:
-    """The names of the columns an UPDATE SETs, or None when that can't be told."""
-    pairs = dml_values(statement)
+    """The names of the columns an UPDATE SETs, or None when that can't be told.
+
+    Those of its values, and those its parameter sets name: SQLAlchemy SETs every
+    column whose key is a parameter (a ``bindparam()`` of the WHERE clause may not
+    take a column's key).
+    """
     names = {column.key: column.name for column in table.columns}
-    if pairs:
-        keys = [_column_key(key) for key, _ in pairs]
-    elif parameters and parameters[0]:
-        keys = list(parameters[0])
-    else:
-        return None
+    keys = [_column_key(key) for key, _ in dml_values(statement) or ()]
     if any(key not in names for key in keys):
-        return None
-    return {names[key] for key in keys}
+        return None  # a column of another table (MySQL's multi-table UPDATE)
+    keys += [key for key in (parameters[0] if parameters else ()) if key in names]
+    return {names[key] for key in keys} or None
+
+
+def changes_keys(spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a statement deletes its rows or may set a column of a unique key of theirs.
+
+    PostgreSQL then locks the rows ``FOR UPDATE``; an UPDATE (or an upsert's DO UPDATE)
+    of other columns only ``FOR NO KEY UPDATE``, and so do the rows dbevents reads
+    for it first (:func:`~.stored.locked`).
+    """
+    table = spec.table
+    if isinstance(statement, sa.Update):
+        changed = set_columns(table, statement, parameters)
+    elif isinstance(statement, sa.Insert):
+        keys = upsert_set_keys(upsert_clause(statement))
+        names = {column.key: column.name for column in table.columns}
+        changed = None
+        if keys is not None and all(_column_key(key) in names for key in keys):
+            changed = {names[_column_key(key)] for key in keys}
+    else:
+        return True
+    return changed is None or not spec.key_columns.isdisjoint(changed)
 
 
 #: column types whose stored value reads back as exactly the Python value of this type
@@ -173,18 +196,21 @@ def _column_key(key: Any) -> Any:
 
 
 def update_from_locked(
-    statement: Any, spec: TableSpec, columns: list[Any]
+    statement: Any, spec: TableSpec, columns: list[Any], *, keys_change: bool
 ) -> tuple[Any, list[Any]]:
-    """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR UPDATE) old WHERE t.pk = old.pk``.
+    """``UPDATE t SET ... FROM (SELECT t.* ... WHERE <where> FOR NO KEY UPDATE) old
+    WHERE t.pk = old.pk``.
 
     One statement gives old and new values of exactly the rows it locked and changed,
-    so a row another transaction inserts meanwhile can't be updated uncaptured.
+    so a row another transaction inserts meanwhile can't be updated uncaptured.  The
+    lock is the one the UPDATE takes itself: ``FOR UPDATE`` when ``keys_change`` (see
+    :func:`changes_keys`).
     """
     table = spec.table
     old_query = sa.select(*(c.label(_OLD_PREFIX + c.name) for c in columns))
     if statement.whereclause is not None:
         old_query = old_query.where(statement.whereclause)
-    old = old_query.with_for_update().subquery("dbevents_old")
+    old = old_query.with_for_update(key_share=not keys_change).subquery("dbevents_old")
     same_row = [table.c[name] == old.c[_OLD_PREFIX + name] for name in spec.pk]
     old_columns = list(old.c)
     statement = statement.where(*same_row).return_defaults(

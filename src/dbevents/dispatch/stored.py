@@ -24,6 +24,7 @@ __all__ = [
     "fetch_tuples",
     "inserted_rows",
     "keys_of",
+    "locked",
     "pk_of",
     "read_matching",
     "read_rows",
@@ -39,6 +40,24 @@ SKIP_CAPTURE: Final = "dbevents_skip_capture"
 _CHUNK: Final = 500
 
 Row = dict[str, Any]
+
+
+def locked(
+    query: sa.Select[Any], connection: sa.Connection, *, keys_change: bool
+) -> sa.Select[Any]:
+    """``query`` locking the rows it reads as the statement about to write them will.
+
+    An UPDATE (an upsert's too) that sets no column of a unique key takes PostgreSQL's
+    ``FOR NO KEY UPDATE``, which still lets other transactions insert rows that refer
+    to the ones it updates; a DELETE, or an UPDATE that may set such a column
+    (``keys_change``: :func:`~.returning.changes_keys`), takes ``FOR UPDATE``.  Either
+    conflicts with every other writer of the rows, so the values read are those the
+    statement changes.  SQLite locks no rows: its write lock is taken first
+    (:mod:`.writelock`).
+    """
+    if connection.dialect.name == "sqlite":
+        return query
+    return query.with_for_update(key_share=not keys_change)
 
 
 def pk_of(spec: TableSpec, row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -61,17 +80,18 @@ def read_rows(
     *,
     pks: Sequence[tuple[Any, ...]] | None = None,
     columns: Sequence[sa.ColumnElement[Any]] | None = None,
+    keys_change: bool = True,
 ) -> dict[tuple[Any, ...], Row]:
-    """The rows a WHERE clause selects (locked on databases that can), by primary key.
+    """The rows a WHERE clause selects, :func:`locked` for the UPDATE or DELETE about
+    to write them, by primary key.
 
-    :param pks: read these rows instead.
+    :param pks: read these rows instead, unlocked: rows written already.
     :param columns: read only these columns (they include the primary key).
     """
     table = spec.table
-    lock = connection.dialect.name != "sqlite"
     columns = list(table.columns) if columns is None else list(columns)
     if pks is not None:
-        return _select_in(connection, spec, columns, [table.c[n] for n in spec.pk], pks, False)
+        return _select_in(connection, spec, columns, [table.c[n] for n in spec.pk], pks, lock=False)
     criteria = _equality_criteria(table, where)
     if (
         criteria is not None
@@ -84,10 +104,11 @@ def read_rows(
             rows = (dict(zip(criteria, v, strict=True)) for v in values)
             return {pk_of(spec, row): row for row in rows}
         by = [table.c[name] for name in criteria]
-        return _select_in(connection, spec, columns, by, values, lock)
+        return _select_in(connection, spec, columns, by, values, lock=True, keys_change=keys_change)
     found: dict[tuple[Any, ...], Row] = {}
     for p in parameters or [{}]:
-        _collect(spec, columns, read_tuples(connection, columns, where, p), found)
+        read = read_tuples(connection, columns, where, p, keys_change=keys_change)
+        _collect(spec, columns, read, found)
     return found
 
 
@@ -96,13 +117,15 @@ def read_matching(
     spec: TableSpec,
     names: Sequence[str],
     values: Sequence[tuple[Any, ...]],
+    *,
+    keys_change: bool = True,
 ) -> dict[tuple[Any, ...], Row]:
-    """The rows whose ``names`` columns hold one of ``values`` (locked where the database
-    can), whole, by primary key."""
+    """The rows whose ``names`` columns hold one of ``values``, whole, by primary key:
+    those an upsert may update, :func:`locked` as it would lock them."""
     table = spec.table
     by = [table.c[name] for name in names]
-    lock = connection.dialect.name != "sqlite"
-    return _select_in(connection, spec, list(table.columns), by, values, lock)
+    columns = list(table.columns)
+    return _select_in(connection, spec, columns, by, values, lock=True, keys_change=keys_change)
 
 
 def _select_in(
@@ -111,7 +134,9 @@ def _select_in(
     columns: list[Any],
     by: list[sa.Column[Any]],
     values: Sequence[tuple[Any, ...]],
+    *,
     lock: bool,
+    keys_change: bool = True,
 ) -> dict[tuple[Any, ...], Row]:
     found: dict[tuple[Any, ...], Row] = {}
     for start in range(0, len(values), _CHUNK):
@@ -119,7 +144,7 @@ def _select_in(
         where = by[0].in_([v[0] for v in chunk]) if len(by) == 1 else sa.tuple_(*by).in_(chunk)
         query = sa.select(*columns).where(where)
         if lock:
-            query = query.with_for_update()
+            query = locked(query, connection, keys_change=keys_change)
         result = connection.execute(query, execution_options={SKIP_CAPTURE: True})
         _collect(spec, columns, result, found)
     return found
@@ -176,15 +201,15 @@ def read_tuples(
     columns: Sequence[sa.ColumnElement[Any]],
     where: Any,
     parameters: Mapping[str, Any],
+    *,
+    keys_change: bool = True,
 ) -> list[tuple[Any, ...]]:
-    """The rows a WHERE clause selects, ``columns`` by position, locked where the database
-    can: what a statement will change, read before it."""
+    """The rows a WHERE clause selects, ``columns`` by position: what an UPDATE or DELETE
+    will change, read before it and :func:`locked` for it."""
     query = sa.select(*columns)
     if where is not None:
         query = query.where(where)
-    if connection.dialect.name != "sqlite":
-        query = query.with_for_update()
-    return fetch_tuples(connection, query, parameters)
+    return fetch_tuples(connection, locked(query, connection, keys_change=keys_change), parameters)
 
 
 def fetch_tuples(

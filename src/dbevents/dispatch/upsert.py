@@ -28,8 +28,13 @@ def conflicting_rows(
     spec: TableSpec,
     statement: Any,
     parameters: Sequence[Mapping[str, Any]],
+    *,
+    keys_change: bool,
 ) -> dict[tuple[Any, ...], Row] | None:
-    """The rows an upsert may update, by primary key; None when ``statement`` can't update."""
+    """The rows an upsert may update, by primary key; None when ``statement`` can't update.
+
+    :param keys_change: it may set a column of a unique key (see :func:`~.stored.locked`).
+    """
     clause = upsert_clause(statement)
     if clause is None or type(clause).__name__ == "OnConflictDoNothing":
         return None
@@ -40,7 +45,8 @@ def conflicting_rows(
         values = {tuple(row.get(name, _UNKNOWN) for name in names) for row in rows}
         values = {value for value in values if _UNKNOWN not in value and None not in value}
         if values:
-            found.update(read_matching(connection, spec, names, sorted(values, key=repr)))
+            matching = sorted(values, key=repr)
+            found.update(read_matching(connection, spec, names, matching, keys_change=keys_change))
     return found
 
 
