@@ -148,7 +148,9 @@ def test_upsert_clause_and_multi_values() -> None:
             "OnConflictDoNothing"
         )
     named = postgresql.insert(table).on_conflict_do_update(constraint="pk", set_={"name": "x"})
-    assert _compat.upsert_set_keys(_compat.upsert_clause(statement.on_conflict_do_nothing())) is None
+    assert (
+        _compat.upsert_set_keys(_compat.upsert_clause(statement.on_conflict_do_nothing())) is None
+    )
     clause = _compat.upsert_clause(named)
     assert clause is not None and clause.constraint_target == "pk"
     assert _compat.multi_values(sa.insert(table).values(id=1)) is None

@@ -75,6 +75,14 @@ def test_insert_values_stamps_the_row(
     assert change.new is not None and change.new["id"] == row["id"]
 
 
+def test_an_insert_of_one_parameter_set_stamps_the_row(engine: sa.Engine, Session: Maker) -> None:
+    with Session() as session, dbevents.acting_as("ada"):
+        session.execute(sa.insert(Note), {"title": "one"})
+        session.commit()
+    (row,) = _rows(engine, "notes").values()
+    assert len(row["id"]) == 22 and row["created_by"] == "ada" and row["created_at"] is not None
+
+
 def test_update_where_bumps_updated_fields(engine: sa.Engine, Session: Maker) -> None:
     with Session() as session:
         _seed(session)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents

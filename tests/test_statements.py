@@ -187,6 +187,32 @@ def test_insert_values_can_be_changed_and_vetoed(
     assert len(changesets) == 1
 
 
+#: an INSERT of one row, in each form that gives its values
+ONE_ROW_INSERTS: dict[str, Callable[[sa_orm.Session, str], Any]] = {
+    "values": lambda s, name: s.execute(sa.insert(Item).values(name=name)),
+    "parameter set": lambda s, name: s.execute(sa.insert(Item), {"name": name}),
+    "core parameter set": lambda s, name: s.execute(items.insert(), {"name": name}),
+    "bound value": lambda s, name: s.execute(
+        sa.insert(Item).values(name=sa.bindparam("n")), {"n": name}
+    ),
+    "parameter over values": lambda s, name: s.execute(
+        sa.insert(Item).values(name="other"), {"name": name}
+    ),
+}
+
+
+@pytest.mark.parametrize("path", ONE_ROW_INSERTS)
+def test_a_one_row_insert_runs_callbacks_with_its_values_whatever_its_form(
+    path: str, Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    insert = ONE_ROW_INSERTS[path]
+    check_delivered(db, Session, changesets, lambda s: insert(s, "x"))
+    assert {r["name"] for r in table_rows(db, "items").values()} == {"n1", "n2", "n3", "X"}
+    assert calls == [("before_insert", "x"), ("after_insert", "X", 0, 4)]
+    run(Session, lambda s: insert(s, "veto"))
+    assert len(table_rows(db, "items")) == 4 and len(changesets) == 1
+
+
 def test_a_bulk_insert_with_every_row_vetoed_returns_a_real_empty_result(
     Session: Any, calls: Calls, changesets: list[ChangeSet], db: sa.Engine
 ) -> None:
@@ -221,6 +247,14 @@ UPDATES: dict[str, Write] = {
     ),
     "query": lambda s: s.query(Item).filter(Item.id >= 2).update({"qty": 5}),
     "core table": lambda s: s.execute(items.update().where(items.c.id >= 2).values(qty=5)),
+    # SQLAlchemy SETs what a parameter names, and binds a bindparam() there
+    "bound value": lambda s: s.execute(
+        sa.update(Item).where(Item.id >= 2).values(qty=sa.bindparam("q")), {"q": 5}
+    ),
+    "parameter": lambda s: s.execute(items.update().where(items.c.id >= 2), {"qty": 5}),
+    "parameter over values": lambda s: s.execute(
+        sa.update(Item).where(Item.id >= 2).values(qty=1), {"qty": 5}
+    ),
 }
 
 
@@ -244,6 +278,7 @@ VETOED_UPDATES: dict[str, Write] = {
     "orm where": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(name="veto")),
     "query": lambda s: s.query(Item).filter(Item.id >= 2).update({"name": "veto"}),
     "core table": lambda s: s.execute(items.update().where(items.c.id >= 2).values(name="veto")),
+    "parameter": lambda s: s.execute(items.update().where(items.c.id >= 2), {"name": "veto"}),
 }
 
 

@@ -13,7 +13,7 @@ rows be loaded as objects; models without them never pay for that.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -24,14 +24,13 @@ from .._compat import (
     explicit_returning,
     multi_values,
     upsert_clause,
-    with_dml_values,
     without_values,
 )
 from ..changes import Op
-from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
 from ..registry import Table, first_veto
 from ..rowset import RowSet
+from .setvalues import SetValues, check_keys
 from .stored import SKIP_CAPTURE
 from .written import Written, written_rows
 
@@ -97,11 +96,19 @@ def _returning_one_row(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec) -> R
         or not all(isinstance(value, sa.BindParameter) for _, value in pairs)
     ):
         return None
-    fields, _ = _fields_of(spec, pairs)
+    fields = SetValues(spec, statement).fields
     pk_keys = [key for part in spec.parts for _, key in part.pk if key is not None]
     if any(key in fields for key in pk_keys) or not set(fields) <= spec.column_keys:
         return None  # the key is sent (dbevents reads it there), or not plain attributes
     return fields
+
+
+def _one_row(statement: Any, params: Any) -> bool:
+    """An INSERT of one row: ``insert(M).values(...)`` or one parameter set (not a
+    multi-row ``values([...])`` or ``from_select()``: their ``after_*`` callbacks only)."""
+    if multi_values(statement) is not None or statement.select is not None:
+        return False
+    return dml_values(statement) is not None or isinstance(params, Mapping)
 
 
 def _by_primary_key(statement: Any, params: Any) -> bool:
@@ -123,14 +130,12 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
             result = _invoke_with(orm_state, kept)
     else:
         statement = orm_state.statement
-        pairs = dml_values(statement)
-        if pairs is not None:  # insert(M).values(...): the one row's values
-            fields, keys = _fields_of(spec, pairs)
-            original = dict(fields)
-            if _veto_insert(spec, callbacks, fields):
+        if _one_row(statement, params):  # insert(M).values(...), or one parameter set
+            values = SetValues(spec, statement, params)
+            if _veto_insert(spec, callbacks, values.fields):
                 return _nothing(orm_state)
-            if fields != original:
-                statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
+            if values.changed:
+                statement, orm_state.parameters = values.applied(statement)
         with written_rows() as written:  # multi-row values(): after_* only (from_select: none)
             result = orm_state.invoke_statement(statement=statement)
     stored = _inserted(spec, written)
@@ -157,7 +162,7 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
         state = sa.inspect(obj)
         fields.update((key, state.dict[key]) for key in spec.column_keys if key in state.dict)
     vetoed = first_veto(before_insert, spec.model, fields) is not None
-    _check_keys(spec, fields)
+    check_keys(spec, fields)
     return vetoed
 
 
@@ -181,14 +186,12 @@ def _update_or_delete(
     set_before = callbacks.get("before_update" if update else "before_delete")
     where = statement.whereclause
     rows = RowSet(model, session, where=sa.true() if where is None else where)
-    pairs = dml_values(statement) or []
-    fields, keys = _fields_of(spec, pairs)
-    original = dict(fields)
+    values = SetValues(spec, statement, orm_state.parameters)
+    fields = values.fields
     if first_veto(set_before, model, *((rows, fields) if update else (rows,))):
         return orm_state.invoke_statement(statement=statement.where(sa.false()))
-    if update and fields != original:
-        _check_keys(spec, fields)
-        statement = with_dml_values(statement, _pairs_of(spec, fields, keys))
+    if update and values.changed:
+        statement, orm_state.parameters = values.applied(statement)
     doomed: list[Any] = []
     if row_before or (row_after and not update):
         doomed = rows.select()  # loaded before the write: a deleted row can't be loaded after
@@ -241,7 +244,7 @@ def _update_by_key(
             continue
         if first_veto(before_update, model, RowSet(model, session, pks=[pk]), fields):
             continue
-        _check_keys(spec, fields)
+        check_keys(spec, fields)
         kept.append({**fields, **dict(zip(pk_keys, pk, strict=True))})
     if not kept:
         return _nothing(orm_state)
@@ -261,37 +264,6 @@ def _update_by_key(
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _fields_of(spec: MapperSpec, pairs: list[tuple[Any, Any]]) -> tuple[Row, dict[str, Any]]:
-    """SET / VALUES pairs -> (attribute key -> value, attribute key -> the statement's key)."""
-    fields: Row = {}
-    keys: dict[str, Any] = {}
-    by_column = {name: key for part in spec.parts for name, key in part.columns if key is not None}
-    for key, value in pairs:
-        if isinstance(key, str):
-            name = key if key in spec.column_keys else by_column.get(key, key)
-        else:
-            name = getattr(key, "key", None) or str(key)
-            column_name = getattr(key, "name", None)
-            if name not in spec.column_keys and column_name in by_column:
-                name = by_column[column_name]
-        keys[name] = key
-        fields[name] = value.effective_value if isinstance(value, sa.BindParameter) else value
-    return fields, keys
-
-
-def _pairs_of(spec: MapperSpec, fields: Row, keys: dict[str, Any]) -> list[tuple[Any, Any]]:
-    return [(keys.get(name, getattr(spec.model, name)), value) for name, value in fields.items()]
-
-
-def _check_keys(spec: MapperSpec, fields: Row) -> None:
-    unknown = [key for key in fields if key not in spec.column_keys]
-    if unknown:
-        raise ConfigurationError(
-            f"{spec.name}: a callback set fields {unknown!r}, which are not column attributes",
-            model=spec.model,
-        )
 
 
 def _inserted(spec: MapperSpec, written: list[Written]) -> dict[tuple[Any, ...], Row]:

@@ -1,0 +1,107 @@
+"""The values a statement writes, as ``before_insert`` / ``before_update`` get them.
+
+A statement's values come from its ``values()`` and from its one parameter set:
+a ``bindparam()`` among the values takes its value there, and SQLAlchemy writes
+every column a parameter names, over the statement's own value for it.  The
+callbacks see all of them, by attribute key, and what they change is written
+back where it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, final
+
+import sqlalchemy as sa
+
+from .._compat import dml_values, with_dml_values
+from ..exceptions import ConfigurationError
+from ..mapping import MapperSpec
+
+__all__ = ["SetValues", "check_keys"]
+
+Row = dict[str, Any]
+
+
+@final
+class SetValues:
+    """What one statement (with at most one parameter set) writes, by attribute key."""
+
+    __slots__ = ("_by_column", "_keys", "_params", "_spec", "fields", "given", "original")
+
+    def __init__(self, spec: MapperSpec, statement: Any, params: Any = None) -> None:
+        self._spec = spec
+        #: the parameter set, when there is exactly one
+        self._params: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
+        self._by_column = {
+            name: key for part in spec.parts for name, key in part.columns if key is not None
+        }
+        #: attribute key -> the statement's own key of its value (a column, a name)
+        self._keys: dict[str, Any] = {}
+        #: attribute key -> the parameter that gives its value
+        self.given: dict[str, str] = {}
+        #: the values, for the callbacks to read and change
+        self.fields: Row = {}
+        for key, value in dml_values(statement) or ():
+            name = self._attribute(key)
+            self._keys[name] = key
+            if isinstance(value, sa.BindParameter):
+                value = self._params.get(value.key, value.effective_value)
+            self.fields[name] = value
+        columns = (  # column key -> column name, of the model's tables
+            {c.key: c.name for part in spec.parts for c in part.spec.table.columns}
+            if self._params
+            else {}
+        )
+        for key, value in self._params.items():
+            if key in columns:  # SQLAlchemy SETs this column, over values()
+                name = self._attribute(key, columns[key])
+                self.given[name] = key
+                self.fields[name] = value
+        self.original = dict(self.fields)
+
+    def _attribute(self, key: Any, name: str | None = None) -> str:
+        """The attribute key of a statement's key: a string, a column or an attribute."""
+        column_keys = self._spec.column_keys
+        if isinstance(key, str):
+            if key in column_keys:
+                return key
+            return self._by_column.get(name or key, key)
+        attribute = getattr(key, "key", None) or str(key)
+        column_name = getattr(key, "name", None)
+        if attribute not in column_keys and column_name in self._by_column:
+            return self._by_column[column_name]
+        return attribute
+
+    @property
+    def changed(self) -> bool:
+        """Whether the callbacks changed, added or removed a value."""
+        return self.fields != self.original
+
+    def applied(self, statement: Any) -> tuple[Any, Mapping[str, Any] | None]:
+        """The statement and parameter set that write :attr:`fields` as they are now."""
+        check_keys(self._spec, self.fields)
+        params = dict(self._params) if self._params else None
+        for name, key in self.given.items():
+            assert params is not None
+            if name in self.fields:
+                params[key] = self.fields[name]
+            else:
+                del params[key]
+        spec, keys = self._spec, self._keys
+        pairs = [
+            (keys.get(name, getattr(spec.model, name)), value)
+            for name, value in self.fields.items()
+            if name not in self.given
+        ]
+        return with_dml_values(statement, pairs), params
+
+
+def check_keys(spec: MapperSpec, fields: Row) -> None:
+    """Refuse fields a callback set that are not column attributes of the model."""
+    unknown = [key for key in fields if key not in spec.column_keys]
+    if unknown:
+        raise ConfigurationError(
+            f"{spec.name}: a callback set fields {unknown!r}, which are not column attributes",
+            model=spec.model,
+        )
