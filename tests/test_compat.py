@@ -135,6 +135,8 @@ def test_upsert_clause_and_multi_values() -> None:
         assert _compat.upsert_clause(statement) is None
         sent = _compat.multi_values(statement) or []
         assert [{getattr(c, "key", c): v for c, v in row.items()} for row in sent] == rows
+        fewer = _compat.multi_values(_compat.with_multi_values(statement, rows[1:])) or []
+        assert [{getattr(c, "key", c): v for c, v in row.items()} for row in fewer] == rows[1:]
         by_key = statement.on_conflict_do_update(index_elements=[table.c.id], set_={"name": "x"})
         clause = _compat.upsert_clause(by_key)
         assert clause is not None

@@ -151,6 +151,8 @@ ROWS = [{"name": "a", "qty": 1}, {"name": "veto", "qty": 2}, {"name": "b", "qty"
 
 INSERTS: dict[str, Write] = {
     "orm bulk": lambda s: s.execute(sa.insert(Item), ROWS),
+    "multi-row values": lambda s: s.execute(sa.insert(Item).values(ROWS)),
+    "core multi-row values": lambda s: s.execute(items.insert().values(ROWS)),
     "orm returning": lambda s: s.scalars(sa.insert(Item).returning(Item.id), ROWS).all(),
     "core table": lambda s: s.execute(items.insert(), ROWS),
 }
@@ -211,6 +213,25 @@ def test_a_one_row_insert_runs_callbacks_with_its_values_whatever_its_form(
     assert calls == [("before_insert", "x"), ("after_insert", "X", 0, 4)]
     run(Session, lambda s: insert(s, "veto"))
     assert len(table_rows(db, "items")) == 4 and len(changesets) == 1
+
+
+def test_a_multi_row_insert_whose_callbacks_add_a_column_to_some_rows_is_refused(
+    Session: Any, events: dbevents.Events, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    """SQLAlchemy writes the columns of the first row only: refused, not half written."""
+
+    @events.listens_for(Item, "before_insert")
+    def some(cls: type[Item], fields: dict[str, Any]) -> None:
+        if fields["name"] == "b":
+            fields["qty"] = 9
+
+    with Session() as session:
+        with pytest.raises(dbevents.ConfigurationError, match="different columns"):
+            session.execute(sa.insert(Item).values([{"name": "a"}, {"name": "b"}]))
+        session.execute(sa.insert(Item).values([{"name": "b", "qty": 2}, {"name": "c", "qty": 1}]))
+        session.commit()  # a change of a column every row has is fine
+    rows = {r["name"]: r["qty"] for r in table_rows(db, "items").values()}
+    assert (rows["b"], rows["c"], len(rows)) == (9, 1, 5)
 
 
 def test_a_bulk_insert_with_every_row_vetoed_returns_a_real_empty_result(

@@ -34,6 +34,7 @@ __all__ = [
     "upsert_set_keys",
     "where_criteria",
     "with_dml_values",
+    "with_multi_values",
     "without_values",
 ]
 
@@ -185,6 +186,11 @@ def without_values(statement: Any) -> Any:
         clone._ordered_values = None
     clone._multi_values = ()
     return clone
+
+
+def with_multi_values(statement: Any, rows: list[dict[Any, Any]]) -> Any:
+    """A copy of an INSERT whose multi-row ``values([...])`` are exactly ``rows``."""
+    return without_values(statement).values(rows)
 
 
 def dml_table(statement: Any) -> Any:

@@ -9,7 +9,7 @@ back where it came from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, final
 
 import sqlalchemy as sa
@@ -29,7 +29,9 @@ class SetValues:
 
     __slots__ = ("_by_column", "_keys", "_params", "_spec", "fields", "given", "original")
 
-    def __init__(self, spec: MapperSpec, statement: Any, params: Any = None) -> None:
+    def __init__(
+        self, spec: MapperSpec, pairs: Iterable[tuple[Any, Any]], params: Any = None
+    ) -> None:
         self._spec = spec
         #: the parameter set, when there is exactly one
         self._params: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
@@ -42,7 +44,7 @@ class SetValues:
         self.given: dict[str, str] = {}
         #: the values, for the callbacks to read and change
         self.fields: Row = {}
-        for key, value in dml_values(statement) or ():
+        for key, value in pairs:
             name = self._attribute(key)
             self._keys[name] = key
             if isinstance(value, sa.BindParameter):
@@ -78,6 +80,20 @@ class SetValues:
         """Whether the callbacks changed, added or removed a value."""
         return self.fields != self.original
 
+    @classmethod
+    def of(cls, spec: MapperSpec, statement: Any, params: Any = None) -> SetValues:
+        """The values of a statement's ``values()`` and of its one parameter set."""
+        return cls(spec, dml_values(statement) or (), params)
+
+    def pairs(self) -> list[tuple[Any, Any]]:
+        """The values the statement itself holds, as :attr:`fields` are now."""
+        spec, keys = self._spec, self._keys
+        return [
+            (keys.get(name, getattr(spec.model, name)), value)
+            for name, value in self.fields.items()
+            if name not in self.given
+        ]
+
     def applied(self, statement: Any) -> tuple[Any, Mapping[str, Any] | None]:
         """The statement and parameter set that write :attr:`fields` as they are now."""
         check_keys(self._spec, self.fields)
@@ -88,13 +104,7 @@ class SetValues:
                 params[key] = self.fields[name]
             else:
                 del params[key]
-        spec, keys = self._spec, self._keys
-        pairs = [
-            (keys.get(name, getattr(spec.model, name)), value)
-            for name, value in self.fields.items()
-            if name not in self.given
-        ]
-        return with_dml_values(statement, pairs), params
+        return with_dml_values(statement, self.pairs()), params
 
 
 def check_keys(spec: MapperSpec, fields: Row) -> None:

@@ -24,9 +24,11 @@ from .._compat import (
     explicit_returning,
     multi_values,
     upsert_clause,
+    with_multi_values,
     without_values,
 )
 from ..changes import Op
+from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
 from ..registry import Table, first_veto
 from ..rowset import RowSet
@@ -96,7 +98,7 @@ def _returning_one_row(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec) -> R
         or not all(isinstance(value, sa.BindParameter) for _, value in pairs)
     ):
         return None
-    fields = SetValues(spec, statement).fields
+    fields = SetValues.of(spec, statement).fields
     pk_keys = [key for part in spec.parts for _, key in part.pk if key is not None]
     if any(key in fields for key in pk_keys) or not set(fields) <= spec.column_keys:
         return None  # the key is sent (dbevents reads it there), or not plain attributes
@@ -105,10 +107,31 @@ def _returning_one_row(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec) -> R
 
 def _one_row(statement: Any, params: Any) -> bool:
     """An INSERT of one row: ``insert(M).values(...)`` or one parameter set (not a
-    multi-row ``values([...])`` or ``from_select()``: their ``after_*`` callbacks only)."""
-    if multi_values(statement) is not None or statement.select is not None:
+    ``from_select()``, whose rows only its ``after_*`` callbacks see)."""
+    if statement.select is not None:
         return False
     return dml_values(statement) is not None or isinstance(params, Mapping)
+
+
+def _kept_rows(spec: MapperSpec, callbacks: Table, statement: Any) -> Any | None:
+    """Run the before_* callbacks of each row of ``insert(M).values([...])``; return the
+    INSERT of the rows kept, as the callbacks left them (None: every row was vetoed)."""
+    rows = [SetValues(spec, row.items()) for row in multi_values(statement) or ()]
+    kept = [values for values in rows if not _veto_insert(spec, callbacks, values.fields)]
+    if not kept:
+        return None
+    if len(kept) == len(rows) and not any(values.changed for values in kept):
+        return statement
+    if len({frozenset(values.fields) for values in kept}) > 1 and any(
+        values.fields.keys() != values.original.keys() for values in kept
+    ):
+        # SQLAlchemy writes the columns of the first row only, and refuses a row without one
+        raise ConfigurationError(
+            f"{spec.name}: callbacks gave the rows of one multi-row INSERT different columns; "
+            "give every row the same fields, or insert them as a list of parameter sets",
+            model=spec.model,
+        )
+    return with_multi_values(statement, [dict(values.pairs()) for values in kept])
 
 
 def _by_primary_key(statement: Any, params: Any) -> bool:
@@ -129,14 +152,18 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
         with written_rows() as written:
             result = _invoke_with(orm_state, kept)
     else:
-        statement = orm_state.statement
-        if _one_row(statement, params):  # insert(M).values(...), or one parameter set
-            values = SetValues(spec, statement, params)
+        statement: Any = orm_state.statement
+        if multi_values(statement) is not None:  # insert(M).values([...]): callbacks per row
+            statement = _kept_rows(spec, callbacks, statement)
+            if statement is None:
+                return _nothing(orm_state)
+        elif _one_row(statement, params):  # insert(M).values(...), or one parameter set
+            values = SetValues.of(spec, statement, params)
             if _veto_insert(spec, callbacks, values.fields):
                 return _nothing(orm_state)
             if values.changed:
                 statement, orm_state.parameters = values.applied(statement)
-        with written_rows() as written:  # multi-row values(): after_* only (from_select: none)
+        with written_rows() as written:  # (from_select: no rows to tell, see limits)
             result = orm_state.invoke_statement(statement=statement)
     stored = _inserted(spec, written)
     after_insert, after_save = callbacks.get("after_insert"), callbacks.get("after_save")
@@ -186,7 +213,7 @@ def _update_or_delete(
     set_before = callbacks.get("before_update" if update else "before_delete")
     where = statement.whereclause
     rows = RowSet(model, session, where=sa.true() if where is None else where)
-    values = SetValues(spec, statement, orm_state.parameters)
+    values = SetValues.of(spec, statement, orm_state.parameters)
     fields = values.fields
     if first_veto(set_before, model, *((rows, fields) if update else (rows,))):
         return orm_state.invoke_statement(statement=statement.where(sa.false()))
