@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.dialects import postgresql, sqlite
@@ -92,6 +93,33 @@ def test_returns_defaults_and_prefixes() -> None:
     assert _compat.returns_defaults(plain.return_defaults(companies.c.id))
     (prefix,) = _compat.prefixes(plain.prefix_with("OR IGNORE"))
     assert "OR IGNORE" in str(prefix[0])
+
+
+def test_a_result_is_made_as_without_the_returning_supplemental_cols_added(
+    tables: sa.Engine,
+) -> None:
+    table = companies
+    update = sa.update(table).where(table.c.id >= 1).values(name="x")
+    insert = sa.insert(table).values(name="n")
+    with tables.begin() as conn:
+        conn.execute(sa.insert(table), [{"name": "a"}, {"name": "b"}])
+        for statement, params in ((update, []), (insert, []), (sa.insert(table), [{"name": "c"}])):
+            returning = statement.return_defaults(supplemental_cols=[table.c.id])
+            assert _compat.supplemental_returning(returning)
+            assert not _compat.supplemental_returning(statement)
+            itself = _compat.returns_rows_itself(conn, statement, params)
+            # SQLAlchemy returns an INSERT's new key itself where it does not take lastrowid
+            assert itself == (statement is not update and not conn.dialect.postfetch_lastrowid)
+            result = conn.execute(returning, params or None)
+            assert result.returns_rows and result.returned_defaults_rows
+            _compat.as_without_returning(result, returned_rows=itself)
+            assert result.returned_defaults_rows  # still there for dbevents
+            assert result.returns_rows is itself
+            if itself:
+                assert result.all() == []
+            else:
+                with pytest.raises(sa.exc.ResourceClosedError):
+                    result.all()
 
 
 def test_dml_values_round_trip() -> None:

@@ -258,6 +258,54 @@ def test_insert_values_returning_runs_callbacks_and_is_captured(
     assert vetoed == [] and len(table_rows(db, "items")) == 4 and len(changesets) == 1
 
 
+# -- the caller's result -------------------------------------------------------------------------
+
+#: statements whose rows dbevents reads through a RETURNING of its own
+OWN_RETURNING: dict[str, Write] = {
+    "update": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(name="x")),
+    "update of an expression": lambda s: s.execute(
+        sa.update(Item).where(Item.id >= 2).values(qty=Item.qty + 1)
+    ),
+    "update, fetch": lambda s: s.execute(
+        sa.update(Item).where(Item.id >= 2).values(name="x"),
+        execution_options={"synchronize_session": "fetch"},
+    ),
+    "core update": lambda s: s.execute(items.update().where(items.c.id >= 2).values(name="x")),
+    "delete": lambda s: s.execute(sa.delete(Item).where(Item.id >= 3)),
+    "core delete": lambda s: s.execute(items.delete().where(items.c.id >= 3)),
+    "insert values": lambda s: s.execute(sa.insert(Item).values(name="n")),
+    "core insert": lambda s: s.execute(items.insert().values(name="n")),
+    "multi-row values": lambda s: s.execute(sa.insert(Item).values([{"name": "n"}, {"name": "m"}])),
+}
+
+
+def _shape(result: Any) -> tuple[Any, ...]:
+    """What the caller can tell of a result: its type, whether and what rows it returns."""
+    try:
+        rows: Any = result.all()
+    except sa.exc.ResourceClosedError:
+        rows = "closed"
+    returns = getattr(result, "returns_rows", None)
+    return type(result).__name__, returns, getattr(result, "rowcount", None), rows
+
+
+@pytest.mark.parametrize("path", OWN_RETURNING)
+def test_the_caller_gets_the_result_sqlalchemy_gives(
+    path: str, events: dbevents.Events, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    """dbevents' RETURNING is taken out of the result again: no rows of its own show."""
+    shapes = []
+    for maker in (sa_orm.sessionmaker(db), Session):  # without dbevents, then with
+        with maker() as session:
+            shapes.append(_shape(OWN_RETURNING[path](session)))
+            session.rollback()
+    assert shapes[1] == shapes[0]
+    with Session() as session:  # and it is captured all the same
+        OWN_RETURNING[path](session)
+        session.commit()
+    assert changesets and changesets[0].changes
+
+
 # -- UPDATE ------------------------------------------------------------------------------------
 
 UPDATES: dict[str, Write] = {

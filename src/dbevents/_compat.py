@@ -16,20 +16,23 @@ import sqlalchemy.orm as sa_orm
 __all__ = [
     "NO_VALUE",
     "all_mappers",
+    "as_without_returning",
     "await_in_greenlet",
     "committed_state",
     "dml_table",
     "dml_values",
     "explicit_returning",
     "flush_candidates",
-    "in_greenlet",
     "flush_running",
+    "in_greenlet",
     "multi_values",
     "post_updated",
     "prefixes",
     "provisioning_connection",
     "returns_defaults",
+    "returns_rows_itself",
     "sa_version",
+    "supplemental_returning",
     "upsert_clause",
     "upsert_set_keys",
     "where_criteria",
@@ -149,6 +152,48 @@ def returns_defaults(statement: Any) -> bool:
     """Whether a DML statement was given ``return_defaults()`` (private: ``_return_defaults``);
     SQLAlchemy's bulk INSERT gives it one when it needs the new keys itself."""
     return bool(getattr(statement, "_return_defaults", False))
+
+
+def supplemental_returning(statement: Any) -> bool:
+    """Whether a DML statement was given ``return_defaults(supplemental_cols=...)``, which
+    makes its result return rows (private: ``_supplemental_returning``)."""
+    return bool(getattr(statement, "_supplemental_returning", None))
+
+
+def returns_rows_itself(
+    connection: sa.Connection, statement: Any, parameters: list[dict[str, Any]]
+) -> bool:
+    """Whether SQLAlchemy makes ``statement`` RETURN rows of its own accord: an INSERT's new
+    key, its own ``return_defaults()``, ``synchronize_session="fetch"``.
+
+    Told by compiling it as the connection compiles what it executes, through the same
+    cache (private: ``_compile_w_cache``, ``Engine._compiled_cache``).
+    """
+    options = connection.get_execution_options()
+    compiled = statement._compile_w_cache(
+        dialect=connection.dialect,
+        compiled_cache=options.get("compiled_cache", connection.engine._compiled_cache),
+        column_keys=sorted(parameters[0]) if parameters and parameters[0] else [],
+        for_executemany=len(parameters) > 1,
+        schema_translate_map=options.get("schema_translate_map"),
+    )[0]
+    return bool(compiled.effective_returning)
+
+
+def as_without_returning(result: sa.CursorResult[Any], *, returned_rows: bool) -> None:
+    """Make ``result`` what SQLAlchemy returns for a statement without the RETURNING that
+    ``return_defaults(supplemental_cols=...)`` added: rows fetched and closed, as for its
+    own ``return_defaults()`` (``returned_rows``), or none at all.  ``returned_defaults_rows``
+    keep them.  Private: ``CursorResult.cursor_strategy``, ``_metadata``, ``_soft_close``.
+    """
+    from sqlalchemy.engine import cursor
+
+    if returned_rows:
+        result.all()  # as SQLAlchemy does with its own: fetched, then closed
+    else:
+        result.cursor_strategy = cursor._NO_CURSOR_DML
+        result._metadata = result._no_result_metadata
+    result._soft_close()
 
 
 def prefixes(statement: Any) -> tuple[Any, ...]:

@@ -31,7 +31,14 @@ from sqlalchemy.sql.expression import (
     SavepointClause,
 )
 
-from .._compat import dml_table, provisioning_connection, where_criteria
+from .._compat import (
+    as_without_returning,
+    dml_table,
+    provisioning_connection,
+    returns_rows_itself,
+    supplemental_returning,
+    where_criteria,
+)
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
 from .dml import StatementPlan, plan_statement, record_result
@@ -116,9 +123,13 @@ def _before_execute(
             f'or mute the block on purpose (Events(raw_sql="ignore") silences this)',
         )
         return statement, multiparams, params
+    original = statement
     statement, parameters, plan = plan_statement(
         connection, session, states, statement, spec, multiparams or [params], wanted
     )
+    if supplemental_returning(statement) and not supplemental_returning(original):
+        # the caller's result would return dbevents' rows: they are taken out once read
+        plan.bare_returns_rows = returns_rows_itself(connection, original, multiparams or [params])
     _plans.setdefault(connection, []).append(plan)
     if multiparams:
         multiparams = parameters  # a bulk INSERT's may come with keys drawn for its rows
@@ -169,6 +180,8 @@ def _after_execute(
         return
     plan = plans.pop()
     record_result(connection, plan, result)
+    if plan.bare_returns_rows is not None:
+        as_without_returning(result, returned_rows=plan.bare_returns_rows)
 
 
 def _handle_error(context: Any) -> None:

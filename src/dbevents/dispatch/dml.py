@@ -58,6 +58,7 @@ class StatementPlan:
     """What to do after one statement ran."""
 
     __slots__ = (
+        "bare_returns_rows",
         "before",
         "columns",
         "keys_only",
@@ -118,6 +119,9 @@ class StatementPlan:
         self.rowid = rowid
         #: Returns.KEYS_SENT: the keys drawn for the rows, one per parameter set
         self.keys_sent = keys_sent
+        #: when dbevents' RETURNING made the caller's result return rows: whether SQLAlchemy
+        #: makes the statement RETURN rows itself (then none are left for the caller either)
+        self.bare_returns_rows: bool | None = None
 
 
 def plan_statement(
