@@ -166,9 +166,13 @@ def returns_rows_itself(
     """Whether SQLAlchemy makes ``statement`` RETURN rows of its own accord: an INSERT's new
     key, its own ``return_defaults()``, ``synchronize_session="fetch"``.
 
-    Told by compiling it as the connection compiles what it executes, through the same
-    cache (private: ``_compile_w_cache``, ``Engine._compiled_cache``).
+    An UPDATE or DELETE RETURNs only for those two, told by the statement (the ORM's
+    ``synchronize_session`` is in its annotations); any other is compiled as the
+    connection compiles what it executes, through the same cache (private:
+    ``_annotations``, ``_compile_w_cache``, ``Engine._compiled_cache``).
     """
+    if not isinstance(statement, sa.Insert) and not returns_defaults(statement):
+        return statement._annotations.get("synchronize_session") == "fetch"  # type: ignore[no-any-return]
     options = connection.get_execution_options()
     compiled = statement._compile_w_cache(
         dialect=connection.dialect,
