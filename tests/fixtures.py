@@ -6,6 +6,8 @@ outlives the test that registered it.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,6 +67,29 @@ def statements(engine: sa.Engine) -> list[str]:
     sent: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
     return sent
+
+
+@contextlib.contextmanager
+def another_writer(engine: sa.Engine, write: Callable[[sa.Connection], object]) -> Iterator[None]:
+    """Another transaction that has run ``write`` and holds its locks until 0.3 s into the
+    block, then commits: what the block writes meanwhile waits for it, or fails."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.begin() as conn:
+            write(conn)
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        threading.Timer(0.3, release.set).start()
+        yield
+    finally:
+        release.set()
+        thread.join()
 
 
 def returned_or(sent: list[str], way: str, sign: str) -> str:

@@ -12,7 +12,6 @@ values it read those the UPDATE changed.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
+from tests.fixtures import another_writer
 from tests.models import Base, Company, Contact
 
 companies: sa.Table = Company.__table__  # type: ignore[assignment]
@@ -83,8 +83,7 @@ def test_an_update_lets_others_insert_rows_referring_to_its_rows(
     maker = events.install(sa_orm.sessionmaker(seeded))
     try:
         with maker() as session:
-            UPDATES[write](session)
-            session.connection()  # the rows are locked now, until the commit below
+            UPDATES[write](session)  # its rows stay locked until the commit below
             # the other transaction's foreign key check locks company 1 FOR KEY SHARE
             _insert_referring_row(seeded)
             session.commit()
@@ -109,25 +108,12 @@ def test_an_update_still_waits_for_another_writer_and_captures_what_it_changed(
     got: list[dbevents.ChangeSet] = []
     events.on_commit(got.append)
     maker = events.install(sa_orm.sessionmaker(seeded))
-    holding, release = threading.Event(), threading.Event()
-
-    def other_writer() -> None:
-        with seeded.begin() as conn:
-            conn.execute(sa.update(companies).where(companies.c.id == 2).values(name="other"))
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=other_writer)
-    thread.start()
+    other = sa.update(companies).where(companies.c.id == 2).values(name="other")
     try:
-        assert holding.wait(10)
-        threading.Timer(0.3, release.set).start()  # commits while this session waits
-        with maker() as session:
+        with another_writer(seeded, lambda conn: conn.execute(other)), maker() as session:
             UPDATES["statement"](session)
             session.commit()
     finally:
-        release.set()
-        thread.join()
         events.uninstall(maker)
     (changeset,) = got
     assert {c.pk: dict(c.old or {}) for c in changeset.updated} == {

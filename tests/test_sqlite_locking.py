@@ -10,7 +10,6 @@ other writer to commit, as it would on its own.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
+from tests.fixtures import another_writer
 from tests.models import Base, Company
 
 companies: sa.Table = Company.__table__  # type: ignore[assignment]
@@ -37,6 +37,11 @@ def engine(tmp_path: Any) -> Iterator[sa.Engine]:
 
 
 Write = Callable[[sa_orm.Session], object]
+
+
+def _update_company_2(conn: sa.Connection) -> None:
+    conn.execute(sa.update(companies).where(companies.c.id == 2).values(name="other"))
+
 
 WRITES: dict[str, Write] = {
     "update": lambda s: s.execute(sa.update(Company).where(Company.id <= 2).values(rating=5)),
@@ -57,25 +62,11 @@ def test_a_statement_waits_for_the_other_writer(
     got: list[dbevents.ChangeSet] = []
     events.on_commit(got.append)
     maker = events.install(sa_orm.sessionmaker(engine))
-    holding, release = threading.Event(), threading.Event()
-
-    def other_writer() -> None:  # holds the write lock until told to commit
-        with engine.begin() as conn:
-            conn.execute(sa.update(companies).where(companies.c.id == 2).values(name="other"))
-            holding.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=other_writer)
-    thread.start()
     try:
-        assert holding.wait(10)
-        threading.Timer(0.3, release.set).start()  # commits while this session waits
-        with maker() as session:
+        with another_writer(engine, _update_company_2), maker() as session:
             WRITES[write](session)
             session.commit()
     finally:
-        release.set()
-        thread.join()
         events.uninstall(maker)
     (changeset,) = got
     assert changeset.changes
@@ -88,30 +79,16 @@ def test_a_flush_reading_old_values_waits_for_the_other_writer(
     got: list[dbevents.ChangeSet] = []
     events.on_commit(got.append)
     maker = events.install(sa_orm.sessionmaker(engine))
-    holding, release = threading.Event(), threading.Event()
-
-    def other_writer() -> None:
-        with engine.begin() as conn:
-            conn.execute(sa.insert(companies).values(id=7, name="other"))
-            holding.set()
-            release.wait(10)
-
     try:
         with maker() as session:
             loaded = session.scalars(sa.select(Company).order_by(Company.id)).all()
             ids = [company.id for company in loaded]
             session.commit()  # expires them: their old values are no longer known
-            thread = threading.Thread(target=other_writer)
-            thread.start()
-            try:
-                assert holding.wait(10)
-                threading.Timer(0.3, release.set).start()
+            insert_7 = sa.insert(companies).values(id=7, name="other")
+            with another_writer(engine, lambda conn: conn.execute(insert_7)):
                 for company, id_ in zip(loaded, ids, strict=True):
                     company.name = f"renamed {id_}"  # nothing loaded: SQLAlchemy reads nothing
                 session.commit()
-            finally:
-                release.set()
-                thread.join()
     finally:
         events.uninstall(maker)
     (changeset,) = got

@@ -343,6 +343,22 @@ def test_update_statement_runs_set_callbacks_and_may_change_values(
     ]
 
 
+def test_an_update_of_several_parameter_sets_keeps_them_when_a_callback_changes_values(
+    Session: Any, events: dbevents.Events, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    @events.listens_for(Item, "before_update")
+    def more(cls: type[Item], rows: RowSet[Item], fields: dict[str, Any]) -> None:
+        fields["qty"] = 9
+
+    by_key = items.update().where(items.c.id == sa.bindparam("key")).values(name="x")
+    check_delivered(db, Session, changesets, lambda s: s.execute(by_key, [{"key": 2}, {"key": 3}]))
+    assert {pk: (r["name"], r["qty"]) for pk, r in table_rows(db, "items").items()} == {
+        (1,): ("n1", 1),
+        (2,): ("x", 9),
+        (3,): ("x", 9),
+    }
+
+
 VETOED_UPDATES: dict[str, Write] = {
     "orm where": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(name="veto")),
     "query": lambda s: s.query(Item).filter(Item.id >= 2).update({"name": "veto"}),

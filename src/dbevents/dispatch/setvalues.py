@@ -27,12 +27,23 @@ Row = dict[str, Any]
 class SetValues:
     """What one statement (with at most one parameter set) writes, by attribute key."""
 
-    __slots__ = ("_by_column", "_keys", "_params", "_spec", "fields", "given", "original")
+    __slots__ = (
+        "_by_column",
+        "_given_params",
+        "_keys",
+        "_params",
+        "_spec",
+        "fields",
+        "given",
+        "original",
+    )
 
     def __init__(
         self, spec: MapperSpec, pairs: Iterable[tuple[Any, Any]], params: Any = None
     ) -> None:
         self._spec = spec
+        #: the statement's parameters as given: one set, several (an executemany), or none
+        self._given_params = params
         #: the parameter set, when there is exactly one
         self._params: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
         self._by_column = {
@@ -94,16 +105,17 @@ class SetValues:
             if name not in self.given
         ]
 
-    def applied(self, statement: Any) -> tuple[Any, Mapping[str, Any] | None]:
-        """The statement and parameter set that write :attr:`fields` as they are now."""
+    def applied(self, statement: Any) -> tuple[Any, Any]:
+        """The statement and parameters that write :attr:`fields` as they are now."""
         check_keys(self._spec, self.fields)
-        params = dict(self._params) if self._params else None
-        for name, key in self.given.items():
-            assert params is not None
-            if name in self.fields:
-                params[key] = self.fields[name]
-            else:
-                del params[key]
+        params = self._given_params
+        if self.given:  # values of the one parameter set
+            params = dict(self._params)
+            for name, key in self.given.items():
+                if name in self.fields:
+                    params[key] = self.fields[name]
+                else:
+                    del params[key]
         return with_dml_values(statement, self.pairs()), params
 
 
