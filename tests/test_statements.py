@@ -324,6 +324,19 @@ UPDATES: dict[str, Write] = {
     "parameter over values": lambda s: s.execute(
         sa.update(Item).where(Item.id >= 2).values(qty=1), {"qty": 5}
     ),
+    "bound where": lambda s: s.execute(
+        items.update().where(items.c.id >= sa.bindparam("low")).values(qty=5), {"low": 2}
+    ),
+    "executemany": lambda s: s.execute(
+        items.update().where(items.c.id == sa.bindparam("key")).values(qty=5),
+        [{"key": 2}, {"key": 3}],
+    ),
+    "executemany, two criteria": lambda s: s.execute(
+        items.update()
+        .where(items.c.id == sa.bindparam("key"), items.c.qty > sa.bindparam("least"))
+        .values(qty=5),
+        [{"key": 1, "least": 1}, {"key": 2, "least": 1}, {"key": 3, "least": 1}],
+    ),
 }
 
 

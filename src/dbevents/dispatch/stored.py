@@ -21,6 +21,7 @@ from ..mapping import TableSpec, column_name
 __all__ = [
     "SKIP_CAPTURE",
     "Row",
+    "equality_criteria",
     "fetch_tuples",
     "inserted_rows",
     "keys_of",
@@ -92,7 +93,7 @@ def read_rows(
     columns = list(table.columns) if columns is None else list(columns)
     if pks is not None:
         return _select_in(connection, spec, columns, [table.c[n] for n in spec.pk], pks, lock=False)
-    criteria = _equality_criteria(table, where)
+    criteria = equality_criteria(table, where)
     if (
         criteria is not None
         and parameters
@@ -176,7 +177,7 @@ def _collect(
             found[tuple([values[i] for i in at])] = dict(zip(names, values, strict=True))
 
 
-def _equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
+def equality_criteria(table: sa.Table, where: Any) -> dict[str, str] | None:
     """``col = :param AND ...`` -> {column name: parameter key}, else None."""
     if where is None:
         return None
