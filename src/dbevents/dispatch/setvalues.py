@@ -1,24 +1,27 @@
-"""The values a statement writes, as ``before_insert`` / ``before_update`` get them.
+"""What a statement writes and which rows, given its parameters, as callbacks see them.
 
 A statement's values come from its ``values()`` and from its one parameter set:
 a ``bindparam()`` among the values takes its value there, and SQLAlchemy writes
 every column a parameter names, over the statement's own value for it.  The
-callbacks see all of them, by attribute key, and what they change is written
-back where it came from.
+callbacks see all of them (``fields``), by attribute key, and what they change
+is written back where it came from.  The ``bindparam()``s of its WHERE clause
+take theirs from the parameters too, in the rows the callbacks get.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
 import sqlalchemy as sa
+from sqlalchemy.sql import visitors
 
 from .._compat import dml_values, with_dml_values
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec
+from .stored import equality_criteria
 
-__all__ = ["SetValues", "check_keys"]
+__all__ = ["SetValues", "check_keys", "selected"]
 
 Row = dict[str, Any]
 
@@ -127,3 +130,36 @@ def check_keys(spec: MapperSpec, fields: Row) -> None:
             f"{spec.name}: a callback set fields {unknown!r}, which are not column attributes",
             model=spec.model,
         )
+
+
+def selected(statement: Any, params: Any) -> sa.ColumnElement[bool]:
+    """What a statement's WHERE clause selects, its bind parameters given their values; with
+    several parameter sets (an executemany), the rows any of them selects."""
+    where: sa.ColumnElement[bool] | None = statement.whereclause
+    if where is None:
+        return sa.true()
+    if isinstance(params, Mapping):
+        return _bound(where, params)
+    if not isinstance(params, Sequence) or not params:
+        return where
+    table = statement.table
+    criteria = equality_criteria(table, where)  # the usual executemany: WHERE key = :param
+    if criteria is not None and all(all(k in p for k in criteria.values()) for p in params):
+        by = [table.c[name] for name in criteria]
+        values = [tuple(p[key] for key in criteria.values()) for p in params]
+        if len(by) == 1:
+            one_of: sa.ColumnElement[bool] = by[0].in_([value for (value,) in values])
+            return one_of
+        return sa.tuple_(*by).in_(values)
+    return sa.or_(*(_bound(where, p) for p in params))
+
+
+def _bound(where: sa.ColumnElement[bool], values: Mapping[str, Any]) -> sa.ColumnElement[bool]:
+    """``where`` with each bind parameter ``values`` names given its value there."""
+
+    def bind(element: Any, **kw: Any) -> Any:
+        if isinstance(element, sa.BindParameter) and element.key in values:
+            return sa.literal(values[element.key], element.type)
+        return None
+
+    return visitors.replacement_traverse(where, {}, bind)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.sql import visitors
 
 from .._compat import (
     dml_values,
@@ -33,8 +32,8 @@ from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
 from ..registry import Table, first_veto
 from ..rowset import RowSet
-from .setvalues import SetValues, check_keys
-from .stored import SKIP_CAPTURE, equality_criteria
+from .setvalues import SetValues, check_keys, selected
+from .stored import SKIP_CAPTURE
 from .written import Written, written_rows
 
 if TYPE_CHECKING:
@@ -213,7 +212,7 @@ def _update_or_delete(
     row_after = callbacks.get("after_save" if update else "after_destroy")
     set_before = callbacks.get("before_update" if update else "before_delete")
     params = orm_state.parameters
-    rows = RowSet(model, session, where=_selected(statement, params))
+    rows = RowSet(model, session, where=selected(statement, params))
     values = SetValues.of(spec, statement, params)
     fields = values.fields
     if first_veto(set_before, model, *((rows, fields) if update else (rows,))):
@@ -238,7 +237,7 @@ def _update_or_delete(
         done = RowSet(model, session, pks=pks)
     else:  # nothing captured: the rows are named by the WHERE clause, and nothing is read back
         result = orm_state.invoke_statement(statement=statement)
-        done = RowSet(model, session, where=_selected(statement, orm_state.parameters))
+        done = RowSet(model, session, where=selected(statement, orm_state.parameters))
     for fn, _ in set_after:
         fn(model, *((done, fields) if update else (done,)))
     if row_after:
@@ -246,39 +245,6 @@ def _update_or_delete(
         for obj in objects:
             first_veto(row_after, model, obj)
     return result
-
-
-def _selected(statement: Any, params: Any) -> sa.ColumnElement[bool]:
-    """What a statement's WHERE clause selects, its bind parameters given their values; with
-    several parameter sets (an executemany), the rows any of them selects."""
-    where: sa.ColumnElement[bool] | None = statement.whereclause
-    if where is None:
-        return sa.true()
-    if isinstance(params, Mapping):
-        return _bound(where, params)
-    if not isinstance(params, Sequence) or not params:
-        return where
-    table = statement.table
-    criteria = equality_criteria(table, where)  # the usual executemany: WHERE key = :param
-    if criteria is not None and all(all(k in p for k in criteria.values()) for p in params):
-        by = [table.c[name] for name in criteria]
-        values = [tuple(p[key] for key in criteria.values()) for p in params]
-        if len(by) == 1:
-            one_of: sa.ColumnElement[bool] = by[0].in_([value for (value,) in values])
-            return one_of
-        return sa.tuple_(*by).in_(values)
-    return sa.or_(*(_bound(where, p) for p in params))
-
-
-def _bound(where: sa.ColumnElement[bool], values: Mapping[str, Any]) -> sa.ColumnElement[bool]:
-    """``where`` with each bind parameter ``values`` names given its value there."""
-
-    def bind(element: Any, **kw: Any) -> Any:
-        if isinstance(element, sa.BindParameter) and element.key in values:
-            return sa.literal(values[element.key], element.type)
-        return None
-
-    return visitors.replacement_traverse(where, {}, bind)
 
 
 # -- UPDATE by primary key ---------------------------------------------------------------------
