@@ -19,11 +19,9 @@ from sqlalchemy.sql import visitors
 from .._compat import dml_values, with_dml_values
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec
-from .stored import equality_criteria
+from .stored import Row, equality_criteria
 
 __all__ = ["SetValues", "check_keys", "selected"]
-
-Row = dict[str, Any]
 
 
 @final
