@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import dbevents
 import dbevents.testing
@@ -61,12 +62,25 @@ def installed(
     events.uninstall(maker)
 
 
-@pytest.fixture
-def statements(engine: sa.Engine) -> list[str]:
-    """The SQL :func:`engine` sends to the database, statement by statement, from here on."""
+def recorded_sql(engine: sa.Engine) -> list[str]:
+    """The SQL ``engine`` sends to the database, statement by statement, from here on."""
     sent: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *args: sent.append(args[2]))
     return sent
+
+
+@pytest.fixture
+def statements(engine: sa.Engine) -> list[str]:
+    """The SQL :func:`engine` sends to the database (:func:`recorded_sql`)."""
+    return recorded_sql(engine)
+
+
+def installed_async(events: dbevents.Events, engine: AsyncEngine) -> async_sessionmaker[Any]:
+    """An async_sessionmaker of a Session class of its own, with ``events`` installed."""
+    own = type("Installed", (sa_orm.Session,), {})
+    maker = async_sessionmaker(engine, sync_session_class=own)
+    events.install(maker)
+    return maker
 
 
 @contextlib.contextmanager

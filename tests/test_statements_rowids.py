@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
-from tests.fixtures import committed_diff, delivered, returned_or
+from tests.fixtures import committed_diff, delivered, installed_async, recorded_sql, returned_or
 
 
 class RBase(sa_orm.DeclarativeBase):
@@ -321,14 +321,10 @@ def backend() -> str:
 def test_async_session_through_aiosqlite(
     events: dbevents.Events, async_engine: AsyncEngine
 ) -> None:
-    sent: list[str] = []
-    sa.event.listen(async_engine.sync_engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    sent = recorded_sql(async_engine.sync_engine)
     got: list[dbevents.ChangeSet] = []
     events.on_commit(got.append)
-    maker = async_sessionmaker(
-        async_engine, sync_session_class=type("Bound", (sa_orm.Session,), {})
-    )
-    events.install(maker)
+    maker = installed_async(events, async_engine)
 
     async def main() -> None:
         async with async_engine.begin() as conn:

@@ -33,7 +33,7 @@ def column_name(column: Any) -> str:
 class TableSpec:
     """A table's full name, its key columns and its column names, in table order."""
 
-    __slots__ = ("_link", "_model", "columns", "key_columns", "name", "pk", "table")
+    __slots__ = ("_link", "_model", "columns", "key_columns", "name", "pk", "table", "unique_keys")
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
@@ -42,14 +42,18 @@ class TableSpec:
         primary = tuple(column_name(column) for column in table.primary_key.columns)
         #: a table without a primary key is keyed by all of its columns
         self.pk = primary or self.columns
-        #: the columns of its primary key, unique constraints and unique indexes: an UPDATE
-        #: that sets one of them takes PostgreSQL's stronger row lock (see stored.locked)
-        self.key_columns = frozenset(primary).union(
-            column_name(column)
-            for item in (*table.constraints, *table.indexes)
-            if isinstance(item, sa.UniqueConstraint) or getattr(item, "unique", False)
-            for column in getattr(item, "columns", ())
-        )
+        #: the column names of each unique key: the primary key, unique constraints and
+        #: unique indexes, each once
+        unique = [primary] if primary else []
+        for item in (*table.constraints, *table.indexes):
+            if isinstance(item, sa.UniqueConstraint) or getattr(item, "unique", False):
+                names = tuple(column_name(column) for column in getattr(item, "columns", ()))
+                if names and names not in unique:
+                    unique.append(names)
+        self.unique_keys = tuple(unique)
+        #: their columns: an UPDATE that sets one takes PostgreSQL's stronger row lock
+        #: (see dispatch.stored.locked)
+        self.key_columns = frozenset(name for key in unique for name in key)
         self._model: Any = _MISSING
         self._link = False
 
@@ -115,6 +119,8 @@ class MapperSpec:
     """A mapped class: its tables, attribute ↔ column map, and what the flush may change."""
 
     __slots__ = (
+        "attribute_of_column",
+        "attribute_of_param",
         "column_keys",
         "columns_of_key",
         "generated_keys",
@@ -135,10 +141,17 @@ class MapperSpec:
         tables = [t for t in mapper.tables if isinstance(t, sa.Table)]
         self.parts = tuple(TablePart(table_spec(t), mapper) for t in _base_first(tables))
         columns_of_key: dict[str, list[tuple[int, str]]] = {}
+        #: column name -> attribute key; column key (a statement's parameter) -> attribute key
+        self.attribute_of_column: dict[str, str] = {}
+        self.attribute_of_param: dict[str, str] = {}
         for index, part in enumerate(self.parts):
-            for name, key in part.columns:
+            for table_column, (name, key) in zip(
+                part.spec.table.columns, part.columns, strict=True
+            ):
                 if key is not None:
                     columns_of_key.setdefault(key, []).append((index, name))
+                    self.attribute_of_column[name] = key
+                    self.attribute_of_param[table_column.key] = key
         #: attribute key -> [(part index, column name)], for every column attribute
         self.columns_of_key = {key: tuple(cols) for key, cols in columns_of_key.items()}
         self.column_keys = frozenset(self.columns_of_key)

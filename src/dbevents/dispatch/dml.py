@@ -141,8 +141,9 @@ def plan_statement(
     table = spec.table
     dialect = connection.dialect
     take_write_lock(connection, table, type(statement))  # SQLite: before any row is read
+    changed = set_columns(table, statement, parameters)
     # PostgreSQL: rows read first are locked as the statement will lock them
-    keys_change = changes_keys(spec, statement, parameters)
+    keys_change = changes_keys(spec, statement, changed)
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
     upserted = (
         conflicting_rows(connection, spec, statement, parameters, keys_change=keys_change)
@@ -153,7 +154,7 @@ def plan_statement(
     if keys_only:
         columns: list[Any] = [table.c[name] for name in spec.pk]
     elif isinstance(statement, sa.Update):
-        columns = updated_columns(table, spec, statement, parameters)
+        columns = updated_columns(table, spec, changed)
     else:
         columns = list(table.columns)
     before = None
@@ -163,9 +164,7 @@ def plan_statement(
     set_to: tuple[Any, ...] = ()
     rowid: tuple[str, int] | None = None
     keys_sent: list[tuple[Any, ...]] = []
-    sets_key = isinstance(statement, sa.Update) and bool(
-        (set_columns(table, statement, parameters) or set()) & set(spec.pk)
-    )
+    sets_key = isinstance(statement, sa.Update) and not set(spec.pk).isdisjoint(changed or ())
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         before = upserted

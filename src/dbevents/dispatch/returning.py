@@ -55,61 +55,59 @@ class Returns(enum.Enum):
 _OLD_PREFIX: Final = "dbevents_old_"
 
 
-def updated_columns(
-    table: sa.Table, spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]
-) -> list[Any]:
+def updated_columns(table: sa.Table, spec: TableSpec, changed: set[str] | None) -> list[Any]:
     """The columns an UPDATE may change, and the key: all a change set of it needs.
 
-    Those it SETs (by its values, or the keys of its parameter sets) and those with
-    an ``onupdate``; every column when that can't be told, or when it sets the key.
+    Those it SETs (``changed``: :func:`set_columns`) and those with an ``onupdate``;
+    every column when that can't be told, or when it sets the key.
     """
-    changed = set_columns(table, statement, parameters)
-    if changed is None:
-        return list(table.columns)
-    if changed & set(spec.pk):
-        return list(table.columns)  # a new key: the row must be told whole under it
-    changed.update(
+    if changed is None or not changed.isdisjoint(spec.pk):
+        return list(table.columns)  # (a new key: the row must be told whole under it)
+    changed = changed | {
         column.name
         for column in table.columns
         if column.onupdate is not None or column.server_onupdate is not None
-    )
+    }
     return [column for column in table.columns if column.name in spec.pk or column.name in changed]
 
 
 def set_columns(
     table: sa.Table, statement: Any, parameters: Sequence[Mapping[str, Any]]
 ) -> set[str] | None:
-    """The names of the columns an UPDATE SETs, or None when that can't be told.
+    """The names of the columns a statement SETs, or None when that can't be told.
 
-    Those of its values, and those its parameter sets name: SQLAlchemy SETs every
-    column whose key is a parameter (a ``bindparam()`` of the WHERE clause may not
-    take a column's key).
+    An UPDATE's: those of its values, and those its parameter sets name (SQLAlchemy
+    SETs every column whose key is a parameter; a ``bindparam()`` of the WHERE clause
+    may not take a column's key).  An upsert's: those its DO UPDATE sets.
     """
     names = {column.key: column.name for column in table.columns}
-    keys = [_column_key(key) for key, _ in dml_values(statement) or ()]
-    if any(key not in names for key in keys):
+    if isinstance(statement, sa.Insert):
+        targets = upsert_set_keys(upsert_clause(statement))
+        return None if targets is None else _column_names(names, targets)
+    changed = _column_names(names, [key for key, _ in dml_values(statement) or ()])
+    if changed is None:
         return None  # a column of another table (MySQL's multi-table UPDATE)
-    keys += [key for key in (parameters[0] if parameters else ()) if key in names]
-    return {names[key] for key in keys} or None
+    changed.update(names[key] for key in (parameters[0] if parameters else ()) if key in names)
+    return changed or None
 
 
-def changes_keys(spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a statement deletes its rows or may set a column of a unique key of theirs.
+def _column_names(names: Mapping[str, str], targets: Sequence[Any]) -> set[str] | None:
+    """The names of the columns of SET targets; None when one is not a column of the table."""
+    keys = [_column_key(target) for target in targets]
+    if any(key not in names for key in keys):
+        return None
+    return {names[key] for key in keys}
+
+
+def changes_keys(spec: TableSpec, statement: Any, changed: set[str] | None) -> bool:
+    """Whether a statement deletes its rows, or may set a column of a unique key of theirs
+    (``changed``: the columns it SETs, :func:`set_columns`).
 
     PostgreSQL then locks the rows ``FOR UPDATE``; an UPDATE (or an upsert's DO UPDATE)
     of other columns only ``FOR NO KEY UPDATE``, and so do the rows dbevents reads
     for it first (:func:`~.stored.locked`).
     """
-    table = spec.table
-    if isinstance(statement, sa.Update):
-        changed = set_columns(table, statement, parameters)
-    elif isinstance(statement, sa.Insert):
-        keys = upsert_set_keys(upsert_clause(statement))
-        names = {column.key: column.name for column in table.columns}
-        changed = None
-        if keys is not None and all(_column_key(key) in names for key in keys):
-            changed = {names[_column_key(key)] for key in keys}
-    else:
+    if isinstance(statement, sa.Delete):
         return True
     return changed is None or not spec.key_columns.isdisjoint(changed)
 

@@ -29,7 +29,6 @@ class SetValues:
     """What one statement (with at most one parameter set) writes, by attribute key."""
 
     __slots__ = (
-        "_by_column",
         "_given_params",
         "_keys",
         "_params",
@@ -47,9 +46,6 @@ class SetValues:
         self._given_params = params
         #: the parameter set, when there is exactly one
         self._params: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
-        self._by_column = {
-            name: key for part in spec.parts for name, key in part.columns if key is not None
-        }
         #: attribute key -> the statement's own key of its value (a column, a name)
         self._keys: dict[str, Any] = {}
         #: attribute key -> the parameter that gives its value
@@ -62,29 +58,21 @@ class SetValues:
             if isinstance(value, sa.BindParameter):
                 value = self._params.get(value.key, value.effective_value)
             self.fields[name] = value
-        columns = (  # column key -> column name, of the model's tables
-            {c.key: c.name for part in spec.parts for c in part.spec.table.columns}
-            if self._params
-            else {}
-        )
         for key, value in self._params.items():
-            if key in columns:  # SQLAlchemy SETs this column, over values()
-                name = self._attribute(key, columns[key])
-                self.given[name] = key
-                self.fields[name] = value
+            attribute = spec.attribute_of_param.get(key)
+            if attribute is not None:  # SQLAlchemy SETs this column, over values()
+                self.given[attribute] = key
+                self.fields[attribute] = value
         self.original = dict(self.fields)
 
-    def _attribute(self, key: Any, name: str | None = None) -> str:
-        """The attribute key of a statement's key: a string, a column or an attribute."""
-        column_keys = self._spec.column_keys
+    def _attribute(self, key: Any) -> str:
+        """The attribute key of a SET target: a string, a column or an attribute."""
+        column_keys, of_column = self._spec.column_keys, self._spec.attribute_of_column
         if isinstance(key, str):
-            if key in column_keys:
-                return key
-            return self._by_column.get(name or key, key)
-        attribute = getattr(key, "key", None) or str(key)
-        column_name = getattr(key, "name", None)
-        if attribute not in column_keys and column_name in self._by_column:
-            return self._by_column[column_name]
+            return key if key in column_keys else of_column.get(key, key)
+        attribute: str = getattr(key, "key", None) or str(key)
+        if attribute not in column_keys:
+            return of_column.get(str(getattr(key, "name", "")), attribute)
         return attribute
 
     @property

@@ -41,7 +41,7 @@ def conflicting_rows(
     table = spec.table
     rows = _sent_rows(table, statement, parameters)
     found: dict[tuple[Any, ...], Row] = {}
-    for names in _conflict_keys(table, clause):
+    for names in _conflict_keys(spec, clause):
         values = {tuple(row.get(name, _UNKNOWN) for name in names) for row in rows}
         values = {value for value in values if _UNKNOWN not in value and None not in value}
         if values:
@@ -50,22 +50,19 @@ def conflicting_rows(
     return found
 
 
-def _conflict_keys(table: sa.Table, clause: Any) -> list[list[str]]:
+def _conflict_keys(spec: TableSpec, clause: Any) -> Sequence[Sequence[str]]:
     """The column names of the unique keys a row of the upsert may conflict on."""
+    table = spec.table
     targets = getattr(clause, "inferred_target_elements", None) or []
     names = [_column_name(table, target) for target in targets]
     if names and all(name is not None for name in names):
         return [names]  # type: ignore[list-item]
     constraint = getattr(clause, "constraint_target", None)
-    keys: list[list[str]] = [list(table.primary_key.columns.keys())] if table.primary_key else []
     for item in [*table.constraints, *table.indexes]:
-        unique = isinstance(item, sa.UniqueConstraint) or getattr(item, "unique", False)
         columns = [column.name for column in getattr(item, "columns", [])]
         if constraint is not None and getattr(item, "name", None) == constraint and columns:
             return [columns]
-        if unique and columns and columns not in keys:
-            keys.append(columns)
-    return keys  # no target (MySQL, SQLite's last clause): any unique key of the table
+    return spec.unique_keys  # no target (MySQL, SQLite's last clause): any unique key
 
 
 def _column_name(table: sa.Table, target: Any) -> str | None:
