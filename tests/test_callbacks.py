@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
@@ -444,6 +445,19 @@ def test_decorator_checks_the_signature_when_the_class_is_defined() -> None:
 def test_install_rejects_what_is_not_a_session() -> None:
     with pytest.raises(dbevents.ConfigurationError, match="cannot install"):
         dbevents.Events().install(object())
+
+
+@pytest.mark.parametrize(
+    "target",
+    [sa_orm.Session, AsyncSession, AsyncSession()],
+    ids=["Session", "AsyncSession", "an AsyncSession"],
+)
+def test_install_refuses_what_would_touch_every_session(target: Any) -> None:
+    """SQLAlchemy's own Session class is every session's: an AsyncSession made without a
+    sync_session_class of its own uses it too."""
+    with pytest.raises(dbevents.ConfigurationError, match="Session itself"):
+        dbevents.Events().install(target)
+    assert not sa_orm.Session().dispatch.before_flush  # nothing listens on it
 
 
 def test_unconfigured_sqlite_bind_warns(tmp_path: Any) -> None:

@@ -381,6 +381,29 @@ def test_capture_levels(
     assert (update.old, update.new) == (old, new)
 
 
+@pytest.mark.parametrize("key", ["dogs", "animals"])
+def test_capture_level_by_table_name(tables: sa.Engine, key: str) -> None:
+    """A table name sets the level of the model stored in it, and of its subclasses."""
+    received: list[ChangeSet] = []
+    events = dbevents.Events(capture={key: "keys"})
+    events.on_commit(received.append)
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add_all([Dog(name="Rex", bark="woof"), Contact(email="t@x", name="T")])
+        session.commit()
+    news = {c.table: c.new for c in received[0].changes}
+    assert news["dogs"] is None and news["animals"] is None  # keys only
+    assert news["contacts"] is not None and news["contacts"]["name"] == "T"
+
+
+def test_capture_level_for_an_unknown_name_warns(tables: sa.Engine) -> None:
+    events = dbevents.Events(capture={"Contacts": "off"})  # the class is Contact
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session, pytest.warns(dbevents.DbEventsWarning, match="'Contacts'"):
+        session.add(Contact(email="u@x", name="U"))
+        session.commit()
+
+
 def test_capture_level_off_by_class_attribute(tables: sa.Engine) -> None:
     class Quiet(sa_orm.DeclarativeBase):
         pass

@@ -266,14 +266,21 @@ class Events:
         """The capture level of a mapper's rows."""
         level = self._levels.get(mapper)
         if level is None:
-            level = self._levels[mapper] = self._resolve_level(mapper.class_)
+            if not self._levels:
+                _warn_unknown_names(self.capture)
+            level = self._levels[mapper] = self._resolve_level(mapper)
         return level
 
-    def _resolve_level(self, model: type[Any]) -> CaptureLevel:
+    def _resolve_level(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
+        model, capture = mapper.class_, self.capture
         for klass in model.__mro__:
             for key in (klass, klass.__name__):
-                if key in self.capture:
-                    return self.capture[key]
+                if key in capture:
+                    return capture[key]
+        for table in mapper.tables:  # its own table first, then those it inherits
+            for name in (table.fullname, table.name):
+                if name in capture:
+                    return capture[name]
         level = getattr(model, "__dbevents_capture__", "old+new")
         if level not in LEVELS:
             raise ConfigurationError(
@@ -339,7 +346,15 @@ def _session_target(target: Any) -> Any:
                 "and install on that"
             )
     if sync_class is not None:
-        return sync_class
+        target = sync_class
+    if target is sa_orm.Session:
+        # listening on the base class would touch every session of the process
+        raise ConfigurationError(
+            "cannot install on sqlalchemy.orm.Session itself: every session of the process "
+            "would run the callbacks; install on a subclass (class MySession(Session): pass), "
+            "a sessionmaker(class_=MySession), or for async sessions an "
+            "async_sessionmaker(..., sync_session_class=MySession)"
+        )
     if isinstance(target, type) and issubclass(target, sa_orm.Session):
         return target
     if isinstance(target, sa_orm.Session):
@@ -377,6 +392,34 @@ def _require_mapped(model: Any) -> None:
     mapper = sa.inspect(model, raiseerr=False) if isinstance(model, type) else None
     if not isinstance(mapper, sa_orm.Mapper):
         raise ConfigurationError(f"{model!r} is not a mapped class", model=model)
+
+
+def _warn_unknown_names(capture: Mapping[type[Any] | str, CaptureLevel]) -> None:
+    """Warn about capture levels set for a name no mapped class or known table has.
+
+    Checked when the first level is looked up, once the models are usually all
+    mapped: a misspelt name would otherwise leave its model at the default level.
+    """
+    names = [key for key in capture if isinstance(key, str)]
+    if not names:
+        return
+    from ._compat import all_mappers
+
+    known: set[str] = set()
+    for mapper in all_mappers():
+        known.add(mapper.class_.__name__)
+        metadata = getattr(mapper.local_table, "metadata", None)
+        for table in metadata.tables.values() if metadata is not None else ():
+            known.update((table.name, table.fullname))
+    for name in names:
+        if name not in known:
+            warnings.warn(
+                f"capture={{{name!r}: ...}}: no mapped class or table of the mapped classes' "
+                f"metadata is called {name!r}; check the spelling (its level applies to a "
+                "Core table of that name only)",
+                DbEventsWarning,
+                stacklevel=2,
+            )
 
 
 def _mapped_classes() -> Iterator[type[Any]]:
