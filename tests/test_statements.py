@@ -394,6 +394,35 @@ def test_vetoed_update_returns_rowcount_zero_and_leaves_rows(
     assert [c[0] for c in calls] == ["before_update"]
 
 
+ABORTED: dict[str, Write] = {
+    "orm bulk insert": INSERTS["orm bulk"],
+    "multi-row values": INSERTS["multi-row values"],
+    "one row": lambda s: s.execute(sa.insert(Item).values(name="veto", qty=1)),
+    "update": lambda s: s.execute(sa.update(Item).where(Item.id == 1).values(name="veto")),
+    "update by key": lambda s: s.execute(sa.update(Item), [{"id": 1, "name": "veto"}]),
+}
+
+
+@pytest.mark.parametrize("path", ABORTED)
+def test_abort_raise_raises_for_a_vetoed_statement(
+    path: str,
+    Session: Any,
+    calls: Calls,
+    events: dbevents.Events,
+    changesets: list[ChangeSet],
+    db: sa.Engine,
+) -> None:
+    events.abort = "raise"
+    before = table_rows(db, "items")
+    with Session() as session:
+        with pytest.raises(dbevents.AbortError, match="abort") as info:
+            ABORTED[path](session)
+        assert info.value.model is Item
+        session.commit()  # the transaction is still usable, and nothing was written
+    assert table_rows(db, "items") == before
+    assert changesets == []
+
+
 KEY_UPDATES: dict[str, Write] = {
     "one row": lambda s: s.execute(sa.update(Item).where(Item.id == 1).values(id=10, name="x")),
     "shifted": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(id=Item.id + 100)),

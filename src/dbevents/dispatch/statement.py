@@ -28,9 +28,9 @@ from .._compat import (
     without_values,
 )
 from ..changes import Op
-from ..exceptions import ConfigurationError
+from ..exceptions import AbortError, ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
-from ..registry import Table, first_veto
+from ..registry import Callbacks, Table, first_veto
 from ..rowset import RowSet
 from .setvalues import SetValues, check_keys, selected
 from .stored import SKIP_CAPTURE
@@ -74,14 +74,42 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
             return orm_state.invoke_statement()
     if not callbacks.writes:
         return None
+    veto = Veto(spec.model, st.events.abort)
     if orm_state.is_insert:
-        return _insert(orm_state, spec, callbacks)
+        return _insert(orm_state, spec, callbacks, veto)
     params = orm_state.parameters
     if orm_state.is_update and _by_primary_key(orm_state.statement, params):
         rows = [dict(p) for p in (params if isinstance(params, Sequence) else [params]) if p]
-        return _update_by_key(orm_state, spec, callbacks, rows)
+        return _update_by_key(orm_state, spec, callbacks, veto, rows)
     captured = st.events.level_of(spec.mapper) != "off"
-    return _update_or_delete(orm_state, spec, callbacks, captured)
+    return _update_or_delete(orm_state, spec, callbacks, veto, captured)
+
+
+class Veto:
+    """Runs a statement's ``before_*`` callbacks and tells whether one vetoed.
+
+    With ``Events(abort="raise")`` a veto raises :class:`AbortError` instead: the
+    callbacks all run before the statement, so nothing has been written then.
+    """
+
+    __slots__ = ("abort", "model")
+
+    def __init__(self, model: type[Any], abort: str) -> None:
+        self.model, self.abort = model, abort
+
+    def __call__(self, callbacks: Callbacks, *args: Any) -> bool:
+        vetoer = first_veto(callbacks, self.model, *args) if callbacks else None
+        if vetoer is None:
+            return False
+        if self.abort == "raise":
+            name = self.model.__name__
+            raise AbortError(
+                f"{name}: {getattr(vetoer, '__qualname__', vetoer)} vetoed a statement's "
+                f'write of {name} rows: Events(abort="raise"); nothing was written',
+                model=self.model,
+                callback=vetoer,
+            )
+        return True
 
 
 def _returning_one_row(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec) -> Row | None:
@@ -113,11 +141,11 @@ def _one_row(statement: Any, params: Any) -> bool:
     return dml_values(statement) is not None or isinstance(params, Mapping)
 
 
-def _kept_rows(spec: MapperSpec, callbacks: Table, statement: Any) -> Any | None:
+def _kept_rows(spec: MapperSpec, callbacks: Table, veto: Veto, statement: Any) -> Any | None:
     """Run the before_* callbacks of each row of ``insert(M).values([...])``; return the
     INSERT of the rows kept, as the callbacks left them (None: every row was vetoed)."""
     rows = [SetValues(spec, row.items()) for row in multi_values(statement) or ()]
-    kept = [values for values in rows if not _veto_insert(spec, callbacks, values.fields)]
+    kept = [values for values in rows if not _veto_insert(spec, callbacks, veto, values.fields)]
     if not kept:
         return None
     if len(kept) == len(rows) and not any(values.changed for values in kept):
@@ -142,11 +170,17 @@ def _by_primary_key(statement: Any, params: Any) -> bool:
 # -- INSERT ----------------------------------------------------------------------------------
 
 
-def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table) -> Any:
+def _insert(
+    orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, veto: Veto
+) -> Any:
     params = orm_state.parameters
     model = spec.model
     if isinstance(params, Sequence) and params:  # bulk: callbacks per row, veto per row
-        kept = [fields for fields in map(dict, params) if not _veto_insert(spec, callbacks, fields)]
+        kept = [
+            fields
+            for fields in map(dict, params)
+            if not _veto_insert(spec, callbacks, veto, fields)
+        ]
         if not kept:
             return _nothing(orm_state)
         with written_rows() as written:
@@ -154,12 +188,12 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
     else:
         statement: Any = orm_state.statement
         if multi_values(statement) is not None:  # insert(M).values([...]): callbacks per row
-            statement = _kept_rows(spec, callbacks, statement)
+            statement = _kept_rows(spec, callbacks, veto, statement)
             if statement is None:
                 return _nothing(orm_state)
         elif _one_row(statement, params):  # insert(M).values(...), or one parameter set
             values = SetValues.of(spec, statement, params)
-            if _veto_insert(spec, callbacks, values.fields):
+            if _veto_insert(spec, callbacks, veto, values.fields):
                 return _nothing(orm_state)
             if values.changed:
                 statement, orm_state.parameters = values.applied(statement)
@@ -176,7 +210,7 @@ def _insert(orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Tabl
     return result
 
 
-def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
+def _veto_insert(spec: MapperSpec, callbacks: Table, veto: Veto, fields: Row) -> bool:
     before_save, before_insert = callbacks.get("before_save"), callbacks.get("before_insert")
     for key, value in spec.scalar_defaults.items():  # shown as on the unit of work
         fields.setdefault(key, value)
@@ -184,11 +218,11 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
         obj = spec.mapper.class_manager.new_instance()
         for key, value in fields.items():
             setattr(obj, key, value)
-        if first_veto(before_save, spec.model, obj):
+        if veto(before_save, obj):
             return True
         state = sa.inspect(obj)
         fields.update((key, state.dict[key]) for key in spec.column_keys if key in state.dict)
-    vetoed = first_veto(before_insert, spec.model, fields) is not None
+    vetoed = veto(before_insert, fields)
     check_keys(spec, fields)
     return vetoed
 
@@ -197,7 +231,11 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, fields: Row) -> bool:
 
 
 def _update_or_delete(
-    orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, captured: bool
+    orm_state: sa_orm.ORMExecuteState,
+    spec: MapperSpec,
+    callbacks: Table,
+    veto: Veto,
+    captured: bool,
 ) -> Any:
     """A statement UPDATE or DELETE with a WHERE clause (or none: every row).
 
@@ -215,14 +253,14 @@ def _update_or_delete(
     rows = RowSet(model, session, where=selected(statement, params))
     values = SetValues.of(spec, statement, params)
     fields = values.fields
-    if first_veto(set_before, model, *((rows, fields) if update else (rows,))):
+    if veto(set_before, *((rows, fields) if update else (rows,))):
         return orm_state.invoke_statement(statement=statement.where(sa.false()))
     if update and values.changed:
         statement, orm_state.parameters = values.applied(statement)
     doomed: list[Any] = []
     if row_before or (row_after and not update):
         doomed = rows.select()  # loaded before the write: a deleted row can't be loaded after
-        vetoed = [obj for obj in doomed if first_veto(row_before, model, obj)]
+        vetoed = [obj for obj in doomed if veto(row_before, obj)]
         if vetoed:
             keep_out = RowSet(model, session, objects=vetoed).where
             statement = statement.where(sa.not_(keep_out))
@@ -251,7 +289,11 @@ def _update_or_delete(
 
 
 def _update_by_key(
-    orm_state: sa_orm.ORMExecuteState, spec: MapperSpec, callbacks: Table, params: list[Row]
+    orm_state: sa_orm.ORMExecuteState,
+    spec: MapperSpec,
+    callbacks: Table,
+    veto: Veto,
+    params: list[Row],
 ) -> Any:
     session, model = orm_state.session, spec.model
     pk_keys = [key for _, key in spec.parts[0].pk if key is not None]
@@ -266,9 +308,9 @@ def _update_by_key(
     for row in map(dict, params):
         pk = tuple(row.get(k) for k in pk_keys)
         fields = {k: v for k, v in row.items() if k not in pk_keys}
-        if first_veto(before_save, model, objects.get(pk)):
+        if veto(before_save, objects.get(pk)):
             continue
-        if first_veto(before_update, model, RowSet(model, session, pks=[pk]), fields):
+        if veto(before_update, RowSet(model, session, pks=[pk]), fields):
             continue
         check_keys(spec, fields)
         kept.append({**fields, **dict(zip(pk_keys, pk, strict=True))})

@@ -37,12 +37,14 @@ def apply_vetoes(
         for row in (state, *(st for _, _, st, _ in state.mapper.cascade_iterator("delete", state)))
     }
     stranded = (_replaced(session, kept) or _strands_delete(session, kept)) if kept else None
+    vetoed_inserts = {state for op, state, _ in vetoes if op == "insert"}
+    leaving = {row for state in vetoed_inserts for row in _expunged_with(state)}
     for op, state, fn in vetoes:
         reason = None
         if events.abort == "raise":
             reason = 'Events(abort="raise")'
         elif op == "insert":
-            reason = _strands_insert(session, state)
+            reason = _strands_insert(session, state, vetoed_inserts, leaving)
         elif op == "delete":
             reason = stranded
         elif op == "update" and any(
@@ -62,26 +64,42 @@ def apply_vetoes(
     for op, state, _ in vetoes:
         obj = state.obj()
         if op == "insert":
-            session.expunge(obj)
+            if obj in session:  # else already expunged with another vetoed object
+                session.expunge(obj)
         elif op == "update":
             _revert(session, state, obj)
         else:
             _restore(session, state, obj)
 
 
-def _strands_insert(session: sa_orm.Session, state: State) -> str | None:
-    """Tell why expunging a pending object would strand other pending objects, if it would."""
-    leaving = {state}
-    leaving.update(st for _, _, st, _ in state.mapper.cascade_iterator("expunge", state))
-    pending = {sa.inspect(obj) for obj in session.new} | {sa.inspect(o) for o in session.dirty}
-    staying = pending - leaving
-    for st in leaving:
+def _expunged_with(state: State) -> set[State]:
+    """``state`` and what expunging it takes along (relationships cascading ``expunge``)."""
+    return {state, *(st for _, _, st, _ in state.mapper.cascade_iterator("expunge", state))}
+
+
+def _strands_insert(
+    session: sa_orm.Session, state: State, vetoed: set[State], leaving: set[State]
+) -> str | None:
+    """Tell why expunging a pending object would strand other pending objects, if it would.
+
+    ``vetoed`` holds every object whose insert was vetoed, ``leaving`` those and
+    what leaves the session with them.
+    """
+    own = _expunged_with(state)
+    new = {sa.inspect(obj) for obj in session.new}
+    for st in own:
+        # expunge cascades (cascade="all"): a new object whose insert nobody vetoed
+        # would silently leave the session with it
+        if st in new and st not in vetoed:
+            return f"{sa_orm.util.state_str(st)} is pending and would be expunged with it"
+    staying = (new | {sa.inspect(o) for o in session.dirty}) - leaving
+    for st in own:
         for other in _related_states(st):
             if other in staying:
                 return f"{sa_orm.util.state_str(other)} is pending and related to it"
     for st in staying:
         for other in _related_states(st):
-            if other in leaving:
+            if other in own:
                 return f"{sa_orm.util.state_str(st)} is pending and refers to it"
     return None
 
