@@ -130,6 +130,7 @@ class MapperSpec:
         "name",
         "one_to_many",
         "parts",
+        "pk_keys",
         "python_onupdate_keys",
         "scalar_defaults",
     )
@@ -155,6 +156,8 @@ class MapperSpec:
         #: attribute key -> [(part index, column name)], for every column attribute
         self.columns_of_key = {key: tuple(cols) for key, cols in columns_of_key.items()}
         self.column_keys = frozenset(self.columns_of_key)
+        #: the attributes of the primary key columns of every table of the mapper
+        self.pk_keys = frozenset(key for part in self.parts for key in part.pk_keys if key)
         #: attributes the database or SQLAlchemy may set during an UPDATE without history
         generated: set[str] = set()
         python_onupdate: set[str] = set()

@@ -112,6 +112,12 @@ def _remembered_states(written: list[Any]) -> set[State]:
 
 
 def _identity(mapper: sa_orm.Mapper[Any], state: State) -> tuple[Any, ...]:
+    """The key the row has now.  Not ``state.key`` while it can still be the old one: the
+    session takes a changed primary key into the identity map only after this event."""
+    values = state.dict
+    ident = [values.get(attribute_key(mapper, column) or "") for column in mapper.primary_key]
+    if None not in ident:
+        return tuple(ident)
     if state.key is not None:
         return state.key[1]
     return tuple(mapper.primary_key_from_instance(state.obj()))

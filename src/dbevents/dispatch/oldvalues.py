@@ -58,6 +58,15 @@ def load_old_values(
             changed = one_to_many & committed.keys()
             for child, keys in unloaded_moved_children(plan_of, state, changed, moved):
                 missing.setdefault(child.mapper, []).append((child, [], keys))
+        if plan.keep_old and not plan.spec.pk_keys.isdisjoint(committed):
+            # a new primary key: delivered as the old key's row deleted, which is the whole
+            # row, and the new key's inserted (see rows.record_update)
+            column_keys = plan.spec.column_keys
+            keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+            unloaded = unloaded_columns(plan, state)
+            if keys or unloaded:
+                missing.setdefault(mapper, []).append((state, keys, unloaded))
+            continue
         for old in committed.values():
             if old is NO_VALUE:
                 break

@@ -256,12 +256,16 @@ def record_update(
         pk = part.key_of(values)
         if not part.pk_names.isdisjoint(new):
             # a new primary key is a different row to every consumer keyed by pk
-            before = {**_row_of(part, values)[0], **old}
+            before = {**_row_of(part, values, known_only=True)[0], **old}
             old_pk = tuple([before.get(name) for name in part.spec.pk])
             buffer.add(
                 part.spec.name, old_pk, Op.DELETE, spec.model, before if keep_old else None, None
             )
             row, complete = _row_of(part, values)
+            for key in spec.python_onupdate_keys:  # not reliable in the object: read back
+                for at, name in columns_of_key[key]:
+                    if at == index:
+                        row[name], complete = NO_VALUE, False
             buffer.add(part.spec.name, pk, Op.INSERT, spec.model, None, row if keep_new else None)
             if not complete and keep_new:
                 fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
