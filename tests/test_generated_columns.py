@@ -54,6 +54,17 @@ class Versioned(GBase):
     __mapper_args__ = {"version_id_col": version}
 
 
+class SelfCounted(GBase):
+    """A version the application counts itself (``version_id_generator=False``)."""
+
+    __tablename__ = "self_counted"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(sa.String(40))
+    version: Mapped[int] = mapped_column()
+    __mapper_args__ = {"version_id_col": version, "version_id_generator": False}
+
+
 Write = Callable[[sa_orm.Session], object]
 
 
@@ -68,6 +79,7 @@ def Session(  # noqa: N802
             sa.insert(Versioned),
             [{"id": 1, "title": "v", "version": 1}, {"id": 2, "title": "v", "version": 5}],
         )
+        conn.execute(sa.insert(SelfCounted), [{"id": 1, "title": "v", "version": 1}])
     maker = events.install(sa_orm.sessionmaker(engine))
     yield maker
     events.uninstall(maker)
@@ -182,6 +194,39 @@ def test_the_version_counter_is_captured_on_every_update(
         ("versioned", (1,)): ("update", {"title": "v", "version": 1}, {"title": "x", "version": 3}),
         ("versioned", (2,)): ("update", {"title": "v", "version": 5}, {"title": "x", "version": 7}),
     }
+
+
+def test_a_version_the_application_counts_is_captured_when_it_sets_it(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    events: dbevents.Events,
+    changesets: list[ChangeSet],
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    @events.listens_for(SelfCounted, "after_update")
+    def record(cls: Any, rows: RowSet[Any], fields: dict[str, Any]) -> None:
+        seen.append(dict(fields))
+
+    with Session() as session:
+        row = session.get(SelfCounted, 1)
+        assert row is not None
+        row.title, row.version = "w", 2
+        session.commit()
+        row.version = 3  # the version alone
+        session.commit()
+    assert table_rows(engine, "self_counted")[(1,)]["version"] == 3
+    assert [delivered(changeset) for changeset in changesets] == [
+        {
+            ("self_counted", (1,)): (
+                "update",
+                {"title": "v", "version": 1},
+                {"title": "w", "version": 2},
+            )
+        },
+        {("self_counted", (1,)): ("update", {"version": 2}, {"version": 3})},
+    ]
+    assert seen == [{"title": "w", "version": 2}, {"version": 3}]
 
 
 def test_a_stale_version_fails_the_flush_and_delivers_nothing(

@@ -71,28 +71,49 @@ def check_signature(fn: Callable[..., Any], event: str, op: Op | None = None) ->
     if event not in EVENTS:
         known = ", ".join(EVENTS)
         raise ConfigurationError(f"unknown event {event!r}; expected one of: {known}")
-    if event != "after_commit" and _is_async(fn):
-        name = getattr(fn, "__qualname__", repr(fn))
+    if event != "after_commit" and is_async(fn):
         raise ConfigurationError(
-            f"{name}: a {event} callback runs synchronously inside the transaction, where an "
-            "async def would never be awaited, so it would neither run nor veto; make it a "
-            "plain def (only after_commit callbacks may be async)"
+            f"{qualname(fn)}: {a_or_an(event)} callback runs synchronously inside the "
+            "transaction, where an async def would never be awaited, so it would neither run "
+            "nor veto; make it a plain def (only after_commit callbacks may be async)"
         )
     params = ("cls", "change") if op is not None else ("cls", *EVENTS[event])
+    check_arguments(fn, f"{a_or_an(event)} callback", params)
+
+
+def check_arguments(fn: Any, what: str, params: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigurationError` unless ``fn`` is a callable that takes ``params``.
+
+    :param what: what ``fn`` is registered as, for the message (``"an on_commit listener"``).
+    :param params: the names of the positional arguments ``fn`` is called with.
+    """
+    if not callable(fn):
+        raise ConfigurationError(f"{fn!r}: {what} must be callable")
     try:
-        inspect.signature(fn).bind(*params)
+        signature = inspect.signature(fn)
+    except ValueError:  # builtins without a signature: let them fail when called
+        return
+    try:
+        signature.bind(*params)
     except TypeError:
-        name = getattr(fn, "__qualname__", repr(fn))
         shape = ", ".join(params)
         raise ConfigurationError(
-            f"{name}: a {event} callback is called as ({shape}); "
-            f"its signature {inspect.signature(fn)} cannot take that"
+            f"{qualname(fn)}: {what} is called as ({shape}); "
+            f"its signature {signature} cannot take that"
         ) from None
-    except ValueError:  # builtins without a signature: let them fail when called
-        pass
 
 
-def _is_async(fn: Callable[..., Any]) -> bool:
+def a_or_an(word: str) -> str:
+    """``word`` with its indefinite article: ``"an after_insert"``, ``"a before_insert"``."""
+    return f"an {word}" if word[:1] in tuple("aeiou") else f"a {word}"
+
+
+def qualname(fn: Any) -> str:
+    """How a message names a function: its qualified name, else its repr."""
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` is an ``async def``, or an object whose ``__call__`` is one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
@@ -117,16 +138,27 @@ class _Decorator:
         self.event = event
         self.op = op
 
-    def __call__(self, fn: F) -> F:
+    def __call__(self, fn: F | None = None, /, *args: Any, **kwargs: Any) -> F:
         target = callable_of(fn)
+        if fn is None or args or kwargs or not callable(target):
+            # @before_insert() would otherwise fail with a TypeError about a missing 'fn'
+            spelled, more = self._spelled(), " more" if self.op else ""
+            called = "()" if fn is None and not args and not kwargs else "(...)"
+            raise ConfigurationError(
+                f"write @{spelled} without{more} parentheses, not @{spelled}{called}: "
+                "it takes the decorated function only"
+            )
         check_signature(target, self.event, self.op)
         existing = getattr(target, _MARK, ())
         setattr(target, _MARK, (*existing, Mark(self.event, self.op)))
         return fn
 
+    def _spelled(self) -> str:
+        suffix = f".operation(Op.{self.op.name})" if self.op else ""
+        return f"{self.event}{suffix}"
+
     def __repr__(self) -> str:
-        suffix = f".operation({self.op})" if self.op else ""
-        return f"<dbevents.{self.event}{suffix}>"
+        return f"<dbevents.{self._spelled()}>"
 
 
 class _CommitDecorator(_Decorator):
@@ -134,10 +166,14 @@ class _CommitDecorator(_Decorator):
 
     __slots__ = ()
 
-    def operation(self, op: Op) -> _Decorator:
+    def operation(self, op: Op | None = None, /) -> _Decorator:
         """Mark a callback ``(cls, change)`` that runs only for changes of kind ``op``."""
         if not isinstance(op, Op):
-            raise ConfigurationError(f"operation() takes a dbevents.Op, got {op!r}")
+            got = "nothing" if op is None else repr(op)
+            raise ConfigurationError(
+                f"operation() takes a dbevents.Op, got {got}: pass the kind of change, "
+                f"as in @{self.event}.operation(Op.INSERT)"
+            )
         return _Decorator(self.event, op)
 
 

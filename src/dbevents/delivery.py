@@ -10,14 +10,17 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._compat import await_in_greenlet, in_greenlet
+from .callbacks import check_arguments, qualname
 from .changes import ChangeSet
+from .exceptions import ConfigurationError
+from .registry import vetoes_nothing
 
 if TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
 
     from .events import Events
 
-__all__ = ["Receiver", "Sink", "TransactionalSink", "deliver"]
+__all__ = ["Receiver", "Sink", "TransactionalSink", "check_sink", "deliver"]
 
 logger = logging.getLogger("dbevents")
 
@@ -121,7 +124,9 @@ def _call(
     try:
         result = fn(*args)
         if result is not None and inspect.isawaitable(result):
-            _await(result)
+            result = _await(result, events, fn, args)
+        if result is True and isinstance(args[0], type):  # a model callback, given its class
+            vetoes_nothing(fn, "after_commit")
     except Exception as error:
         errors.append(error)
         logger.exception("dbevents: %r failed on change set %s", fn, changeset.id)
@@ -132,21 +137,42 @@ def _call(
                 logger.exception("dbevents: error handler %r failed", handler)
 
 
-def _await(awaitable: Any) -> None:
-    """Await an async listener: inside AsyncSession through its greenlet, else in a new loop."""
+def _await(awaitable: Any, events: Events, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Await an async receiver: inside AsyncSession through its greenlet, else in a new loop."""
     if in_greenlet():
-        await_in_greenlet(awaitable)
-        return
+        return await_in_greenlet(awaitable)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        asyncio.run(_as_coroutine(awaitable))
-        return
+        return asyncio.run(_as_coroutine(awaitable))
     awaitable.close()
     raise RuntimeError(
-        "an async on_commit listener can't be awaited from a synchronous Session commit "
-        "running inside an event loop; use AsyncSession"
+        f"{qualname(fn)}: {_role(events, fn, args)} can't be awaited from a synchronous "
+        "Session commit running inside an event loop; commit with an AsyncSession, or make "
+        "it a plain def"
     )
+
+
+def _role(events: Events, fn: Callable[..., Any], args: tuple[Any, ...]) -> str:
+    """What ``fn`` was registered as, for a message."""
+    if isinstance(args[0], type):  # model callbacks get the model class first
+        return f"an async after_commit callback of {args[0].__name__}"
+    if any(getattr(fn, "__self__", None) is sink for sink in events.sinks):
+        return "the async publish of a sink"
+    return "an async on_commit listener"
+
+
+def check_sink(sink: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``sink`` is a sink: an object (not a class)
+    whose ``publish`` takes one change set."""
+    if isinstance(sink, type):
+        raise ConfigurationError(
+            f"{sink.__qualname__} is a class, not a sink: pass an instance, such as "
+            f"{sink.__qualname__}()"
+        )
+    if not isinstance(sink, Sink):
+        raise ConfigurationError(f"{sink!r} is not a sink: it has no publish(changeset) method")
+    check_arguments(sink.publish, "a sink's publish", ("changeset",))
 
 
 async def _as_coroutine(awaitable: Any) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -15,18 +14,19 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 from . import sqlite
-from .callbacks import check_signature
+from .callbacks import check_arguments, check_signature, is_async, qualname
 from .capture import LEVELS, CaptureLevel
 from .changes import ChangeSet, Op
 from .context import current_actor
-from .delivery import Receiver, Sink, TransactionalSink
+from .delivery import Receiver, Sink, TransactionalSink, check_sink
 from .dispatch import completion, flush, rows, statement
 from .dispatch.connection import bind_connection
 from .dispatch.plan import ModelPlan, Plans
-from .exceptions import ConfigurationError, DbEventsWarning
+from .exceptions import ConfigurationError
 from .mapping import TableSpec
 from .registry import Handler, Registry
 from .session import state_of
+from .warn import warn
 
 __all__ = ["Events"]
 
@@ -84,6 +84,11 @@ class Events:
         if raw_sql not in ("ignore", "warn", "raise"):
             raise ConfigurationError(
                 f"raw_sql must be 'ignore', 'warn' or 'raise', not {raw_sql!r}"
+            )
+        if isinstance(sinks, Sink | str) or not isinstance(sinks, Iterable):
+            raise ConfigurationError(
+                f"sinks takes a list of sinks, not a {type(sinks).__name__}: "
+                "write Events(sinks=[sink]), not Events(sinks=sink)"
             )
         self.registry = Registry()
         self.abort = abort
@@ -207,26 +212,35 @@ class Events:
 
         return decorator
 
-    def on_commit(self, fn: F) -> F:
+    def on_commit(self, fn: F | None = None) -> F:
         """Register ``fn(changeset)`` to run after every committed transaction.
 
         Listeners and sinks run in registration order.  ``async def`` listeners are
         awaited (before ``await session.commit()`` returns, under AsyncSession).
         """
-        if not callable(fn):
-            raise ConfigurationError(f"on_commit takes a callable, not {fn!r}")
+        fn = _checked_listener(fn, "on_commit", "an on_commit listener", ("changeset",))
         self.receivers.append(fn)
         return fn
 
-    def on_error(self, fn: F) -> F:
-        """Register ``fn(error, receiver, changeset)``, called when a receiver fails."""
+    def on_error(self, fn: F | None = None) -> F:
+        """Register ``fn(error, receiver, changeset)``, called when a receiver fails.
+
+        It runs synchronously, so it can't be an ``async def``.
+        """
+        fn = _checked_listener(
+            fn, "on_error", "an on_error handler", ("error", "receiver", "changeset")
+        )
+        if is_async(fn):
+            raise ConfigurationError(
+                f"{qualname(fn)}: an on_error handler is called without being awaited, so an "
+                "async def would never run; make it a plain def"
+            )
         self.error_handlers.append(fn)
         return fn
 
     def add_sink(self, sink: Sink) -> Sink:
         """Add a sink after the receivers already registered."""
-        if not isinstance(sink, Sink):
-            raise ConfigurationError(f"{sink!r} is not a sink: it has no publish(changeset) method")
+        check_sink(sink)
         self.sinks.append(sink)
         self.receivers.append(sink.publish)
         if isinstance(sink, TransactionalSink):
@@ -380,12 +394,20 @@ def _warn_unconfigured_sqlite(bind: Any) -> None:
     if sqlite.is_configured(engine) or engine.__dict__.get("dbevents.sqlite_warned"):
         return
     engine.__dict__["dbevents.sqlite_warned"] = True
-    warnings.warn(
+    warn(
         f"{engine.url!r}: with the sqlite3 driver's default transaction handling a released "
-        "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it",
-        DbEventsWarning,
-        stacklevel=3,
+        "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it"
     )
+
+
+def _checked_listener(fn: F | None, method: str, what: str, params: tuple[str, ...]) -> F:
+    """Return ``fn``; raise :class:`ConfigurationError` unless ``method`` can register it."""
+    if fn is None:  # @events.on_commit() would otherwise fail with a TypeError about 'fn'
+        raise ConfigurationError(
+            f"write @events.{method} without parentheses, not @events.{method}()"
+        )
+    check_arguments(fn, what, params)
+    return fn
 
 
 def _require_mapped(model: Any) -> None:
@@ -413,12 +435,10 @@ def _warn_unknown_names(capture: Mapping[type[Any] | str, CaptureLevel]) -> None
             known.update((table.name, table.fullname))
     for name in names:
         if name not in known:
-            warnings.warn(
+            warn(
                 f"capture={{{name!r}: ...}}: no mapped class or table of the mapped classes' "
                 f"metadata is called {name!r}; check the spelling (its level applies to a "
-                "Core table of that name only)",
-                DbEventsWarning,
-                stacklevel=2,
+                "Core table of that name only)"
             )
 
 

@@ -7,15 +7,18 @@ flush asks one dictionary per object and nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, final
+from typing import Any, Final, final
 
-from .callbacks import EVENTS, callable_of, marks
+from .callbacks import EVENTS, a_or_an, callable_of, marks, qualname
 from .changes import Op
+from .warn import warn
 
-__all__ = ["Handler", "Registry", "Table"]
+__all__ = ["Handler", "Registry", "Table", "VETOING", "first_veto", "vetoes_nothing"]
 
 Callback = Callable[..., Any]
 
@@ -128,3 +131,46 @@ def first_veto(callbacks: Callbacks, model: type[Any], *args: Any) -> Callback |
         if fn(model, *args) is True:
             return fn
     return None
+
+
+#: the events whose callbacks veto by returning ``True``
+VETOING: Final = (
+    "before_insert",
+    "before_update",
+    "before_delete",
+    "before_save",
+    "before_destroy",
+)
+
+#: callbacks already warned about by :func:`vetoes_nothing`
+_vetoes_told: weakref.WeakSet[Callback] = weakref.WeakSet()
+
+
+def run_all(callbacks: Callbacks, event: str, model: type[Any], *args: Any) -> None:
+    """Run every callback of an event that cannot veto; one returning ``True`` is warned
+    about (see :func:`vetoes_nothing`), and the others still run."""
+    for fn, _ in callbacks:
+        if fn(model, *args) is True:
+            vetoes_nothing(fn, event)
+
+
+def vetoes_nothing(fn: Callback, event: str) -> None:
+    """Warn, once per callback, that ``fn``, a callback of ``event``, returned ``True``.
+
+    Called where the return value of a callback that cannot veto is seen: Emmett's
+    after_* callbacks abort by returning ``True``, and ours would silently go on.
+    """
+    if event in VETOING or fn in _vetoes_told:
+        return
+    with contextlib.suppress(TypeError):  # one that can't be weakly referenced: every time
+        _vetoes_told.add(fn)
+    if event == "before_commit":
+        advice = "raise an exception to abort the commit"
+    elif event == "after_commit":
+        advice = "the transaction has committed already; return None"
+    else:
+        advice = f"the write is done already; to veto it, return True from before_{event[6:]}"
+    warn(
+        f"{qualname(fn)} returned True, but {a_or_an(event)} callback cannot veto (only "
+        f"{', '.join(VETOING[:-1])} and {VETOING[-1]} can): {advice}"
+    )

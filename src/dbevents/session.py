@@ -26,6 +26,7 @@ from .changes import ChangeSet
 from .delivery import deliver
 from .dispatch.flush import end_flushes
 from .ids import new_id
+from .registry import vetoes_nothing
 
 if TYPE_CHECKING:
     from .dispatch.flush import FlushState
@@ -156,7 +157,8 @@ class SessionState:
                     continue  # an earlier callback's flush netted this row away
                 for fn, _ in callbacks_of.get(model, ()):
                     change = buffer.change(key)
-                    fn(model, change.op, change)
+                    if fn(model, change.op, change) is True:
+                        vetoes_nothing(fn, "before_commit")
             session.flush()  # what the callbacks changed joins this transaction
         raise RuntimeError("before_commit callbacks keep changing rows; gave up after 100 rounds")
 

@@ -23,7 +23,7 @@ from ..capture import Buffer, Key
 from ..changes import Op
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, TablePart
-from ..registry import Callbacks, first_veto
+from ..registry import Callbacks, first_veto, vetoes_nothing
 from ..rowset import RowSet
 from .oldvalues import load_old_values
 from .plan import ModelPlan
@@ -59,6 +59,7 @@ class FlushState:
 
     __slots__ = (
         "_buffer",
+        "assigned",
         "context",
         "deleting",
         "events",
@@ -91,6 +92,8 @@ class FlushState:
         self.incomplete: list[tuple[MapperSpec, State, TablePart, Key]] = []
         #: values of onupdate / version columns before the UPDATE overwrote them
         self.generated_old: dict[State, dict[str, Any]] = {}
+        #: those of them the application set itself (a version it counts itself)
+        self.assigned: dict[State, frozenset[str]] = {}
 
     @property
     def running(self) -> bool:
@@ -288,24 +291,31 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
             else {}
         )
         model = plan.model
+        # (a callback returning True vetoes nothing here: vetoes_nothing says so)
         if op is Op.INSERT:
             ident: tuple[Any, ...] = state.identity or ()
             pk = ident[0] if len(ident) == 1 else ident
             for fn, _ in plan.after_insert:
-                fn(model, fields, pk)
+                if fn(model, fields, pk) is True:
+                    vetoes_nothing(fn, "after_insert")
             for fn, _ in plan.after_save:
-                fn(model, obj)
+                if fn(model, obj) is True:
+                    vetoes_nothing(fn, "after_save")
         elif op is Op.UPDATE:
             if plan.after_update:
                 rows = RowSet(model, session, objects=(obj,))
                 for fn, _ in plan.after_update:
-                    fn(model, rows, fields)
+                    if fn(model, rows, fields) is True:
+                        vetoes_nothing(fn, "after_update")
             for fn, _ in plan.after_save:
-                fn(model, obj)
+                if fn(model, obj) is True:
+                    vetoes_nothing(fn, "after_save")
         else:
             if plan.after_delete:
                 rows = RowSet(model, session, objects=(obj,), pks=(state.identity or (),))
                 for fn, _ in plan.after_delete:
-                    fn(model, rows)
+                    if fn(model, rows) is True:
+                        vetoes_nothing(fn, "after_delete")
             for fn, _ in plan.after_destroy:
-                fn(model, obj)
+                if fn(model, obj) is True:
+                    vetoes_nothing(fn, "after_destroy")

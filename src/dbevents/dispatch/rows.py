@@ -48,8 +48,13 @@ def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         plan = fs.plan_of(mapper)
         generated = plan.spec.generated_keys
         if generated and state.key is not None and (plan.capture or plan.after):
-            values = state.dict
-            fs.generated_old[state] = {key: values.get(key, NO_VALUE) for key in generated}
+            values, committed = state.dict, state.committed_state
+            old = {key: values.get(key, NO_VALUE) for key in generated}
+            assigned = generated.intersection(committed)
+            if assigned:  # set by the application (a version it counts itself): old in history
+                old.update((key, committed[key]) for key in assigned)
+                fs.assigned[state] = assigned
+            fs.generated_old[state] = old
         if state in fs.seen:
             continue
         # a row the flush found itself: a child whose key a one-to-many relationship set
@@ -157,7 +162,8 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             continue
         spec = plan.spec
         generated_old = fs.generated_old.pop(state, None) if spec.generated_keys else None
-        fields = _written_fields(spec, state, generated_old)
+        assigned = fs.assigned.pop(state, None) if generated_old else None
+        fields = _written_fields(spec, state, generated_old, assigned)
         if not fields:
             continue  # SQLAlchemy reports every dirty object; no row was written for this one
         if plan.capture:
@@ -188,13 +194,19 @@ def _on_row_switch(
 
 
 def _written_fields(
-    spec: MapperSpec, state: State, generated_old: dict[str, Any] | None
+    spec: MapperSpec,
+    state: State,
+    generated_old: dict[str, Any] | None,
+    assigned: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """The columns the UPDATE of ``state`` wrote: new values by attribute key.
 
     NO_VALUE for a value not known before it is read back: set by a SQL expression,
     or by a Python onupdate (see ``MapperSpec.python_onupdate_keys``); ``generated_old``
-    holds what onupdate and version columns were before the UPDATE set them.
+    holds what onupdate and version columns were before the UPDATE set them, ``assigned``
+    those of them the application set itself (SQLAlchemy takes them out of the history
+    as it writes them): those count as written whenever they changed, the others only
+    along with other columns, as only then was there an UPDATE to set them.
     """
     values = state.dict
     changed = state.committed_state
@@ -205,11 +217,13 @@ def _written_fields(
             new = values.get(key, NO_VALUE)
             if old is NO_VALUE or new is NO_VALUE or not same(old, new):
                 fields[key] = new
-    if fields and generated_old:
+    if generated_old and (fields or assigned):
         unreliable = spec.python_onupdate_keys
+        written = bool(fields)
         for key, old in generated_old.items():
-            if key not in changed:
-                new = NO_VALUE if key in unreliable else values.get(key, NO_VALUE)
+            by_app = assigned is not None and key in assigned
+            if key not in changed and (written or by_app):
+                new = NO_VALUE if key in unreliable and not by_app else values.get(key, NO_VALUE)
                 if old is NO_VALUE or new is NO_VALUE or not same(old, new):
                     fields[key] = new
     return fields

@@ -30,7 +30,7 @@ from .._compat import (
 from ..changes import Op
 from ..exceptions import AbortError, ConfigurationError
 from ..mapping import MapperSpec, mapper_spec, table_spec
-from ..registry import Callbacks, Table, first_veto
+from ..registry import Callbacks, Table, first_veto, run_all
 from ..rowset import RowSet
 from .setvalues import SetValues, check_keys, selected
 from .stored import SKIP_CAPTURE
@@ -202,11 +202,10 @@ def _insert(
     stored = _inserted(spec, written)
     after_insert, after_save = callbacks.get("after_insert"), callbacks.get("after_save")
     for pk, fields in stored.items():
-        for fn, _ in after_insert:
-            fn(model, fields, pk[0] if len(pk) == 1 else pk)
+        run_all(after_insert, "after_insert", model, fields, pk[0] if len(pk) == 1 else pk)
     if after_save:
         for obj in _objects(orm_state.session, model, list(stored)):
-            first_veto(after_save, model, obj)
+            run_all(after_save, "after_save", model, obj)
     return result
 
 
@@ -276,12 +275,14 @@ def _update_or_delete(
     else:  # nothing captured: the rows are named by the WHERE clause, and nothing is read back
         result = orm_state.invoke_statement(statement=statement)
         done = RowSet(model, session, where=selected(statement, orm_state.parameters))
-    for fn, _ in set_after:
-        fn(model, *((done, fields) if update else (done,)))
+    if update:
+        run_all(set_after, "after_update", model, done, fields)
+    else:
+        run_all(set_after, "after_delete", model, done)
     if row_after:
         objects = _objects(session, model, pks) if update else doomed
         for obj in objects:
-            first_veto(row_after, model, obj)
+            run_all(row_after, "after_save" if update else "after_destroy", model, obj)
     return result
 
 
@@ -322,12 +323,12 @@ def _update_by_key(
     for pk in _written_keys(spec, written, Op.UPDATE):
         row = by_pk.get(pk, {})
         fields = {k: v for k, v in row.items() if k not in pk_keys}
-        for fn, _ in callbacks.get("after_update"):
-            fn(model, RowSet(model, session, pks=[pk]), fields)
+        rows = RowSet(model, session, pks=[pk])
+        run_all(callbacks.get("after_update"), "after_update", model, rows, fields)
     if callbacks.get("after_save"):
         written_objects = _objects(session, model, list(by_pk))
         for obj in written_objects:
-            first_veto(callbacks.get("after_save"), model, obj)
+            run_all(callbacks.get("after_save"), "after_save", model, obj)
     return result
 
 

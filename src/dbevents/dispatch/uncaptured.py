@@ -7,10 +7,10 @@ Each :class:`Events` says what to do about them (``raw_sql``): raise
 from __future__ import annotations
 
 import re
-import warnings
 from typing import TYPE_CHECKING, Final
 
-from ..exceptions import DbEventsWarning, UncapturedWriteError
+from ..exceptions import UncapturedWriteError
+from ..warn import warn
 
 if TYPE_CHECKING:
     from ..session import SessionState
@@ -41,4 +41,4 @@ def uncaptured(states: list[SessionState], message: str) -> None:
     if "raise" in policies:
         raise UncapturedWriteError(message)
     if "warn" in policies:
-        warnings.warn(message, DbEventsWarning, stacklevel=2)
+        warn(message)
