@@ -56,7 +56,10 @@ class Contact(Base):
         calls["before_insert"] += 1
         email = fields["email"] = str(fields["email"]).strip().lower()
         say(f"  before_insert  {fields}")
-        return email.endswith("@spam.example")  # True vetoes the row
+        vetoed = email.endswith("@spam.example")
+        if vetoed:  # say it: a vetoed row leaves no other trace to see
+            say(f"  vetoed         {email}: not inserted, no after_insert, not in the change set")
+        return vetoed  # True vetoes the row
 
     @after_insert
     def created(cls, fields: dict[str, Any], pk: int) -> None:
@@ -66,7 +69,7 @@ class Contact(Base):
     @before_update
     def guard(cls, rows: RowSet[Contact], fields: dict[str, Any]) -> None:
         calls["before_update"] += 1
-        say(f"  before_update  {rows.count()} row(s) <- {fields}")
+        say(f"  before_update  {counted(rows.count(), 'row')} <- {fields}")
 
     @after_commit
     def publish(cls, op: dbevents.Op, change: dbevents.Change) -> None:
@@ -78,9 +81,14 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 change``, ``3 changes``: the noun in the number it counts."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def show(changeset: ChangeSet) -> None:
     """Print a change set as a reader wants to see it."""
-    say(f"  change set {changeset.id} ({len(changeset.changes)} changes)")
+    say(f"  change set {changeset.id} ({counted(len(changeset.changes), 'change')})")
     for change in changeset.changes:
         if change.op.value in ("link", "unlink"):
             detail = ""
@@ -194,11 +202,12 @@ def tour(workdir: Path) -> None:
 
     say("\n8. dbevents.verify compares the mirror with each database")
     differences = dbevents.verify(fresh, Base, data_dir)
-    say(f"  fresh database: {len(differences)} differences" + ("" if differences else ", clean"))
+    clean = "" if differences else ", clean"
+    say(f"  fresh database: {counted(len(differences), 'difference')}{clean}")
     for difference in differences:
         say(f"    {difference}")
     differences = dbevents.verify(engine, Base, data_dir)
-    say(f"  first database: {len(differences)} difference(s); step 5 wrote while muted:")
+    say(f"  first database: {counted(len(differences), 'difference')}; step 5 wrote while muted:")
     for difference in differences:
         say(f"    {difference}")
     engine.dispose()

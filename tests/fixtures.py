@@ -10,6 +10,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -20,12 +21,23 @@ import dbevents
 import dbevents.testing
 from dbevents.testing import changesets  # noqa: F401 - the public fixture, used by tests
 from tests.models import Base
+from tests.servers import PostgresServer
 
 
 @pytest.fixture
 def events() -> dbevents.Events:
     """A fresh ``Events`` with a ``MemorySink``."""
     return dbevents.Events(sinks=[dbevents.MemorySink()])
+
+
+@pytest.fixture
+def app_schema(postgres: PostgresServer) -> Iterator[str]:
+    """A PostgreSQL schema of its own, off the test's search_path, dropped with all in it
+    afterwards."""
+    name = f"app_{uuid4().hex}"
+    postgres.execute(f"CREATE SCHEMA {name}")
+    yield name
+    postgres.drop_schema(name)
 
 
 @pytest.fixture

@@ -102,6 +102,83 @@ def test_load_takes_tables_and_refuses_two_modes(
     assert "loaded 2 rows into 1 tables" in upsert.output
 
 
+@pytest.fixture
+def empty(engine: sa.Engine) -> sa.Engine:
+    """The test's database, there but without tables."""
+    with engine.connect():
+        pass  # connecting creates the SQLite file
+    return engine
+
+
+def test_dump_names_the_missing_tables_and_leaves_no_directory(
+    empty: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "dump"
+
+    result = run("dump", str(directory), "--db", db_url, "--metadata", METADATA, "--tables", "tags")
+
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert "has no table 'tags'; create the tables first" in result.output
+    assert "Traceback" not in result.output
+    assert not directory.exists()
+
+
+def test_verify_names_the_missing_tables(empty: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "dump"
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    filled_source = dbevents.sqlite.configure(sa.create_engine(source))
+    fill(filled_source)
+    filled_source.dispose()
+    run("dump", str(directory), "--db", source, "--metadata", METADATA, "--tables", "tags,things")
+
+    result = run("verify", str(directory), "--db", db_url, "--metadata", METADATA)
+
+    assert result.exit_code == 1
+    assert "has no tables 'tags', 'things'; create the tables first" in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["dump", "verify"])
+def test_reading_refuses_a_sqlite_file_that_does_not_exist(command: str, tmp_path: Path) -> None:
+    missing = tmp_path / "nonexist.db"
+    directory = tmp_path / "dump"
+    if command == "verify":
+        dbevents.dump("sqlite://", sa.MetaData(), directory)
+
+    result = run(command, str(directory), "--db", f"sqlite:///{missing}", "--metadata", METADATA)
+
+    assert result.exit_code == 1
+    assert f"Error: there is no SQLite database {missing}; check the database URL" in result.output
+    assert not missing.exists()  # a read-only command creates no database
+
+
+def test_a_table_the_database_cannot_read_is_named(
+    engine: sa.Engine, db_url: str, tmp_path: Path
+) -> None:
+    with engine.begin() as conn:  # tags without its label column
+        conn.execute(sa.text("CREATE TABLE tags (id INTEGER PRIMARY KEY)"))
+
+    result = run(
+        "dump", str(tmp_path / "dump"), "--db", db_url, "--metadata", METADATA, "--tables", "tags"
+    )
+
+    assert result.exit_code == 1
+    assert "Error: tags: the database refused to read it (" in result.output
+    assert "label" in result.output
+    assert "migrate the database to match the metadata" in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+def test_a_database_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    read_only = f"sqlite:///file:{tmp_path / 'nowhere.db'}?mode=ro&uri=true"
+
+    result = run("dump", str(tmp_path / "dump"), "--db", read_only, "--metadata", METADATA)
+
+    assert result.exit_code == 1
+    assert result.output == "Error: database error: unable to open database file\n"
+
+
 def test_database_options_are_required(tmp_path: Path) -> None:
     result = run("dump", str(tmp_path))
 
@@ -203,6 +280,27 @@ def test_relay_drains_a_renamed_outbox_into_a_mirror_and_a_stream(
     client = redis.Redis.from_url(redis_url)
     assert client.xlen(stream) == 2
     client.close()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_relay_drains_an_outbox_in_a_schema(
+    tables: sa.Engine, db_url: str, app_schema: str, tmp_path: Path
+) -> None:
+    outbox = dbevents.OutboxSink(schema=app_schema)
+    outbox.create_table(tables)
+    events = dbevents.Events(sinks=[outbox])
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+        session.add(Company(id=1, name="c1"))
+        session.commit()
+    events.uninstall(maker)
+    relay = ("relay", "--db", db_url, "--once", "--to", f"mirror:{tmp_path / 'mirror'}")
+
+    assert run(*relay).exit_code == 1  # not on the search path: named by its schema
+    result = run(*relay, "--schema", app_schema)
+
+    assert result.exit_code == 0, result.output
+    assert result.output == "delivered 1 change sets\n"
 
 
 def test_relay_refuses_an_empty_table_name(db_url: str, tmp_path: Path) -> None:

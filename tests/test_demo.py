@@ -25,6 +25,18 @@ def test_the_demo_runs_the_whole_tour(tmp_path: Path) -> None:
     lines = [line.strip() for line in out.splitlines()]
     # callbacks and change sets
     assert "after_insert   pk=1 email=ada@example.com" in lines
+    # the vetoes the headings announce are shown, on the unit of work and on a bulk INSERT
+    for spam in ("bot@spam.example", "x@spam.example"):
+        assert (
+            f"vetoed         {spam}: not inserted, no after_insert, not in the change set" in lines
+        )
+    inserted = [line for line in lines if line.startswith(("after_insert", "insert "))]
+    assert inserted and not any("spam" in line for line in inserted)
+    # counts read as English: one change, three changes
+    assert any(line.endswith("(1 change)") for line in lines)
+    assert any(line.endswith("(3 changes)") for line in lines)
+    assert "before_update  3 rows <- {'score': 5}" in lines
+    assert "1 changes" not in out and "(s)" not in out
     assert "link    contact_groups[1, 1]" in lines
     assert "update  contacts[1]  score: 0 -> 5" in lines
     # the mirror, before and after compaction
@@ -38,6 +50,7 @@ def test_the_demo_runs_the_whole_tour(tmp_path: Path) -> None:
     assert "change sets delivered: 0" in lines
     assert "the fresh database holds: ada@example.com, grace@example.com" in lines
     assert "fresh database: 0 differences, clean" in lines
+    assert "first database: 1 difference; step 5 wrote while muted:" in lines
     assert "contacts (3,): in the database, not in the directory" in lines
     assert lines[-1] == "done."
     assert not any(tmp_path.iterdir())  # its files live in a temp dir it removes

@@ -142,6 +142,12 @@ def test_a_bad_sink_fails_at_init(make_app: MakeApp, tmp_path: Path, bad: object
         make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_SINKS=[bad])
 
 
+@pytest.mark.parametrize("bad", [dbevents.MemorySink(), "dbevents:MemorySink"])
+def test_sinks_not_in_a_list_fail_at_init(make_app: MakeApp, tmp_path: Path, bad: object) -> None:
+    with pytest.raises(dbevents.ConfigurationError, match="takes a list"):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_SINKS=bad)
+
+
 def test_a_failing_sink_does_not_stop_the_others(make_app: MakeApp, db_url: str) -> None:
     class Broken:
         def publish(self, changeset: dbevents.ChangeSet) -> None:
@@ -339,6 +345,22 @@ def test_relay_drains_a_renamed_outbox(make_app: MakeApp, db_url: str) -> None:
     assert result.output == "relayed 1 change sets\n"
     inserted = [cs.changes[0].new for cs in (*configured.changesets, *given.changesets)]
     assert [row and row["title"] for row in inserted] == ["two", "three"]
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_relay_drains_the_apps_outbox_in_a_schema(
+    make_app: MakeApp, db_url: str, app_schema: str
+) -> None:
+    outbox, memory = dbevents.OutboxSink(schema=app_schema), dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[outbox, memory])
+    with app.app_context():
+        outbox.create_table(db.engine)
+        _add_memo("one")
+
+    result = app.test_cli_runner().invoke(args=["dbevents", "relay", "--once"])
+
+    assert result.output == "relayed 1 change sets\n"
+    assert len(memory.changesets) == 1
 
 
 def test_relay_errors_are_reported_without_a_traceback(make_app: MakeApp, db_url: str) -> None:

@@ -133,6 +133,8 @@ def test_missing_column(target: sa.Engine, dumped: Path) -> None:
         ("things", "name", "x" * 51),  # longer than String(50): SQLite keeps it
         ("things", "name", None),  # NOT NULL
         ("things", "level", "medium"),  # not a label of the Enum
+        ("things", "color", "red"),  # a member's value, where the column stores names
+        ("things", "color", {"$enum": ["__main__:Color", "BLUE"]}),  # no member of that name
         ("things", "id", True),
     ],
 )

@@ -247,6 +247,34 @@ def test_a_declarative_base_and_a_custom_name(engine: sa.Engine) -> None:
         OutboxSink(table_name="")
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_outbox_in_the_schema_of_its_metadata(
+    tables: sa.Engine, events: dbevents.Events, app_schema: str
+) -> None:
+    metadata = sa.MetaData(schema=app_schema)
+    outbox = OutboxSink(metadata)
+    assert set(metadata.tables) == {
+        f"{app_schema}.dbevents_outbox",
+        f"{app_schema}.dbevents_outbox_dead",
+    }
+    again = OutboxSink(metadata)  # a second sink reuses the definitions
+    assert (again.table, again.dead) == (outbox.table, outbox.dead)
+    assert OutboxSink(schema=app_schema).table.fullname == f"{app_schema}.dbevents_outbox"
+    outbox.create_table(tables)
+    events.add_sink(outbox)
+    factory = sa_orm.sessionmaker(tables)
+    events.install(factory)
+    try:
+        with factory() as session:
+            session.add(Company(id=1, name="Acme"))
+            session.commit()
+    finally:
+        events.uninstall(factory)
+    (stored,) = outbox_rows(tables, outbox)
+    assert stored.changes[0].pk == (1,)
+    assert "dbevents_outbox" not in sa.inspect(tables).get_table_names()  # not on search_path
+
+
 def test_async_sessions_write_the_outbox(async_engine: AsyncEngine, db_url: str) -> None:
     outbox = OutboxSink()
     sync = sa.create_engine(db_url)

@@ -11,6 +11,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ from dbevents.changes import ChangeSet
 from dbevents.relay import relay
 from dbevents.sinks.outbox import OutboxSink
 from tests.models import Company
+from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime.now(dt.UTC)
@@ -111,6 +113,39 @@ def test_a_url_and_a_custom_table(tables: sa.Engine, db_url: str) -> None:
     sink = dbevents.MemorySink()
     assert relay(db_url, [sink], once=True, table_name="app_outbox") == 3
     assert pks(sink.changesets) == [1, 2, 3]
+
+
+@pytest.fixture
+def app_schema(postgres: PostgresServer) -> Iterator[str]:
+    """A schema of its own, off the test's search_path, dropped with all in it afterwards."""
+    name = f"app_{uuid4().hex}"
+    postgres.execute(f"CREATE SCHEMA {name}")
+    yield name
+    postgres.drop_schema(name)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_outbox_in_another_schema(tables: sa.Engine, app_schema: str) -> None:
+    outbox = OutboxSink(sa.MetaData(schema=app_schema))
+    outbox.create_table(tables)
+    events = dbevents.Events(sinks=[outbox])
+    factory = sa_orm.sessionmaker(tables)
+    events.install(factory)
+    try:
+        commit_companies(factory, range(1, 4))
+    finally:
+        events.uninstall(factory)
+    with tables.begin() as conn:
+        conn.execute(outbox.table.insert(), {"id": "A" * 26, "created_at": NOW, "payload": "["})
+    with pytest.raises(dbevents.ConfigurationError, match="no outbox table 'dbevents_outbox'"):
+        relay(tables, [Recorder()], once=True)  # not on the search_path
+
+    sink = Recorder()
+    assert relay(tables, [sink], once=True, schema=app_schema) == 3
+
+    assert pks(sink.got) == [1, 2, 3]
+    assert count(tables, outbox.table) == 0
+    assert count(tables, outbox.dead) == 1  # parked in the same schema
 
 
 def test_a_failing_sink_is_retried_with_growing_backoff(

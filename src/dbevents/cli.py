@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from . import sqlite
 from .changes import ChangeSet
 from .delivery import Sink
-from .dump import dump
+from .dump import driver_reason, dump
 from .events import Events
 from .exceptions import DbEventsError
 from .fileformat import JOURNAL, resolve_metadata
@@ -93,10 +93,14 @@ def _tables(value: str | None) -> list[str] | None:
 
 @contextmanager
 def _reported() -> Iterator[None]:
+    """Print dbevents and database errors as one ``Error:`` line with exit status 1."""
     try:
         yield
     except DbEventsError as error:
         raise click.ClickException(str(error)) from None
+    except sa.exc.DBAPIError as error:
+        # what dbevents cannot pin on a table: a server that is away, a refused login
+        raise click.ClickException(f"database error: {driver_reason(error)}") from None
 
 
 @click.group()
@@ -209,12 +213,19 @@ def handlers_command(spec: str) -> None:
     show_default=True,
     help="The outbox table: the table_name given to OutboxSink.",
 )
-def relay_command(db: str, targets: tuple[str, ...], once: bool, table_name: str) -> None:
+@click.option(
+    "--schema",
+    default=None,
+    help="The outbox table's schema: the schema given to OutboxSink, or its metadata's.",
+)
+def relay_command(
+    db: str, targets: tuple[str, ...], once: bool, table_name: str, schema: str | None
+) -> None:
     """Deliver outbox rows to sinks at least once; stop with SIGTERM or Ctrl-C."""
     from .relay import relay  # type: ignore[import-not-found, unused-ignore]
 
     with opened_sinks(targets) as sinks, _reported():
-        count = relay(db, sinks, once=once, table_name=table_name)
+        count = relay(db, sinks, once=once, table_name=table_name, schema=schema)
     click.echo(f"delivered {count} change sets")
 
 

@@ -89,9 +89,21 @@ class ColumnRule:
             return f"expected {expected}, got {kind.__name__} {value!r:.40}"
         if self.length is not None and len(value) > self.length:
             return f"{len(value)} characters, longer than {self.length}"
-        if self.labels is not None and kind is str and value not in self.labels:
-            return f"{value!r} is not one of {sorted(self.labels)}"
-        return None
+        labels = self.labels
+        if labels is None or kind is not str or value in labels or self.member(value) is not None:
+            return None
+        return f"{value!r} is not one of {sorted(labels)}"
+
+    def member(self, name: str) -> enum.Enum | None:
+        """The member of the column's Enum class called ``name``, when ``name`` is no label.
+
+        A tagged value names its class by module, and a class defined in a script run as
+        ``__main__`` is found under that name in no other process: the codec gives the
+        member's name then, and a mirror compacted there keeps the name alone.
+        """
+        if self.enum_class is None or (self.labels is not None and name in self.labels):
+            return None
+        return self.enum_class.__members__.get(name)
 
     def same(self, expected: Any, actual: Any) -> bool:
         """Whether a mirror's value and the database's are equal as this column stores them."""
@@ -109,6 +121,8 @@ class ColumnRule:
         if isinstance(expected, float | decimal.Decimal | int) and isinstance(
             actual, float | decimal.Decimal | int
         ):
+            if _is_nan(expected) or _is_nan(actual):  # NaN equals nothing, not even NaN
+                return _is_nan(expected) and _is_nan(actual)
             if isinstance(self.column.type, sa.Float) or float in (type(expected), type(actual)):
                 return math.isclose(float(expected), float(actual), rel_tol=1e-6)
             scale = getattr(self.column.type, "scale", None)
@@ -124,6 +138,12 @@ class ColumnRule:
         if isinstance(self.column.type, sa.Uuid):
             return str(expected).replace("-", "") == str(actual).replace("-", "")
         return False
+
+
+def _is_nan(value: float | decimal.Decimal | int) -> bool:
+    if isinstance(value, decimal.Decimal):
+        return value.is_nan()
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _label(value: Any) -> Any:

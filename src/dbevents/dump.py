@@ -53,10 +53,98 @@ def dump(
     :param tables: full table names to dump instead of all.
     :param progress: show progress on stderr; by default only when it is a terminal.
     :returns: the manifest written.
+    :raises ConfigurationError: the directory holds something else, the database
+        lacks a table (or its SQLite file does not exist), or it refused to read one.
     """
     meta = resolve_metadata(metadata)
     ordered, _ = fk_order(meta, tables)
     directory = Path(path)
+    bar = Progress("dump", progress)
+    with reading(bind, ordered) as conn:
+        # only once the database holds the tables, so a refused dump leaves no directory behind
+        _prepare(directory)
+        entries = [_dump_entry(conn, table, directory, bar) for table in ordered]
+    manifest = Manifest("dump", tuple(entries), fingerprint(ordered))
+    manifest.write(directory)
+    return manifest
+
+
+@contextmanager
+def reading(bind: Bind, tables: Iterable[sa.Table]) -> Iterator[sa.Connection]:
+    """A connection for one consistent read of ``tables``, which the database must hold.
+
+    :raises ConfigurationError: ``bind`` names a SQLite file that does not exist
+        (connecting would create it, empty), or the database lacks some of ``tables``.
+    """
+    if isinstance(bind, sa.Connection):
+        _require_tables(bind, tables)
+        yield bind
+        return
+    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+    try:
+        _require_sqlite_file(engine.url)
+        with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                _require_tables(conn, tables)
+                yield conn
+    finally:
+        if isinstance(bind, str):
+            engine.dispose()
+
+
+@contextmanager
+def naming_refusals(table: sa.Table) -> Iterator[None]:
+    """Turn the database refusing to read ``table`` into a :class:`ConfigurationError` naming it."""
+    try:
+        yield
+    except sa.exc.DBAPIError as error:
+        raise ConfigurationError(
+            f"{table.fullname}: the database refused to read it ({driver_reason(error)}); "
+            "migrate the database to match the metadata, or check the database URL"
+        ) from error
+
+
+def driver_reason(error: sa.exc.DBAPIError) -> str:
+    """The first line of what the driver said: the SQL and the traceback after it add nothing."""
+    lines = str(error.orig or error).strip().splitlines()
+    return lines[0] if lines else type(error.orig or error).__name__
+
+
+def _require_sqlite_file(url: sa.URL) -> None:
+    """Refuse a SQLite database file that does not exist: sqlite3 would create it, empty."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or url.query.get("uri"):
+        return  # a URI filename says itself whether it may create the file (mode=ro)
+    if database in (None, "", ":memory:") or Path(database).exists():
+        return
+    raise ConfigurationError(
+        f"there is no SQLite database {Path(database).absolute()}; check the database URL "
+        "(reading does not create the database)"
+    )
+
+
+def _require_tables(conn: sa.Connection, tables: Iterable[sa.Table]) -> None:
+    """Refuse, before reading any, tables the database does not hold, naming them all."""
+    inspector = sa.inspect(conn)
+    missing = [
+        table.fullname
+        for table in tables
+        if not inspector.has_table(table.name, schema=table.schema)
+    ]
+    if missing:
+        url = conn.engine.url.render_as_string(hide_password=True)
+        names = ", ".join(repr(name) for name in missing)
+        noun = "table" if len(missing) == 1 else "tables"
+        raise ConfigurationError(
+            f"{url} has no {noun} {names}; create the tables first "
+            "(metadata.create_all(engine) or your migrations), or check the database URL"
+        )
+
+
+def _prepare(directory: Path) -> None:
+    """Create ``directory``, refusing one that holds anything but a previous dump."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / JOURNAL).exists():
         raise ConfigurationError(f"{directory} holds a mirror journal; dump into another directory")
@@ -64,49 +152,32 @@ def dump(
         Manifest.read(directory)  # only ever overwrite a data directory
     elif any(directory.iterdir()):
         raise ConfigurationError(f"{directory} is not empty and holds no dbevents manifest")
-    bar = Progress("dump", progress)
-    entries = []
-    with _reading(bind) as conn:
-        for table in ordered:
-            bar.start(table.fullname, None)
-            count = _dump_table(conn, table, directory / file_name(table.fullname), bar)
-            bar.finish()
-            entries.append(
-                TableEntry(
-                    name=table.fullname,
-                    file=file_name(table.fullname),
-                    key=key_of(table),
-                    columns=tuple(c.name for c in table.columns),
-                    rows=count,
-                )
-            )
-    manifest = Manifest("dump", tuple(entries), fingerprint(ordered))
-    manifest.write(directory)
-    return manifest
 
 
-@contextmanager
-def _reading(bind: Bind) -> Iterator[sa.Connection]:
-    if isinstance(bind, sa.Connection):
-        yield bind
-        return
-    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
-    try:
-        with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with conn.begin():
-                yield conn
-    finally:
-        if isinstance(bind, str):
-            engine.dispose()
+def _dump_entry(conn: sa.Connection, table: sa.Table, directory: Path, bar: Progress) -> TableEntry:
+    bar.start(table.fullname, None)
+    with naming_refusals(table):
+        count = _dump_table(conn, table, directory / file_name(table.fullname), bar)
+    bar.finish()
+    return TableEntry(
+        name=table.fullname,
+        file=file_name(table.fullname),
+        key=key_of(table),
+        columns=tuple(c.name for c in table.columns),
+        rows=count,
+    )
 
 
 def _dump_table(conn: sa.Connection, table: sa.Table, path: Path, bar: Progress) -> int:
     names = [c.name for c in table.columns]
     # JSON documents may look like codec tags and str/int enums would pass as plain
-    # values: encode those columns explicitly; json's C encoder calls codec for the rest
-    explicit = [i for i, c in enumerate(table.columns) if isinstance(c.type, sa.JSON | sa.Enum)]
+    # values: encode those columns explicitly, and those of a TypeDecorator, which may
+    # be either underneath; json's C encoder calls codec for the rest
+    explicit = [
+        i
+        for i, c in enumerate(table.columns)
+        if isinstance(c.type, sa.JSON | sa.Enum | sa.TypeDecorator)
+    ]
     encode: Callable[[Any], str] = json.JSONEncoder(
         ensure_ascii=False, separators=(",", ":"), default=codec.encode
     ).encode

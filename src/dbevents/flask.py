@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +121,13 @@ class DBEvents:
             self.db = db
         config = app.config
         data_dir = config.get("DBEVENTS_DATA_DIR") or config.get("DATA_DIR")
-        sinks = [_sink(item) for item in config.get("DBEVENTS_SINKS", ())]
+        configured = config.get("DBEVENTS_SINKS", ())
+        if isinstance(configured, str | Sink) or not isinstance(configured, Iterable):
+            raise ConfigurationError(
+                f"DBEVENTS_SINKS takes a list of sinks, not {configured!r}: write "
+                "DBEVENTS_SINKS = [sink]"
+            )
+        sinks = [_sink(item) for item in configured]
         if data_dir:  # imported here: only apps that keep a mirror need it
             mirror = importlib.import_module("dbevents.sinks.mirror")
             sinks.insert(0, mirror.MirrorSink(data_dir))
@@ -341,22 +347,31 @@ def _relay(once: bool, table_name: str | None) -> None:
     sinks = [sink for sink in state.sinks if not isinstance(sink, TransactionalSink)]
     if not sinks:
         raise click.UsageError("no sink to relay to: set DBEVENTS_SINKS or DBEVENTS_DATA_DIR")
-    if table_name is None:
-        table_name = state.outbox_table or _outbox_of(state)
+    schema = None
+    if table_name is None and state.outbox_table:
+        table_name = state.outbox_table
+    elif table_name is None:
+        table_name, schema = _outbox_of(state)
     with _reported():
-        count = relay(state.db.engine, sinks, once=once, table_name=table_name)
+        count = relay(state.db.engine, sinks, once=once, table_name=table_name, schema=schema)
     click.echo(f"relayed {count} change sets")
 
 
-def _outbox_of(state: _AppState) -> str:
-    """The table of the app's own OutboxSink, so a renamed outbox needs no second setting."""
+def _outbox_of(state: _AppState) -> tuple[str, str | None]:
+    """The table and schema of the app's own OutboxSink, so a renamed outbox, or one in
+    a schema, needs no second setting."""
     outbox = importlib.import_module("dbevents.sinks.outbox")
-    names = {sink.table.name for sink in state.transactional if isinstance(sink, outbox.OutboxSink)}
-    if len(names) > 1:
+    tables = {
+        (sink.table.name, sink.table.schema)
+        for sink in state.transactional
+        if isinstance(sink, outbox.OutboxSink)
+    }
+    if len(tables) > 1:
+        names = sorted(name if not schema else f"{schema}.{name}" for name, schema in tables)
         raise click.UsageError(
-            f"the app has several outboxes ({', '.join(sorted(names))}): choose with --table-name"
+            f"the app has several outboxes ({', '.join(names)}): choose with --table-name"
         )
-    return names.pop() if names else str(outbox.DEFAULT_TABLE)
+    return tables.pop() if tables else (str(outbox.DEFAULT_TABLE), None)
 
 
 @_group.command("handlers")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from .columns import ColumnRule
 from .diagnose import diagnose, skip
@@ -225,31 +226,47 @@ def _check_foreign_keys(conn: sa.Connection, source: Source, plans: list[TablePl
 
 
 def _reset_sequences(conn: sa.Connection, plans: list[TablePlan]) -> None:
-    """Move serial, identity and Sequence columns past the loaded keys."""
+    """Move serial, identity and Sequence columns past the loaded keys, never backwards.
+
+    A sequence shared by several tables goes past the keys of them all, and one already
+    further on stays there, so the numbers of rows deleted since are never handed out again.
+    """
     preparer = conn.dialect.identifier_preparer
+    #: per sequence, the next key of every loaded column it numbers
+    after_keys: dict[str, list[str]] = {}
     for item in plans:
-        table = item.table
-        quoted = preparer.format_table(table)
-        for column in table.columns:
+        quoted = preparer.format_table(item.table)
+        for column in item.table.columns:
             if not isinstance(column.type, sa.Integer) or column.name not in item.columns:
                 continue
-            if isinstance(column.default, sa.Sequence):
-                sequence: str | None = preparer.format_sequence(column.default)
-            elif column is table.autoincrement_column:
-                sequence = skip(
-                    conn,
-                    sa.select(sa.func.pg_get_serial_sequence(quoted, column.name)),
-                ).scalar()
-            else:
-                sequence = None
-            if sequence is None:
-                continue
-            skip(
-                conn,
-                sa.text(
-                    f"SELECT setval(CAST(:sequence AS regclass), "
-                    f"(SELECT COALESCE(MAX({preparer.quote(column.name)}), 0) + 1 FROM {quoted}), "
-                    "false)"
-                ),
-                {"sequence": sequence},
-            )
+            sequence = _sequence_of(conn, item.table, column)
+            if sequence is not None:
+                after_keys.setdefault(sequence, []).append(
+                    f"(SELECT MAX({preparer.quote(column.name)}) + 1 FROM {quoted})"
+                )
+    for sequence, keys in after_keys.items():
+        # nextval is the first number not handed out yet: setval(..., false) gives it back
+        # unless a loaded key is past it (GREATEST skips the NULL of an empty table)
+        skip(
+            conn,
+            sa.text(
+                "SELECT setval(CAST(:sequence AS regclass), GREATEST("
+                f"nextval(CAST(:sequence AS regclass)), {', '.join(keys)}), false)"
+            ),
+            {"sequence": sequence},
+        )
+
+
+def _sequence_of(conn: sa.Connection, table: sa.Table, column: sa.Column[Any]) -> str | None:
+    """The sequence numbering ``column``, as ``regclass`` prints it: one name per sequence."""
+    preparer = conn.dialect.identifier_preparer
+    if isinstance(column.default, sa.Sequence):
+        name: Any = sa.literal(preparer.format_sequence(column.default))
+    elif column is table.autoincrement_column:
+        name = sa.func.pg_get_serial_sequence(preparer.format_table(table), column.name)
+    else:
+        return None
+    # a Sequence() and a serial may spell one sequence two ways: regclass has one spelling
+    canonical = sa.cast(sa.cast(name, postgresql.REGCLASS), sa.Text)
+    found: str | None = skip(conn, sa.select(canonical)).scalar()
+    return found

@@ -131,13 +131,7 @@ class TableWriter:
                     if type(value) is str and (
                         len(value) > limit or (labels is not None and value not in labels)
                     ):
-                        raise LoadError(
-                            f"{self.name}.{rule.name}: {rule.problem(value)} "
-                            f"({path.name}, record {number})",
-                            path=path,
-                            record=number,
-                            column=rule.name,
-                        )
+                        values[i] = self._member(rule, value, path, number)
                 for i in deferred:
                     values[i] = None
                 batch.append((path, number, values))
@@ -168,6 +162,18 @@ class TableWriter:
                     continue
             self._refuse(rule, value, path, number)
         return tuple(tagged)
+
+    def _member(self, rule: ColumnRule, name: str, path: Path, number: int) -> Any:
+        """The Enum member a string that is no label of the column names, or a LoadError."""
+        member = rule.member(name)
+        if member is None:
+            raise LoadError(
+                f"{self.name}.{rule.name}: {rule.problem(name)} ({path.name}, record {number})",
+                path=path,
+                record=number,
+                column=rule.name,
+            )
+        return member
 
     def _refuse(self, rule: ColumnRule, value: Any, path: Path, number: int) -> None:
         """Raise :class:`LoadError` if ``value`` cannot go into the column."""
@@ -263,7 +269,9 @@ class TableWriter:
             raise ConfigurationError(f"mode='upsert' is not supported on {name}")
         insert = postgresql.insert(table) if name == "postgresql" else sqlite.insert(table)
         key = [table.c[k] for k in plan.key]
-        update = [n for n in plan.columns if n not in plan.key and n not in plan.deferred]
+        # deferred columns too: they go in as NULL, so a row the file holds with NULL there
+        # loses a stale reference, and the second pass sets the others
+        update = [n for n in plan.columns if n not in plan.key]
         if not update:
             return insert.on_conflict_do_nothing(index_elements=key)
         return insert.on_conflict_do_update(
@@ -311,7 +319,7 @@ class TableWriter:
         for _, _, row in self.source.records(plan.entry):
             values = [row[name] for name in names]
             if all(value is None for value in values):
-                continue
+                continue  # the first pass wrote NULL there, on insert and upsert alike
             params = {f"k_{i}": row[k] for i, k in enumerate(plan.key)}
             params.update({f"v_{i}": value for i, value in enumerate(values)})
             batch.append(params)

@@ -50,6 +50,7 @@ def relay(
     batch_size: int = 500,
     poll_interval: float = 1.0,
     table_name: str = DEFAULT_TABLE,
+    schema: str | None = None,
     max_attempts: int = 5,
     stop: threading.Event | None = None,
     backoff: float = 0.5,
@@ -69,6 +70,9 @@ def relay(
     :param poll_interval: seconds between looks at an idle outbox (PostgreSQL
         wakes up at once on ``NOTIFY``; this is its safety net).
     :param table_name: the outbox table's name, as given to ``OutboxSink(table_name=...)``.
+    :param schema: the outbox table's schema: the ``OutboxSink``'s ``schema`` or its
+        metadata's (``MetaData(schema="app")``); by default the database's default one
+        (on PostgreSQL, the first of the ``search_path``).
     :param max_attempts: failures of one row before it may be parked.
     :param backoff: seconds before the first retry; doubled per failure, up to ``max_backoff``.
     :returns: how many change sets were delivered.
@@ -80,6 +84,8 @@ def relay(
         )
     if not table_name:
         raise ConfigurationError("relay: table_name must name the outbox table")
+    if schema == "":
+        raise ConfigurationError("relay: schema must name a schema, or be None")
     if batch_size < 1 or max_attempts < 1:
         raise ConfigurationError("relay: batch_size and max_attempts must be at least 1")
     if poll_interval <= 0 or backoff <= 0 or max_backoff < backoff:
@@ -89,7 +95,7 @@ def relay(
     engine = sa.create_engine(bind) if isinstance(bind, str) else bind
     stop = stop if stop is not None else threading.Event()
     options = _Options(batch_size, max_attempts, poll_interval, backoff, max_backoff)
-    worker = _Relay(engine, list(sinks), table_name, options, stop)
+    worker = _Relay(engine, list(sinks), table_name, schema, options, stop)
     try:
         with _stop_on_signals(stop):
             return worker.run(once)
@@ -141,12 +147,15 @@ class _Relay:
         engine: sa.Engine,
         sinks: list[Sink],
         table_name: str,
+        schema: str | None,
         options: _Options,
         stop: threading.Event,
     ) -> None:
         self.engine = engine
         self.sinks = sinks
-        self.batcher = Batcher(engine, sinks, table_name, options.batch_size, options.max_attempts)
+        self.batcher = Batcher(
+            engine, sinks, table_name, options.batch_size, options.max_attempts, schema
+        )
         self.channel = notify_channel(self.batcher.outbox)
         self.options = options
         self.batch_size = options.batch_size
@@ -200,12 +209,12 @@ class _Relay:
         A missing outbox table is no passing failure: waiting would not bring it.
         """
         if self._outbox_missing():
-            name = self.batcher.outbox.name
+            name = self.batcher.outbox.fullname
             raise ConfigurationError(
                 f"relay: there is no outbox table {name!r} in "
                 f"{self.engine.url.render_as_string(hide_password=True)}; create it with "
                 f"OutboxSink(...).create_table(bind) or your migrations, or pass the "
-                f"table_name your OutboxSink uses"
+                f"table_name and schema your OutboxSink uses"
             ) from error
         self.failures += 1
         if once and self.failures >= self.max_attempts:
@@ -239,7 +248,8 @@ class _Relay:
     def _outbox_missing(self) -> bool:
         """Whether the database answers, without the outbox table."""
         try:
-            return not sa.inspect(self.engine).has_table(self.batcher.outbox.name)
+            outbox = self.batcher.outbox
+            return not sa.inspect(self.engine).has_table(outbox.name, schema=outbox.schema)
         except sa.exc.DBAPIError:
             return False  # the database itself is away: a passing failure
 

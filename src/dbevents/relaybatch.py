@@ -65,12 +65,13 @@ class Batcher:
         table_name: str,
         batch_size: int,
         max_attempts: int,
+        schema: str | None = None,
     ) -> None:
         metadata = sa.MetaData()
         self.engine = engine
         self.sinks = sinks
-        self.outbox = outbox_table(metadata, table_name)
-        self.dead = dead_table(metadata, table_name)
+        self.outbox = outbox_table(metadata, table_name, schema)
+        self.dead = dead_table(metadata, table_name, schema)
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.sqlite = engine.dialect.name == "sqlite"

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import sqlalchemy as sa
 
 from .columns import ColumnRule
 from .diagnose import skip
+from .dump import naming_refusals, reading
 from .fileformat import Source, resolve_metadata
 from .load import TablePlan, plan
 
@@ -68,31 +70,23 @@ def verify(
     grows with the number of keys, not with the rows.
 
     :raises LoadError: the directory is unreadable or does not fit ``metadata``.
+    :raises ConfigurationError: the database lacks a table (or its SQLite file does
+        not exist), or it refused to read one.
     """
     source = Source(path)
     plans = plan(source, resolve_metadata(metadata), tables, check_schema=check_schema)
     differences: list[Difference] = []
-    with _connected(bind) as conn:
+    with reading(bind, [item.table for item in plans]) as conn:
         for item in plans:
-            if item.table.primary_key.columns:
-                differences.extend(_by_key(conn, source, item))
-            else:
-                differences.extend(_as_multiset(conn, source, item))
+            with naming_refusals(item.table):
+                differences.extend(_compare(conn, source, item))
     return differences
 
 
-@contextmanager
-def _connected(bind: sa.Engine | sa.Connection | str) -> Iterator[sa.Connection]:
-    if isinstance(bind, sa.Connection):
-        yield bind
-        return
-    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        if isinstance(bind, str):
-            engine.dispose()
+def _compare(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Difference]:
+    if item.table.primary_key.columns:
+        return _by_key(conn, source, item)
+    return _as_multiset(conn, source, item)
 
 
 def _by_key(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Difference]:
@@ -169,9 +163,18 @@ def _as_multiset(conn: sa.Connection, source: Source, item: TablePlan) -> Iterat
             )
 
 
+#: what a NaN counts as in a table without a key, compared as a multiset: NaN equals
+#: nothing, not even itself, so two of them would never pair up
+_NAN: Final = ("$nan",)
+
+
 def _hashable(value: Any, wall_time: bool) -> Any:
     if isinstance(value, dict | list):
         return repr(value)
+    if (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, decimal.Decimal) and value.is_nan()
+    ):
+        return _NAN
     if isinstance(value, dt.datetime) and value.tzinfo is not None:
         return value.replace(tzinfo=None) if wall_time else value.astimezone(dt.UTC)
     return value

@@ -1,7 +1,8 @@
 """A small CRM on Flask and Flask-SQLAlchemy, with its database events done by dbevents.
 
-``flask --app crm run`` serves the JSON API; ``flask --app crm dumpdata DIR``,
-``loaddata DIR`` and ``dbevents verify DIR`` move data in and out.
+``flask --app crm create-user EMAIL`` adds someone to sign in as, ``flask --app crm run``
+serves the JSON API; ``flask --app crm dumpdata DIR``, ``loaddata DIR`` and
+``dbevents verify DIR`` move data in and out.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import flask
 
 from crm.api import api, login_manager
+from crm.commands import create_user
 from crm.db import db, dbevents_ext, events
 
 __all__ = ["create_app"]
@@ -36,6 +38,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> flask.Flask:
     events.autodiscover("crm.events")
     login_manager.init_app(app)
     app.register_blueprint(api)
+    app.cli.add_command(create_user)
     with app.app_context():
         db.create_all()
     return app

@@ -36,11 +36,15 @@ _VALUES: Final = ("id", "created_at", "payload", "attempts")
 _OWN: Final = {SKIP_CAPTURE: True}
 
 
-def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+def outbox_table(
+    metadata: sa.MetaData, name: str = DEFAULT_TABLE, schema: str | None = None
+) -> sa.Table:
     """Define the outbox table on ``metadata``: one row per committed change set.
 
     ``seq`` grows in insertion order, and the relay delivers in that order
     (SQLite may reuse the numbers of rows deleted from the end, which is harmless).
+
+    :param schema: the table's schema; by default that of ``metadata``.
     """
     return sa.Table(
         name,
@@ -56,10 +60,13 @@ def outbox_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
         sa.Column("payload", sa.Text, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
+        schema=schema,
     )
 
 
-def dead_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
+def dead_table(
+    metadata: sa.MetaData, name: str = DEFAULT_TABLE, schema: str | None = None
+) -> sa.Table:
     """Define the dead-letter table ``<name>_dead``: rows parked after repeated failures."""
     return sa.Table(
         f"{name}_dead",
@@ -71,6 +78,7 @@ def dead_table(metadata: sa.MetaData, name: str = DEFAULT_TABLE) -> sa.Table:
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("error", sa.Text, nullable=False),
         sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
+        schema=schema,
     )
 
 
@@ -91,25 +99,32 @@ class OutboxSink:
         the outbox and dead-letter tables to, for ``create_all`` and Alembic; a
         private one when omitted.
     :param table_name: the outbox table's name (the relay must be given the same).
+    :param schema: the schema of both tables (the relay must be given the same); by
+        default that of ``metadata``, e.g. ``MetaData(schema="app")``.
     """
 
     __slots__ = ("_insert", "_notifying_insert", "dead", "table")
 
     def __init__(
-        self, metadata: sa.MetaData | type[Any] | None = None, table_name: str = DEFAULT_TABLE
+        self,
+        metadata: sa.MetaData | type[Any] | None = None,
+        table_name: str = DEFAULT_TABLE,
+        schema: str | None = None,
     ) -> None:
         if not table_name:
             raise ConfigurationError("OutboxSink: table_name must not be empty")
         metadata = sa.MetaData() if metadata is None else resolve_metadata(metadata)
-        existing = metadata.tables.get(table_name)
+        schema = metadata.schema if schema is None else schema
+        # a second sink on the same metadata reuses the tables the first one defined
+        existing = metadata.tables.get(_key(table_name, schema))
         #: the outbox table
         self.table: sa.Table = (
-            existing if existing is not None else outbox_table(metadata, table_name)
+            existing if existing is not None else outbox_table(metadata, table_name, schema)
         )
-        existing_dead = metadata.tables.get(f"{table_name}_dead")
+        existing_dead = metadata.tables.get(_key(f"{table_name}_dead", schema))
         #: the dead-letter table, ``<table_name>_dead``
         self.dead: sa.Table = (
-            existing_dead if existing_dead is not None else dead_table(metadata, table_name)
+            existing_dead if existing_dead is not None else dead_table(metadata, table_name, schema)
         )
         table = self.table
         self._insert = table.insert()
@@ -157,4 +172,10 @@ class OutboxSink:
         """Do nothing: the row is already committed, and the relay delivers it."""
 
     def __repr__(self) -> str:
-        return f"OutboxSink(table_name={self.table.name!r})"
+        schema = "" if self.table.schema is None else f", schema={self.table.schema!r}"
+        return f"OutboxSink(table_name={self.table.name!r}{schema})"
+
+
+def _key(name: str, schema: str | None) -> str:
+    """A table's key in ``MetaData.tables``: ``schema.name``, or the name alone."""
+    return name if schema is None else f"{schema}.{name}"
