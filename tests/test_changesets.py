@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import gc
+import json
 import logging
 import pickle
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +19,9 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 from dbevents import Change, ChangeSet, Op
-from dbevents.changes import stored_fields
-from tests.fixtures import table_rows
+from dbevents.changes import passed_on, stored_fields
+from dbevents.ids import new_id
+from tests.fixtures import installed, table_rows
 from tests.models import Address, Company, Contact, Dog, Subgroup, Tag
 
 Changes = list[tuple[str, str, tuple[Any, ...], dict[str, Any] | None, dict[str, Any] | None]]
@@ -692,3 +697,96 @@ def test_a_change_set_holds_plain_names_the_garbage_collector_does_not_track(
     gc.collect()
     assert not any(map(gc.is_tracked, (pk, old, new)))
     assert not any(map(gc.is_tracked, memory.rows("companies")))
+
+
+class KeyedBase(sa_orm.DeclarativeBase): ...
+
+
+class Membership(KeyedBase):
+    __tablename__ = "keyed_memberships"
+    user_id: sa_orm.Mapped[int]
+    group_id: sa_orm.Mapped[int]
+    id: sa_orm.Mapped[int] = sa_orm.mapped_column(primary_key=True)
+
+
+keyed_notes = sa.Table(  # no primary key: keyed by all of its columns
+    "keyed_notes",
+    KeyedBase.metadata,
+    sa.Column("membership_id", sa.ForeignKey("keyed_memberships.id")),
+    sa.Column("text", sa.String(20)),
+)
+
+
+def test_a_change_set_tells_the_key_columns_of_its_tables(engine: sa.Engine) -> None:
+    # so that a reader without the models (a relay feeding a mirror) need not guess them
+    events = dbevents.Events()
+    received: list[ChangeSet] = []
+    events.on_commit(received.append)
+    for maker in installed(events, engine, KeyedBase.metadata):
+        with maker() as session:
+            session.add(Membership(user_id=1, group_id=1))  # every value 1: which is the key?
+            session.flush()
+            session.execute(sa.insert(keyed_notes).values(membership_id=1, text="x"))
+            session.commit()
+    [changeset] = received
+    told = {"keyed_memberships": ("id",), "keyed_notes": ("membership_id", "text")}
+    text = changeset.to_json()
+    assert json.loads(text)["key_columns"] == {t: list(key) for t, key in told.items()}
+    for copy in (changeset, ChangeSet.from_json(text), passed_on(changeset.id, text.decode())):
+        assert copy is not None
+        assert {table: copy.key_columns(table) for table in told} == told
+    assert changeset.key_columns("elsewhere") is None
+    assert ChangeSet.from_dict(changeset.to_dict()).key_columns("keyed_memberships") == ("id",)
+
+
+def test_tables_of_one_name_with_other_keys_tell_no_key(tmp_path: Path) -> None:
+    received: list[ChangeSet] = []
+    for number, key in enumerate(["a", "b"]):
+        metadata = sa.MetaData()
+        table = sa.Table(
+            "keyed_twice",
+            metadata,
+            sa.Column("a", sa.Integer, primary_key=key == "a"),
+            sa.Column("b", sa.Integer, primary_key=key == "b"),
+        )
+        engine = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{tmp_path}/{number}.db"))
+        events = dbevents.Events()
+        events.on_commit(received.append)
+        for maker in installed(events, engine, metadata):
+            with maker() as session:
+                session.execute(sa.insert(table).values(a=1, b=2))
+                session.commit()
+        engine.dispose()
+    assert [changeset.key_columns("keyed_twice") for changeset in received] == [None, None]
+    assert all(b"key_columns" not in changeset.to_json() for changeset in received)
+
+
+def json_changeset() -> ChangeSet:
+    row = {"id": 1, "amount": decimal.Decimal("1.10"), "note": "two\nlines"}
+    change = Change(Op.INSERT, "json_deals", "Deal", (1,), None, row)
+    return ChangeSet(new_id(), dt.datetime.now(dt.UTC), "ada", (change,))
+
+
+@pytest.mark.parametrize(
+    "layout", [{"indent": 2}, {}, {"separators": (",", ":")}], ids=["indented", "spaced", "compact"]
+)
+def test_json_written_some_other_way_reads_back_as_one_compact_line(layout: Any) -> None:
+    # one change set a line is what a journal or a stream holds
+    changeset = json_changeset()
+    read = ChangeSet.from_json(json.dumps(changeset.to_dict(), **layout))
+    assert read.to_json() == changeset.to_json()
+    assert b"\n" not in read.to_json() and read == changeset
+
+
+def test_json_written_anew_keeps_the_tags_of_classes_not_imported() -> None:
+    data = json_changeset().to_dict()
+    data["changes"][0]["new"]["mood"] = {"$enum": ["nowhere.models:Mood", "GLAD"]}
+    read = ChangeSet.from_json(json.dumps(data, indent=2))
+    assert b'"mood":{"$enum":["nowhere.models:Mood","GLAD"]}' in read.to_json()
+
+
+def test_text_broken_over_lines_is_not_passed_on_as_it_is() -> None:
+    changeset = json_changeset()
+    text = changeset.to_json().decode()
+    assert passed_on(changeset.id, text) is not None
+    assert passed_on(changeset.id, text.replace(',"changes"', ',\n"changes"')) is None

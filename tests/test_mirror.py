@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,6 +25,17 @@ from tests import datamodels
 from tests.datamodels import Author, Book, Color, Node, Tag, Thing, metadata, table_rows
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# a table no mapped class knows, so that the mirror cannot look its key up: a first row
+# of all ones does not tell which column is the key, and the first column is not
+memberships_metadata = sa.MetaData()
+memberships = sa.Table(
+    "mirror_memberships",
+    memberships_metadata,
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("group_id", sa.Integer, nullable=False),
+    sa.Column("id", sa.Integer, primary_key=True),
+)
 
 
 @pytest.fixture
@@ -226,6 +239,107 @@ def test_several_processes_share_one_directory(tmp_path: Path) -> None:
 
     expected = {n: f"tag {n}" for base in (1000, 2000, 3000) for n in range(base, base + 60)}
     assert rows_of(directory, "tags") == expected
+
+
+def sqlite_engine(tmp_path: Path) -> sa.Engine:
+    engine = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}"))
+    memberships_metadata.create_all(engine)
+    return engine
+
+
+def write_memberships(maker: sa_orm.sessionmaker[sa_orm.Session], deliver: Any) -> None:
+    """Two rows, the first all ones; then, after a compaction, an update of the second."""
+    with maker() as session:
+        session.execute(sa.insert(memberships).values(user_id=1, group_id=1, id=1))
+        session.commit()
+        session.execute(sa.insert(memberships).values(user_id=1, group_id=2, id=2))
+        session.commit()
+        deliver(compact=True)
+        session.execute(sa.update(memberships).where(memberships.c.id == 2).values(group_id=3))
+        session.commit()
+        deliver(compact=False)
+
+
+def test_a_core_table_is_keyed_as_the_change_set_tells(tmp_path: Path) -> None:
+    engine = sqlite_engine(tmp_path)
+    directory = tmp_path / "mirror"
+    sink = MirrorSink(directory)
+
+    def deliver(compact: bool) -> None:
+        if compact:
+            sink.compact()
+
+    for maker in session_maker(engine, sink):
+        write_memberships(maker, deliver)
+
+    entry = Manifest.read(directory).entry("mirror_memberships")
+    assert entry is not None and entry.key == ("id",)
+    assert dbevents.verify(engine, memberships_metadata, directory) == []
+    engine.dispose()
+
+
+def test_a_relay_tells_the_mirror_the_key_columns_the_writer_knew(tmp_path: Path) -> None:
+    # what a relay process without the models reads: only the outbox rows
+    engine = sqlite_engine(tmp_path)
+    outbox = dbevents.OutboxSink()
+    outbox.create_table(engine)
+    directory = tmp_path / "mirror"
+    mirror = MirrorSink(directory)
+
+    def deliver(compact: bool) -> None:
+        assert dbevents.relay(engine, [mirror], once=True) >= 1
+        if compact:
+            mirror.compact()
+
+    events = dbevents.Events(sinks=[outbox])
+    maker = events.install(sa_orm.sessionmaker(engine))
+    write_memberships(maker, deliver)
+    events.uninstall(maker)
+
+    entry = Manifest.read(directory).entry("mirror_memberships")
+    assert entry is not None and entry.key == ("id",)
+    assert dbevents.verify(engine, memberships_metadata, directory) == []
+    engine.dispose()
+
+
+def test_a_table_whose_key_nothing_tells_is_refused(tmp_path: Path) -> None:
+    directory = tmp_path / "mirror"
+    row = {"user_id": 1, "group_id": 1, "id": 1}
+    written = changeset(Change(Op.INSERT, "mirror_memberships", None, (1,), None, row))
+    # as a writer that told no key columns (an older one) wrote it
+    data = {key: value for key, value in written.to_dict().items() if key != "key_columns"}
+    read = ChangeSet.from_json(json.dumps(data))
+    assert read.key_columns("mirror_memberships") is None
+
+    with pytest.raises(dbevents.SinkError, match="pass metadata="):
+        MirrorSink(directory).publish(read)
+    assert Manifest.read(directory).tables == ()
+    assert not (directory / JOURNAL).exists()
+    MirrorSink(directory, metadata=memberships_metadata).publish(read)  # what the error asks
+    entry = Manifest.read(directory).entry("mirror_memberships")
+    assert entry is not None and entry.key == ("id",)
+
+
+class IndentedChangeSet(ChangeSet):
+    """A change set of another make, whose JSON spans several lines."""
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2).encode()
+
+
+def test_a_change_set_in_several_lines_is_journaled_as_one(tmp_path: Path) -> None:
+    directory = tmp_path / "mirror"
+    sink = MirrorSink(directory, metadata=metadata)
+    # received as indented JSON, from a queue or a web hook, say
+    first = ChangeSet.from_json(json.dumps(tag_changeset(1).to_dict(), indent=2))
+    sink.publish(first)
+    second = tag_changeset(2)
+    sink.publish(IndentedChangeSet(second.id, second.committed_at, None, second.changes))
+
+    lines = (directory / JOURNAL).read_bytes().split(b"\n")
+    assert len(lines) == 3 and lines[-1] == b""  # one record a line, each whole
+    assert [ChangeSet.from_json(line).id for line in lines[:2]] == [first.id, second.id]
+    assert rows_of(directory, "tags") == {1: "tag 1", 2: "tag 2"}
 
 
 def changeset(*changes: Change) -> ChangeSet:

@@ -7,9 +7,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice, repeat
+from operator import itemgetter
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar, cast, final, overload
 
-from . import codec
+from . import codec, mapping
 from .change import ALL_FIELDS, Change, Fields, Op, change_dict
 
 # Op and Change live in .change; they are imported from here as well
@@ -133,6 +134,9 @@ class ChangeSet:
     # relay passing on what it read share it instead of encoding the change set again;
     # set on the instance, and no field (dataclasses.asdict and replace leave it out)
     _json: ClassVar[bytes | None] = None
+    # the key columns its JSON told, by table (see key_columns); None: made in this process,
+    # which knows them itself.  No field either: equality is about the changes
+    _keys: ClassVar[Mapping[str, tuple[str, ...]] | None] = None
 
     def __len__(self) -> int:
         changes = self.__dict__.get("changes")
@@ -186,13 +190,46 @@ class ChangeSet:
         """The changes of one table, by its full name."""
         return tuple(change for change in self.changes if change.table == table)
 
+    def key_columns(self, table: str) -> tuple[str, ...] | None:
+        """The names of ``table``'s key columns, in the order of each change's ``pk``, or None.
+
+        A change set made in this process knows the key of each table that dbevents
+        captured writes to, unless tables of that name with other keys were captured too;
+        one read from JSON knows what its ``key_columns`` tell.  A table without a
+        primary key is keyed by all of its columns.
+        """
+        if "changes" not in self.__dict__:
+            self._decode()  # passed on, not read yet
+        told = self._keys
+        return mapping.captured_key(table) if told is None else told.get(table)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-ready form (tagged values, see :mod:`dbevents.codec`)."""
         return {**self._head(), "changes": [change.to_dict() for change in self.changes]}
 
     def _head(self) -> dict[str, Any]:
-        """The JSON-ready form without the changes."""
-        return {"id": self.id, "committed_at": self.committed_at.isoformat(), "actor": self.actor}
+        """The JSON-ready form without the changes.
+
+        With the key columns of its tables where they are known, so that a reader
+        without the models (a relay feeding a mirror) never has to guess them.
+        """
+        head: dict[str, Any] = {
+            "id": self.id,
+            "committed_at": self.committed_at.isoformat(),
+            "actor": self.actor,
+        }
+        told = self._keys
+        keys = mapping.captured_keys(self._tables()) if told is None else told
+        if keys:
+            head["key_columns"] = {table: list(key) for table, key in keys.items()}
+        return head
+
+    def _tables(self) -> Iterator[str]:
+        """The names of the tables it changes, each once (a loop in C: a commit may be big)."""
+        changes = self.__dict__.get("changes")
+        if type(changes) is Buffered:
+            return iter(dict.fromkeys(map(_first, changes.ops)))  # keys are (table, *pk)
+        return iter(dict.fromkeys(map(_second, self.changes)))  # fields are (op, table, ...)
 
     def to_json(self) -> bytes:
         """Serialize to compact UTF-8 JSON that :meth:`from_json` restores exactly."""
@@ -211,32 +248,43 @@ class ChangeSet:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeSet:
         """Restore a change set from :meth:`to_dict` output."""
-        return cls(
+        changeset = cls(
             id=data["id"],
             committed_at=dt.datetime.fromisoformat(data["committed_at"]),
             actor=data.get("actor"),
             changes=tuple([Change.from_dict(item) for item in data["changes"]]),
         )
+        object.__setattr__(changeset, "_keys", _told_keys(data))
+        return changeset
 
     @classmethod
     def from_json(cls, data: bytes | str) -> ChangeSet:
-        """Parse what :meth:`to_json` wrote (a line of it, say).
+        """Parse JSON of a change set: what :meth:`to_json` wrote (a line of it, say).
 
         :meth:`to_json` of the result returns that text again, without the
-        whitespace around it, rather than encoding the change set anew.
+        whitespace around it, rather than encoding the change set anew.  Text
+        written some other way (indented, say) is written anew as one compact
+        line, its values as they came.
         """
-        id, committed_at, actor, changes = _parse(data)
+        text = (data.decode() if isinstance(data, bytes) else data).strip()
+        id, committed_at, actor, keys, changes = _parse(text)
         # the changes are made on first use: a sink may only want the JSON
         changeset = cls(id, committed_at, actor, cast(Any, changes))
-        text = data.strip()
-        object.__setattr__(changeset, "_json", text.encode() if isinstance(text, str) else text)
+        object.__setattr__(changeset, "_keys", keys)
+        if not _as_written(id, text):
+            # a journal or a stream holds one change set a line: more lines would break it
+            # for every reader.  From the values as parsed, still encoded: decoding and
+            # encoding again would lose the tag of an enum whose class is not imported here
+            head = codec.dumps(changeset._head())
+            text = f'{head[:-1]},"changes":{codec.dumps(changes.items)}}}'
+        object.__setattr__(changeset, "_json", text.encode())
         return changeset
 
     def _decode(self) -> None:
         """Decode the fields of a change set :func:`passed_on` as JSON."""
         assert self._json is not None
-        _, committed_at, actor, changes = _parse(self._json)
-        self.__dict__.update(committed_at=committed_at, actor=actor, changes=changes)
+        _, committed_at, actor, keys, changes = _parse(self._json)
+        self.__dict__.update(committed_at=committed_at, actor=actor, _keys=keys, changes=changes)
 
 
 def _chunks(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
@@ -244,25 +292,55 @@ def _chunks(items: Iterator[_T], size: int) -> Iterator[list[_T]]:
         yield chunk
 
 
-def _parse(data: bytes | str) -> tuple[str, dt.datetime, str | None, _Encoded]:
+_Parsed = tuple[str, dt.datetime, str | None, Mapping[str, tuple[str, ...]], _Encoded]
+
+
+def _parse(data: bytes | str) -> _Parsed:
     """The fields of a change set in JSON, its changes as parsed."""
     parsed = codec.loads(data)
     changes = parsed["changes"]
     if type(changes) is not list:
         raise TypeError(f"changes: a list expected, not {type(changes).__name__}")
     committed_at = dt.datetime.fromisoformat(parsed["committed_at"])
-    return parsed["id"], committed_at, parsed.get("actor"), _Encoded(changes)
+    return parsed["id"], committed_at, parsed.get("actor"), _told_keys(parsed), _Encoded(changes)
+
+
+def _told_keys(data: Mapping[str, Any]) -> Mapping[str, tuple[str, ...]]:
+    """The ``key_columns`` of a change set's JSON-ready form (none in one written before them)."""
+    told = data.get("key_columns")
+    if told is None:
+        return {}
+    if type(told) is dict:
+        keys = {table: tuple(names) for table, names in told.items() if type(names) is list}
+        if len(keys) == len(told) and all(type(n) is str for key in keys.values() for n in key):
+            return keys
+    raise TypeError("key_columns: an object of lists of column names expected")
+
+
+def _as_written(id: str, text: str) -> bool:
+    """Whether ``text`` begins and ends as :meth:`ChangeSet.to_json` writes the change set
+    ``id``, on one line.  (Checked on ``str``: on ``bytes`` it takes several times as long.)"""
+    return (
+        text.startswith(f'{{"id":"{id}",')
+        and text.endswith("]}")
+        and "\n" not in text
+        and "\r" not in text
+    )
 
 
 def passed_on(id: str, text: str) -> ChangeSet | None:
     """The change set :meth:`ChangeSet.to_json` wrote as ``text`` for ``id``, decoded on first use.
 
     ``None`` when ``text`` does not begin and end as that method writes a change
-    set with this id (one written some other way, or cut short): parse it then,
-    with :meth:`ChangeSet.from_json`, which tells what is wrong with it.
+    set with this id, on one line (one written some other way, or cut short):
+    parse it then, with :meth:`ChangeSet.from_json`, which tells what is wrong
+    with it or writes it anew.
     """
-    if not (text.startswith(f'{{"id":"{id}",') and text.endswith("]}")):
+    if not _as_written(id, text):
         return None
     changeset = ChangeSet.__new__(ChangeSet)
     changeset.__dict__.update(id=id, _json=text.encode())
     return changeset
+
+
+_first, _second = itemgetter(0), itemgetter(1)

@@ -11,6 +11,9 @@ its type, so it is restored exactly without knowing the schema::
     bytes     {"$bytes": "<base64>"}       Enum  {"$enum": ["module:Class", "NAME"]}
     a dict that looks like a tag           {"$dict": {...}}
 
+A subclass of str, int or float (``markupsafe.Markup``, a ``class UserId(int)``)
+is written as its plain value, and read back as that.
+
 Comparisons against the database go through the column type (see ``verify``),
 so this layer never needs the schema.
 """
@@ -41,6 +44,16 @@ __all__ = [
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
 
+# A subclass of a plain type (markupsafe.Markup, a ``class UserId(int)``) is written as its
+# plain value: the json module would write it so, and a column of that type reads back the
+# base type anyway.  Each base's own method, so that a subclass's override can't change the
+# value.  Enums (IntEnum, StrEnum) are tagged before this, and bool can't be subclassed.
+_PLAIN_OF_SUBCLASS: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (str, str.__str__),
+    (int, int.__int__),
+    (float, float.__float__),
+)
+
 
 def encode(value: Any) -> Any:
     """Return a JSON-ready form of ``value`` that :func:`decode` turns back into it."""
@@ -56,6 +69,9 @@ def encode(value: Any) -> Any:
     for base, encoder in _ENCODERS.items():
         if isinstance(value, base):
             return encoder(value)
+    for base, plain in _PLAIN_OF_SUBCLASS:
+        if isinstance(value, base):
+            return plain(value)
     raise TypeError(
         f"cannot encode a value of type {kind.__qualname__} as JSON; "
         "use a column type whose Python values are JSON, datetime, Decimal, UUID, bytes or Enum"

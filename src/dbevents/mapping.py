@@ -7,13 +7,22 @@ inspection API on every row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast, final
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-__all__ = ["MapperSpec", "TableSpec", "attribute_key", "column_name", "mapper_spec", "table_spec"]
+__all__ = [
+    "MapperSpec",
+    "TableSpec",
+    "attribute_key",
+    "captured_key",
+    "captured_keys",
+    "column_name",
+    "mapper_spec",
+    "table_spec",
+]
 
 _MISSING: Any = object()
 
@@ -233,6 +242,38 @@ def table_spec(table: sa.Table) -> TableSpec:
     if spec is None:
         spec = _table_specs[table] = TableSpec(table)
     return spec
+
+
+def captured_key(table: str) -> tuple[str, ...] | None:
+    """The key columns of the table called ``table`` whose writes dbevents has seen, or None:
+    never seen, or tables of that name with other keys were (two MetaData, say)."""
+    return _keys_by_name().get(table) or None
+
+
+def captured_keys(tables: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The key columns of those of ``tables`` that :func:`captured_key` knows."""
+    by_name = _keys_by_name()
+    return {table: key for table in tables if (key := by_name.get(table))}
+
+
+#: (number of table specs indexed, key columns by table name; () when ambiguous)
+_key_index: tuple[int, dict[str, tuple[str, ...]]] = (0, {})
+
+
+def _keys_by_name() -> dict[str, tuple[str, ...]]:
+    """The key columns of every table spec made (the tables whose rows change sets hold,
+    Core and association tables included), by name; indexed anew when one was added."""
+    global _key_index
+    indexed, by_name = _key_index
+    if indexed == len(_table_specs):
+        return by_name
+    specs = list(_table_specs.values())
+    by_name = {}
+    for spec in specs:
+        if by_name.setdefault(spec.name, spec.pk) != spec.pk:
+            by_name[spec.name] = ()  # ambiguous, and stays so
+    _key_index = (len(specs), by_name)
+    return by_name
 
 
 def attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> str | None:

@@ -104,7 +104,7 @@ class MirrorSink:
         """Append a change set to the journal, fsynced; compact when a threshold is met."""
         if not len(changeset):
             return
-        line = changeset.to_json() + b"\n"
+        line = _one_line(changeset.to_json()) + b"\n"
         with self._locked():
             self._register(changeset)
             fd = os.open(self.directory / JOURNAL, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -172,7 +172,7 @@ class MirrorSink:
     def _in_fk_order(self, entries: tuple[TableEntry, ...]) -> tuple[TableEntry, ...]:
         """Entries parents first, as ``dump`` lists them, where their tables are known.
 
-        Tables no registry knows (Core only, keyed by guess) follow, as they came.
+        Tables no registry knows (Core only) follow, as they came.
         """
         registries = [self._metadata] if self._metadata is not None else []
         for mapper in all_mappers():
@@ -208,7 +208,7 @@ class MirrorSink:
         manifest = Manifest.read(self.directory)  # another process may have added some
         listed = {entry.name for entry in manifest.tables}
         added = [
-            _entry(change, self._candidates(change))
+            _entry(change, self._candidates(change), changeset.key_columns(name))
             for name, change in new.items()
             if name not in listed
         ]
@@ -244,33 +244,69 @@ def _table_of(entry: TableEntry, registries: list[sa.MetaData]) -> sa.Table | No
     return None
 
 
-def _entry(change: Change, candidates: list[sa.Table]) -> TableEntry:
-    """A manifest entry for a table first seen in ``change``.
+def _entry(change: Change, candidates: list[sa.Table], told: tuple[str, ...] | None) -> TableEntry:
+    """A manifest entry for a table first seen in ``change``; :class:`SinkError` if none fits.
 
-    Several registries may hold a table of that name: the one whose columns are
-    those of the row wins.  A table no registry knows (Core only) is keyed by the
-    columns holding the change's key values.
+    Several registries may hold a table of that name: the first whose columns are
+    those of the row, and whose key is the one the change set tells, wins.  A
+    table no registry knows (Core only) is keyed by the key columns the change set
+    tells, else by the columns that alone hold the change's key values, and never
+    by a guess: a key read wrong loses every later update of the table.
     """
     whole = change.op in (Op.INSERT, Op.LINK, Op.DELETE, Op.UNLINK)
     row = dict((change.new if change.op in (Op.INSERT, Op.LINK) else change.old) or {})
     for table in candidates:
         columns = tuple(column.name for column in table.columns)
-        if not (whole and row) or set(columns) == set(row):
+        fits = not (whole and row) or set(columns) == set(row)
+        if fits and told in (None, key_of(table)):
             return TableEntry(change.table, file_name(change.table), key_of(table), columns, rows=0)
-    if not (whole and row):
+    key = None
+    if whole and row:
+        key = told if told and _holds(row, told, change.pk) else _holding(row, change.pk)
+    if key is None:
         raise SinkError(
             f"MirrorSink cannot tell the key columns of table {change.table!r}; "
             "pass metadata= with that table"
         )
-    unused = list(row)
+    return TableEntry(change.table, file_name(change.table), key, tuple(row), rows=0)
+
+
+def _holds(row: dict[str, Any], names: tuple[str, ...], pk: tuple[Any, ...]) -> bool:
+    """Whether the columns ``names`` of ``row`` hold the key values ``pk``."""
+    return len(names) == len(pk) and all(
+        name in row and _same(row[name], value) for name, value in zip(names, pk, strict=True)
+    )
+
+
+def _holding(row: dict[str, Any], pk: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """The columns holding the key values, when each value is in one column alone.
+
+    None when a value is in several (a first row of all ones, say): which of them
+    is the key, the row cannot tell.
+    """
     names: list[str] = []
-    for value in change.pk:
-        match = next((name for name in unused if row[name] == value), None)
-        if match is None:
-            raise SinkError(f"MirrorSink cannot tell the key columns of table {change.table!r}")
-        names.append(match)
-        unused.remove(match)
-    return TableEntry(change.table, file_name(change.table), tuple(names), tuple(row), rows=0)
+    for value in pk:
+        holding = [name for name, held in row.items() if _same(held, value)]
+        if len(holding) != 1 or holding[0] in names:
+            return None
+        names.append(holding[0])
+    return tuple(names)
+
+
+def _same(held: Any, value: Any) -> bool:
+    # the type too: True == 1, but a flag column does not hold an integer key
+    return type(held) is type(value) and bool(held == value)
+
+
+def _one_line(text: bytes) -> bytes:
+    """``text``, as one compact line.
+
+    :meth:`ChangeSet.to_json` writes one; this guards the journal against a change
+    set of another make, since a record of several lines breaks it for every reader.
+    """
+    if b"\n" in text or b"\r" in text:
+        return codec.dumps(codec.loads(text)).encode()
+    return text
 
 
 def _drop_torn_tail(fd: int) -> int:
