@@ -509,6 +509,29 @@ def test_a_commit_made_while_delivering_is_delivered_after_in_commit_order(
     assert memory.get("contacts", 1) == table_rows(tables, "contacts")[(1,)]
 
 
+def test_commit_order_holds_for_every_events_on_the_session(tables: sa.Engine) -> None:
+    """The first Events' after_commit callback commits again before the second Events
+    had the first change set: the second still gets them in commit order."""
+    first, second = dbevents.Events(), dbevents.Events()
+    memory = second.add_sink(dbevents.MemorySink())
+    maker = sa_orm.sessionmaker(tables)
+    first.install(maker)
+    second.install(maker)
+
+    @first.listens_for(Contact, "after_commit", op=Op.INSERT)
+    def name_it(cls: type[Contact], change: Change) -> None:
+        with maker() as other:
+            other.get_one(Contact, change.pk).name = "named"
+            other.commit()
+
+    with maker() as session:
+        session.add(Contact(id=1, email="o@x"))
+        session.commit()
+    assert isinstance(memory, dbevents.MemorySink)
+    assert [[c.op for c in cs.changes] for cs in memory.changesets] == [[Op.INSERT], [Op.UPDATE]]
+    assert memory.get("contacts", 1) == table_rows(tables, "contacts")[(1,)]
+
+
 def test_not_robust_raises_the_failures_of_a_commit_made_while_delivering(
     tables: sa.Engine,
 ) -> None:

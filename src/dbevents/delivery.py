@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .events import Events
 
-__all__ = ["Receiver", "Sink", "TransactionalSink", "check_sink", "deliver"]
+__all__ = ["Receiver", "Sink", "TransactionalSink", "check_sink", "deliver_queued", "enqueue"]
 
 logger = logging.getLogger("dbevents")
 
@@ -52,32 +52,47 @@ class TransactionalSink(Protocol):
     def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None: ...
 
 
-#: the change sets committed while this context delivers another one (a callback or a
-#: listener that commits), delivered in turn once that one is done; None when not delivering
+#: the change sets committed in this context and not delivered yet, in the order they were
+#: committed: each takes its place when its transaction commits, so that a commit made while
+#: another is being delivered (an after_commit callback that writes and commits) comes after
+#: it for every Events, even one whose turn to deliver the first has not come yet
 _queue: ContextVar[list[tuple[Events, ChangeSet, Sequence[type[Any] | None]]] | None] = ContextVar(
     "dbevents.delivery_queue", default=None
 )
+#: whether this context is delivering the queue now (further up the stack)
+_delivering: ContextVar[bool] = ContextVar("dbevents.delivering", default=False)
 
 
-def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
-    """Run model after_commit callbacks, then listeners and sinks in registration order.
+def enqueue(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
+    """Give a change set its place in the delivery order; called as its transaction commits.
 
-    Every failure is logged on the ``dbevents`` logger and passed to the
-    ``on_error`` handlers; the others still run.  ``models`` holds the mapped
-    class of each change (``None`` for association and Core-only tables).  With ``robust=False`` the
-    failures are raised together as an :class:`ExceptionGroup` at the end.
-
-    A commit made while a change set is being delivered (an ``after_commit``
-    callback that writes and commits) is delivered after it, not inside it: every
-    receiver gets change sets in the order they were committed, so a sink that
-    keeps rows never applies a later change before an earlier one.
+    ``models`` holds the mapped class of each change (``None`` for association and
+    Core-only tables).  :func:`deliver_queued` delivers it.
     """
     queue = _queue.get()
-    if queue is not None:
-        queue.append((events, changeset, models))
+    if queue is None:
+        queue = []
+        _queue.set(queue)
+    queue.append((events, changeset, models))
+
+
+def deliver_queued() -> None:
+    """Deliver the change sets queued in this context, in the order they were committed.
+
+    Each runs its model after_commit callbacks, then its listeners and sinks in
+    registration order.  Every failure is logged on the ``dbevents`` logger and
+    passed to the ``on_error`` handlers; the others still run.  With
+    ``robust=False`` the failures are raised together as an :class:`ExceptionGroup`
+    at the end.  Called while delivering (a callback that commits), it leaves what
+    was queued meanwhile to the delivery already running, which gets to it after
+    the change set it is delivering: every receiver gets change sets in the order
+    they were committed, so a sink that keeps rows never applies a later change
+    before an earlier one.
+    """
+    queue = _queue.get()
+    if not queue or _delivering.get():
         return
-    queue = [(events, changeset, models)]
-    token = _queue.set(queue)
+    token = _delivering.set(True)
     errors: list[Exception] = []
     try:
         while queue:
@@ -86,7 +101,9 @@ def deliver(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
             if not events.robust:
                 errors += failed
     finally:
-        _queue.reset(token)
+        _delivering.reset(token)
+        if not queue:
+            _queue.set(None)
     if errors:
         raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
 

@@ -3,8 +3,10 @@
 SQLAlchemy fires ``after_commit`` when a SAVEPOINT is released and
 ``after_rollback`` when one is rolled back, so neither can be trusted alone.
 Each root or SAVEPOINT transaction gets its own buffer; ``after_commit`` marks
-the one that committed, and ``after_transaction_end`` then merges it into its
-parent (a savepoint), delivers it (the root), or drops it (never marked).
+the one that committed (a root's change set takes its place in the delivery
+order there, see :func:`~.delivery.deliver_queued`), and ``after_transaction_end``
+then merges it into its parent (a savepoint), delivers it (the root), or drops it
+(never marked).
 
 A SAVEPOINT the application begins on the session's connection itself
 (``session.connection().begin_nested()``) is no session transaction, so no
@@ -23,7 +25,7 @@ import sqlalchemy.orm as sa_orm
 
 from .capture import Buffer
 from .changes import ChangeSet
-from .delivery import deliver
+from .delivery import deliver_queued, enqueue
 from .dispatch.flush import end_flushes
 from .ids import new_id
 from .registry import vetoes_nothing
@@ -163,40 +165,45 @@ class SessionState:
         raise RuntimeError("before_commit callbacks keep changing rows; gave up after 100 rounds")
 
     def after_commit(self, session: sa_orm.Session) -> None:
-        """Mark the transaction that committed: the innermost savepoint, else the root."""
+        """Mark the transaction that committed: the innermost savepoint, else the root,
+        whose change set takes its place in the delivery order now."""
         transaction = session.get_nested_transaction() or session.get_transaction()
         if transaction is None:
             return
         self._end_savepoints_of(transaction, committed=True)
         buffer = self.buffers.get(transaction)
-        if buffer is not None:
-            buffer.committed = True
+        if buffer is None:
+            return
+        buffer.committed = True
+        if transaction.parent is None and buffer:
+            enqueue(self.events, self._committed_changeset(buffer), list(buffer.models.values()))
 
     def after_transaction_end(self, session: sa_orm.Session, transaction: Transaction) -> None:
         """Merge a released savepoint, deliver a committed root, drop anything else."""
         self._end_savepoints_of(transaction, committed=False)  # rolled back (or merged)
         buffer = self.buffers.pop(transaction, None)
         if transaction.parent is None:
-            prepared, self.prepared = self.prepared, None
+            self.prepared = None
             self.buffers.clear()
             self.savepoints.clear()
             end_flushes(session)  # a failed flush never reached after_flush_postexec
-        if buffer is None or not buffer.committed or not buffer:
+            deliver_queued()  # (what after_commit queued, for this Events and any other)
             return
-        if transaction.nested:
+        if buffer is not None and buffer.committed and buffer and transaction.nested:
             buffer.merge_into(self._enclosing_buffer(transaction))
-            return
+
+    def _committed_changeset(self, buffer: Buffer) -> ChangeSet:
+        """The change set of the root's buffer: the one built in before_commit, unless rows
+        changed since."""
+        prepared = self.prepared
         if prepared is not None and prepared[1] == buffer.version:
-            changeset = prepared[0]
-        else:
-            if prepared is not None and self.events.transactional_sinks:
-                logger.warning(
-                    "rows changed after before_commit (by another before_commit listener?); "
-                    "the in-transaction sinks did not see them"
-                )
-            changeset = self._changeset(buffer, prepared[0] if prepared else None)
-        models = list(buffer.models.values())
-        deliver(self.events, changeset, models)
+            return prepared[0]
+        if prepared is not None and self.events.transactional_sinks:
+            logger.warning(
+                "rows changed after before_commit (by another before_commit listener?); "
+                "the in-transaction sinks did not see them"
+            )
+        return self._changeset(buffer, prepared[0] if prepared else None)
 
     def _enclosing_buffer(self, transaction: Transaction) -> Buffer:
         parent = transaction.parent
