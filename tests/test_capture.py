@@ -68,9 +68,22 @@ def test_delete_then_identical_insert_is_nothing() -> None:
     assert net((Op.DELETE, {"id": 1, "a": 1}, None), (Op.INSERT, None, {"id": 1, "a": 1})) == []
 
 
-@pytest.mark.parametrize(("first", "second"), [(Op.LINK, Op.UNLINK), (Op.UNLINK, Op.LINK)])
-def test_link_and_unlink_cancel(first: Op, second: Op) -> None:
-    assert net((first, None, {"x": 1}), (second, {"x": 1}, None)) == []
+def test_link_then_unlink_is_nothing() -> None:
+    assert net((Op.LINK, None, {"a": 1, "b": 1}), (Op.UNLINK, {"a": 1, "b": 1}, None)) == []
+
+
+@pytest.mark.parametrize("old", [None, {"a": 1, "b": 1}])
+def test_unlink_then_link_of_the_same_row_is_nothing(old: dict[str, Any] | None) -> None:
+    assert net((Op.UNLINK, old, None), (Op.LINK, None, {"a": 1, "b": 1})) == []
+
+
+def test_unlink_then_link_with_other_values_of_its_own_is_an_update() -> None:
+    """An association table with columns of its own: the row is there before and after."""
+    (change,) = net(
+        (Op.UNLINK, {"a": 1, "b": 1, "added": 100}, None),
+        (Op.LINK, None, {"a": 1, "b": 1, "added": 101}),
+    )
+    assert change.op is Op.UPDATE and change.old == {"added": 100} and change.new == {"added": 101}
 
 
 def test_a_link_seen_from_both_sides_counts_once() -> None:

@@ -83,6 +83,25 @@ class File(RBase):
     name: Mapped[str | None] = mapped_column(sa.String(20))
 
 
+_stamps = iter(range(100, 10_000))
+
+#: an association table with a column of its own, set anew each time a pair is linked
+widget_tags = sa.Table(
+    "widget_tags",
+    RBase.metadata,
+    sa.Column("widget_id", sa.ForeignKey("widgets.id"), primary_key=True),
+    sa.Column("label_id", sa.ForeignKey("labels.id"), primary_key=True),
+    sa.Column("linked", sa.Integer, default=lambda: next(_stamps)),
+)
+
+
+class Label(RBase):
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    widgets: Mapped[list[Widget]] = relationship(secondary=widget_tags)
+
+
 @pytest.fixture
 def WidgetSession(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
@@ -269,3 +288,26 @@ def test_a_row_deleted_and_inserted_again_is_read_back_once_merged(
     (_, changeset) = changesets
     assert delivered(changeset) == table_diff(before, snapshot(tables, ("contacts",)))
     assert [(c.op, dict(c.new or {})) for c in changeset.changes] == [(Op.UPDATE, {"email": "b@x"})]
+
+
+# -- an association row unlinked and linked again ------------------------------------------------
+
+
+def test_a_pair_unlinked_and_linked_again_reports_its_own_columns_changed(
+    WidgetSession: sa_orm.sessionmaker[sa_orm.Session],
+    engine: sa.Engine,
+    changesets: list[ChangeSet],
+) -> None:
+    with WidgetSession() as session:
+        widget, label = Widget(id=1, name="w"), Label(id=1)
+        label.widgets.append(widget)
+        session.add(label)
+        session.commit()
+        before = snapshot(engine, ("widget_tags",))
+        label.widgets.remove(widget)
+        session.flush()
+        label.widgets.append(widget)
+        session.commit()
+    diff = table_diff(before, snapshot(engine, ("widget_tags",)))
+    assert [op for op, _, _ in diff.values()] == ["update"]  # linked holds a new value
+    assert delivered(changesets[-1]) == diff

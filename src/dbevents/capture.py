@@ -235,6 +235,12 @@ def _merge(entry: Entry, op: Op, old: Row | None, new: Row | None) -> bool:
                 entry.old = {k: v for k, v in entry.old.items() if k in new}
             return _drop_unchanged(entry)
         return True
+    if first is Op.UNLINK and op is Op.LINK and entry.old is not None and new is not None:
+        # linked again: the association row exists before and after, and its columns of
+        # its own (a default, a timestamp) may hold other values now; an update of those
+        entry.op, entry.new = Op.UPDATE, new
+        entry.old = {k: v for k, v in entry.old.items() if k in new}
+        return _drop_unchanged(entry)
     # LINK / UNLINK: the association row either exists or not; a repeat is a duplicate
     # (both sides of a backref report the same row)
     return op is first or op not in (Op.LINK, Op.UNLINK)
