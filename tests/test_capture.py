@@ -64,6 +64,17 @@ def test_delete_then_insert_of_the_same_key_is_an_update() -> None:
     assert change.op is Op.UPDATE and change.old == {"b": 1} and change.new == {"b": 2}
 
 
+def test_delete_then_insert_as_another_class_is_an_update_of_that_class() -> None:
+    class Other:
+        pass
+
+    buffer = Buffer()
+    buffer.add("t", (1,), Op.DELETE, Model, {"id": 1, "kind": "model"}, None)
+    buffer.add("t", (1,), Op.INSERT, Other, None, {"id": 1, "kind": "other"})
+    (change,) = buffer.changes()
+    assert change.op is Op.UPDATE and change.model == "Other"
+
+
 def test_delete_then_identical_insert_is_nothing() -> None:
     assert net((Op.DELETE, {"id": 1, "a": 1}, None), (Op.INSERT, None, {"id": 1, "a": 1})) == []
 

@@ -94,6 +94,8 @@ class Buffer:
         entry = Entry(first, self.models[key], self.olds[key], self.news[key])
         if _merge(entry, op, old, new):
             ops[key], self.olds[key], self.news[key] = entry.op, entry.old, entry.new
+            if first is Op.DELETE and model is not None:
+                self.models[key] = model  # inserted again, maybe as another class: its owner now
         else:
             del ops[key], self.models[key], self.olds[key], self.news[key]
 
