@@ -220,6 +220,21 @@ def test_tail_prints_the_changes_of_a_mirror(tmp_path: Path) -> None:
     assert run("tail", str(tmp_path / "mirror"), "--no-follow").output == ""
 
 
+def test_tail_refuses_a_directory_that_is_not_there(tmp_path: Path) -> None:
+    result = run("tail", str(tmp_path / "mirorr"), "--no-follow")
+
+    assert result.exit_code == 2
+    assert "is no directory" in result.output
+
+
+def test_a_database_url_that_does_not_parse_is_one_error_line(tmp_path: Path) -> None:
+    result = run("dump", str(tmp_path / "d"), "--db", "notaurl", "--metadata", METADATA)
+
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: --db: Could not parse")
+    assert "Traceback" not in result.output
+
+
 def test_tail_reads_a_redis_stream(redis_url: str) -> None:
     stream = f"dbevents-cli-{uuid.uuid4().hex}"
     client = redis.Redis.from_url(redis_url)

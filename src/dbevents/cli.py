@@ -101,6 +101,8 @@ def _reported() -> Iterator[None]:
     except sa.exc.DBAPIError as error:
         # what dbevents cannot pin on a table: a server that is away, a refused login
         raise click.ClickException(f"database error: {driver_reason(error)}") from None
+    except sa.exc.ArgumentError as error:  # a database URL SQLAlchemy cannot parse
+        raise click.ClickException(f"--db: {error}") from None
 
 
 @click.group()
@@ -284,6 +286,8 @@ def tail_command(source: str, everything: bool, follow: bool, as_json: bool) -> 
         url, stream = _split_stream(source)
         changesets = follow_stream(url, stream, everything=everything, follow=follow)
     else:
+        if not Path(source).is_dir():  # a mirror not written yet still has its directory
+            raise click.BadParameter(f"{source} is no directory", param_hint="SOURCE")
         changesets = follow_mirror(Path(source) / JOURNAL, everything=everything, follow=follow)
     try:
         for changeset in changesets:
