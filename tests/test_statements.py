@@ -372,6 +372,32 @@ def test_an_update_of_several_parameter_sets_keeps_them_when_a_callback_changes_
     }
 
 
+def test_an_update_whose_values_are_parameters_keeps_them_when_a_callback_changes_values(
+    Session: Any, events: dbevents.Events, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    seen: list[Any] = []
+
+    @events.listens_for(Item, "before_update")
+    def more(cls: type[Item], rows: RowSet[Item], fields: dict[str, Any]) -> None:
+        seen.append(fields["name"])
+        fields["qty"] = 9
+
+    by_key = (
+        items.update()
+        .where(items.c.id == sa.bindparam("key"))
+        .values(name=sa.bindparam("new_name"))
+    )
+    sets = [{"key": 2, "new_name": "two"}, {"key": 3, "new_name": "three"}]
+    check_delivered(db, Session, changesets, lambda s: s.execute(by_key, sets))
+    assert {pk: (r["name"], r["qty"]) for pk, r in table_rows(db, "items").items()} == {
+        (1,): ("n1", 1),
+        (2,): ("two", 9),
+        (3,): ("three", 9),
+    }
+    # a value that differs per parameter set is shown as the statement holds it
+    assert isinstance(seen[0], sa.BindParameter) and seen[0].key == "new_name"
+
+
 VETOED_UPDATES: dict[str, Write] = {
     "orm where": lambda s: s.execute(sa.update(Item).where(Item.id >= 2).values(name="veto")),
     "query": lambda s: s.query(Item).filter(Item.id >= 2).update({"name": "veto"}),

@@ -33,6 +33,7 @@ class SetValues:
         "_keys",
         "_params",
         "_spec",
+        "_stated",
         "fields",
         "given",
         "original",
@@ -48,6 +49,8 @@ class SetValues:
         self._params: Mapping[str, Any] = params if isinstance(params, Mapping) else {}
         #: attribute key -> the statement's own key of its value (a column, a name)
         self._keys: dict[str, Any] = {}
+        #: attribute key -> the statement's own value, as written (a bindparam, say)
+        self._stated: dict[str, Any] = {}
         #: attribute key -> the parameter that gives its value
         self.given: dict[str, str] = {}
         #: the values, for the callbacks to read and change
@@ -55,8 +58,11 @@ class SetValues:
         for key, value in pairs:
             name = self._attribute(key)
             self._keys[name] = key
-            if isinstance(value, sa.BindParameter):
-                value = self._params.get(value.key, value.effective_value)
+            self._stated[name] = value
+            if isinstance(value, sa.BindParameter) and value.key in self._params:
+                value = self._params[value.key]  # else its own value, or itself (executemany)
+            elif isinstance(value, sa.BindParameter) and not value.required:
+                value = value.effective_value
             self.fields[name] = value
         for key, value in self._params.items():
             attribute = spec.attribute_of_param.get(key)
@@ -86,10 +92,15 @@ class SetValues:
         return cls(spec, dml_values(statement) or (), params)
 
     def pairs(self) -> list[tuple[Any, Any]]:
-        """The values the statement itself holds, as :attr:`fields` are now."""
-        spec, keys = self._spec, self._keys
+        """The values the statement itself holds, as :attr:`fields` are now: those no
+        callback changed as the statement wrote them (a ``bindparam()`` stays one, and
+        takes each parameter set's value)."""
+        spec, keys, stated, original = self._spec, self._keys, self._stated, self.original
         return [
-            (keys.get(name, getattr(spec.model, name)), value)
+            (
+                keys.get(name, getattr(spec.model, name)),
+                stated[name] if name in stated and value is original.get(name, _UNSET) else value,
+            )
             for name, value in self.fields.items()
             if name not in self.given
         ]
@@ -106,6 +117,9 @@ class SetValues:
                 else:
                     del params[key]
         return with_dml_values(statement, self.pairs()), params
+
+
+_UNSET: Any = object()
 
 
 def check_keys(spec: MapperSpec, fields: Row) -> None:
