@@ -82,3 +82,41 @@ def test_a_statement_on_a_subclass_changes_and_reports_its_rows_only(
     assert {pk for _, pk in changed} == {(2,)}  # the manager alone
     assert delivered(changesets[-1]) == changed
     assert seen == [[(2,)]]
+
+
+@pytest.mark.parametrize("path", [*WRITES, "insert", "bulk insert", "bulk update by key"], ids=str)
+def test_a_statement_on_a_subclass_reports_its_rows_as_the_subclass_s(
+    path: str,
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    events: dbevents.Events,
+    changesets: list[ChangeSet],
+) -> None:
+    """As on the unit of work: ``for_model``, the subclass's after_commit callbacks and its
+    capture level all apply to the rows a statement on it writes."""
+    committed: list[tuple[Any, ...]] = []
+    events.listens_for(Manager, "after_commit")(lambda cls, op, change: committed.append(change.pk))
+    write = {
+        "insert": lambda s: s.execute(sa.insert(Manager).values(id=4, name="di", kind="manager")),
+        "bulk insert": lambda s: s.execute(sa.insert(Manager), [{"id": 4, "name": "di"}]),
+        "bulk update by key": lambda s: s.execute(sa.update(Manager), [{"id": 2, "name": "b"}]),
+    }.get(path) or WRITES[path]
+    with Session() as session:
+        write(session)
+        session.commit()
+    [change] = changesets[-1].changes
+    assert change.model == "Manager"
+    assert changesets[-1].for_model(Manager) == (change,)
+    assert committed == [change.pk]
+
+
+def test_a_statement_on_a_subclass_is_captured_at_its_level(
+    Session: sa_orm.sessionmaker[sa_orm.Session],
+    events: dbevents.Events,
+    changesets: list[ChangeSet],
+) -> None:
+    events.set_capture_level(Manager, "off")
+    with Session() as session:
+        session.execute(sa.update(Manager).values(name="boss"))
+        session.execute(sa.update(Employee).where(Employee.id == 1).values(name="al"))
+        session.commit()
+    assert [(c.model, c.pk) for c in changesets[-1].changes] == [("Employee", (1,))]

@@ -7,6 +7,7 @@ inspection API on every row.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast, final
 
@@ -73,9 +74,16 @@ class TableSpec:
         return self._link
 
     def mapped_class(self) -> type[Any] | None:
-        """The class mapped to this table (the base of an inheritance chain), if any."""
+        """The class mapped to this table (the base of an inheritance chain), if any; for
+        the spec of an ORM statement's rows, the class the statement names."""
         self._resolve()
         return self._model  # type: ignore[no-any-return]
+
+    def of_class(self, model: type[Any]) -> TableSpec:
+        """This table's spec for the rows of ``model`` (a subclass stored in it, say)."""
+        spec = copy.copy(self)
+        spec._model, spec._link = model, False
+        return spec
 
     def _resolve(self) -> None:
         if self._model is not _MISSING:
@@ -225,6 +233,8 @@ class MapperSpec:
 
 _mapper_specs: dict[sa_orm.Mapper[Any], MapperSpec] = {}
 _table_specs: dict[sa.Table, TableSpec] = {}
+#: the specs of a table for the rows of a class other than the one mapped to it
+_class_specs: dict[tuple[sa.Table, type[Any]], TableSpec] = {}
 
 
 def mapper_spec(mapper: sa_orm.Mapper[Any]) -> MapperSpec:
@@ -235,13 +245,23 @@ def mapper_spec(mapper: sa_orm.Mapper[Any]) -> MapperSpec:
     return spec
 
 
-def table_spec(table: sa.Table) -> TableSpec:
-    """Return the cached spec of ``table`` (ORM statements carry an annotated copy of it)."""
+def table_spec(table: sa.Table, model: type[Any] | None = None) -> TableSpec:
+    """Return the cached spec of ``table`` (ORM statements carry an annotated copy of it).
+
+    :param model: the mapped class whose rows are written, when an ORM statement names
+        one: a subclass stored in the table (single-table or joined inheritance) has its
+        rows attributed to it, with its capture level, as on the unit of work.
+    """
     table = getattr(table, "_deannotate", lambda: table)()
     spec = _table_specs.get(table)
     if spec is None:
         spec = _table_specs[table] = TableSpec(table)
-    return spec
+    if model is None or model is spec.mapped_class():
+        return spec
+    of_class = _class_specs.get((table, model))
+    if of_class is None:
+        of_class = _class_specs[(table, model)] = spec.of_class(model)
+    return of_class
 
 
 def captured_key(table: str) -> tuple[str, ...] | None:

@@ -105,7 +105,8 @@ def _before_execute(
     table = dml_table(statement)
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
-    spec = table_spec(table)
+    entity = statement.entity_description.get("entity")  # an ORM statement's mapped class
+    spec = table_spec(table, entity if isinstance(entity, type) else None)
     if not spec.link and any(st.flush is not None and st.flush.running for st in states):
         return statement, multiparams, params  # the flush's own rows: mapper events have them
     if any(isinstance(c, False_) for c in where_criteria(statement)):
