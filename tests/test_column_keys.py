@@ -75,6 +75,17 @@ WRITES: dict[str, Any] = {
     "delete where": lambda s: s.execute(sa.delete(Person).where(Person.age > 0)),
     "bulk_update_mappings": lambda s: s.bulk_update_mappings(Person, [{"id": 1, "age": 50}]),
     "bulk_insert_mappings": lambda s: s.bulk_insert_mappings(Person, [{"id": 3, "name": "cy"}]),
+    "core bulk insert": lambda s: s.execute(
+        Person.__table__.insert(),  # type: ignore[attr-defined]
+        [
+            {"person_id": 2, "full_name": "bob", "age_years": 40},
+            {"person_id": 3, "full_name": "cy"},
+        ],
+    ),
+    "core insert": lambda s: s.execute(
+        Person.__table__.insert(),  # type: ignore[attr-defined]
+        {"person_id": 2, "full_name": "bob"},
+    ),
 }
 
 
@@ -87,6 +98,11 @@ def test_changes_are_keyed_by_column_and_fields_by_attribute(
     changesets: list[ChangeSet],
 ) -> None:
     keys: set[str] = set()
+
+    @events.listens_for(Person, "before_insert")
+    def named(cls: type[Any], fields: dict[str, Any]) -> None:
+        keys.update(fields)
+        fields["name"] = fields.get("name", "") + "!"  # written back, by attribute key
 
     @events.listens_for(Person, "after_insert")
     def inserted(cls: type[Any], fields: dict[str, Any], pk: Any) -> None:

@@ -176,15 +176,16 @@ def _insert(
     params = orm_state.parameters
     model = spec.model
     if isinstance(params, Sequence) and params:  # bulk: callbacks per row, veto per row
+        keys = _ParamKeys(spec, orm_state)
         kept = [
             fields
-            for fields in map(dict, params)
+            for fields in map(keys.fields, params)
             if not _veto_insert(spec, callbacks, veto, fields)
         ]
         if not kept:
             return _nothing(orm_state)
         with written_rows() as written:
-            result = _invoke_with(orm_state, kept)
+            result = _invoke_with(orm_state, [keys.params(fields) for fields in kept])
     else:
         statement: Any = orm_state.statement
         if multi_values(statement) is not None:  # insert(M).values([...]): callbacks per row
@@ -368,6 +369,43 @@ def _written_keys(spec: MapperSpec, written: list[Written], op: Op) -> list[tupl
 
 def _objects(session: sa_orm.Session, model: type[Any], pks: list[tuple[Any, ...]]) -> list[Any]:
     return RowSet(model, session, pks=pks).select() if pks else []
+
+
+class _ParamKeys:
+    """The keys of a bulk statement's parameter sets, and the attribute keys of ``fields``.
+
+    An ORM statement's parameters are keyed by attribute, a Core ``Table``'s by
+    column key or name, which differ where the attribute is named otherwise than its
+    column; the callbacks' values go back keyed by column key.
+    """
+
+    __slots__ = ("_attribute_of", "_param_of")
+
+    def __init__(self, spec: MapperSpec, orm_state: sa_orm.ORMExecuteState) -> None:
+        self._attribute_of: dict[str, str] = {}
+        self._param_of: dict[str, str] = {}
+        if not orm_state.is_orm_statement:
+            table = getattr(orm_state.statement, "table", None)
+            for column in getattr(table, "columns", ()):
+                attribute = spec.attribute_of_param.get(column.key)
+                if attribute is None:
+                    continue
+                for key in {column.key, column.name} - {attribute}:  # SQLAlchemy takes either
+                    self._attribute_of[key] = attribute
+                if attribute != column.key:
+                    self._param_of[attribute] = column.key
+
+    def fields(self, params: Mapping[str, Any]) -> Row:
+        """A parameter set's values by attribute key (a copy, for the callbacks to change)."""
+        attribute_of = self._attribute_of
+        return {attribute_of.get(key, key): value for key, value in params.items()}
+
+    def params(self, fields: Row) -> Row:
+        """The values as the statement takes them."""
+        param_of = self._param_of
+        if not param_of:
+            return fields
+        return {param_of.get(key, key): value for key, value in fields.items()}
 
 
 def _invoke_with(orm_state: sa_orm.ORMExecuteState, params: list[Row]) -> Any:
