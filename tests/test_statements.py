@@ -777,6 +777,28 @@ def test_muted_statements_run_no_callbacks_and_capture_nothing(
     assert changesets == []
 
 
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.execute(
+            sa.update(Item).where(Item.id == 1).values(qty=Item.qty + 10),
+            execution_options={"synchronize_session": False},
+        ),
+        lambda s: s.execute(items.update().where(items.c.id == 1).values(qty=items.c.qty + 10)),
+    ],
+    ids=["orm, not synchronized", "core"],
+)
+def test_after_save_sees_the_row_as_the_statement_left_it(
+    events: dbevents.Events, Session: Any, write: Write
+) -> None:
+    seen: list[tuple[str, int]] = []
+    # before_save loads the objects into the session before the UPDATE changes their rows
+    events.listens_for(Item, "before_save")(lambda cls, row: seen.append(("before", row.qty)))
+    events.listens_for(Item, "after_save")(lambda cls, row: seen.append(("after", row.qty)))
+    run(Session, write)
+    assert seen == [("before", 1), ("after", 11)]
+
+
 def test_row_level_callbacks_on_statements_see_objects(
     events: dbevents.Events, Session: Any, changesets: list[ChangeSet], db: sa.Engine
 ) -> None:

@@ -205,7 +205,7 @@ def _insert(
     for pk, fields in stored.items():
         run_all(after_insert, "after_insert", model, fields, pk[0] if len(pk) == 1 else pk)
     if after_save:
-        for obj in _objects(orm_state.session, model, list(stored)):
+        for obj in _written_objects(orm_state.session, model, list(stored)):
             run_all(after_save, "after_save", model, obj)
     return result
 
@@ -281,7 +281,7 @@ def _update_or_delete(
     else:
         run_all(set_after, "after_delete", model, done)
     if row_after:
-        objects = _objects(session, model, pks) if update else doomed
+        objects = _written_objects(session, model, pks) if update else doomed
         for obj in objects:
             run_all(row_after, "after_save" if update else "after_destroy", model, obj)
     return result
@@ -327,7 +327,7 @@ def _update_by_key(
         rows = RowSet(model, session, pks=[pk])
         run_all(callbacks.get("after_update"), "after_update", model, rows, fields)
     if callbacks.get("after_save"):
-        written_objects = _objects(session, model, list(by_pk))
+        written_objects = _written_objects(session, model, list(by_pk))
         for obj in written_objects:
             run_all(callbacks.get("after_save"), "after_save", model, obj)
     return result
@@ -369,6 +369,28 @@ def _written_keys(spec: MapperSpec, written: list[Written], op: Op) -> list[tupl
 
 def _objects(session: sa_orm.Session, model: type[Any], pks: list[tuple[Any, ...]]) -> list[Any]:
     return RowSet(model, session, pks=pks).select() if pks else []
+
+
+def _written_objects(
+    session: sa_orm.Session, model: type[Any], pks: list[tuple[Any, ...]]
+) -> list[Any]:
+    """The objects of rows a statement wrote, as stored now, for the after_save callbacks.
+
+    One already in the session holds what it held before the statement unless
+    SQLAlchemy synchronized it: it is loaded anew, unless it holds changes of its
+    own not flushed yet, which loading it anew would throw away.
+    """
+    if not pks:
+        return []
+    mapper = sa.inspect(model)
+    identity_map = session.identity_map
+    for pk in pks:
+        obj = identity_map.get(mapper.identity_key_from_primary_key(pk))
+        if obj is not None and sa.inspect(obj).modified:
+            return _objects(session, model, pks)
+    query = sa.select(model).where(RowSet(model, session, pks=pks).where)
+    with session.no_autoflush:
+        return list(session.scalars(query.execution_options(populate_existing=True)))
 
 
 class _ParamKeys:
