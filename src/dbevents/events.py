@@ -7,15 +7,14 @@ import pkgutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Literal, TypeVar, cast, final
+from typing import Any, Literal, TypeVar, final
 
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
-from . import sqlite
 from .callbacks import check_arguments, check_signature, is_async, qualname
-from .capture import LEVELS, CaptureLevel
+from .capture import CaptureLevel
 from .changes import ChangeSet, Op
 from .context import current_actor
 from .delivery import Receiver, Sink, TransactionalSink, check_sink
@@ -23,10 +22,11 @@ from .dispatch import completion, flush, rows, statement
 from .dispatch.connection import bind_connection
 from .dispatch.plan import ModelPlan, Plans
 from .exceptions import ConfigurationError
+from .levels import CaptureLevels
 from .mapping import TableSpec
 from .registry import Handler, Registry
 from .session import state_of
-from .warn import warn
+from .targets import known_bind, session_target_of, warn_unconfigured_sqlite
 
 __all__ = ["Events"]
 
@@ -54,12 +54,11 @@ class Events:
     __slots__ = (
         "__weakref__",
         "_installed",
-        "_levels",
         "_muted",
         "_plans",
         "abort",
         "actor",
-        "capture",
+        "levels",
         "error_handlers",
         "raw_sql",
         "receivers",
@@ -95,14 +94,14 @@ class Events:
         self.robust = robust
         self.actor = actor
         self.raw_sql = raw_sql
-        self.capture: dict[type[Any] | str, CaptureLevel] = {}
+        #: the capture levels set, resolved per mapper
+        self.levels = CaptureLevels()
         self.sinks: list[Sink] = []
         self.transactional_sinks: list[TransactionalSink] = []
         #: on_commit listeners and sinks' publish methods, in registration order
         self.receivers: list[Receiver] = []
         self.error_handlers: list[ErrorHandler] = []
         self._installed: list[Any] = []
-        self._levels: dict[sa_orm.Mapper[Any], CaptureLevel] = {}
         self._plans = Plans(self)
         self._muted: ContextVar[bool] = ContextVar(f"dbevents.muted.{id(self)}", default=False)
         for model, level in (capture or {}).items():
@@ -124,21 +123,21 @@ class Events:
             with its own ``sync_session_class``.  Sessions of other classes are never touched.
         :returns: ``target``, so it can be used as a decorator or inline.
         """
-        session_target = _session_target(target)
+        session_target = session_target_of(target)
         if any(existing is session_target for existing in self._installed):
             return target
         for name, fn in self._listeners():
             sa_event.listen(session_target, name, fn)
         self._installed.append(session_target)
         rows.listen_mappers()
-        bind = _known_bind(target)
+        bind = known_bind(target)
         if bind is not None:
-            _warn_unconfigured_sqlite(bind)
+            warn_unconfigured_sqlite(bind)
         return target
 
     def uninstall(self, target: Any) -> None:
         """Stop listening on ``target``'s sessions (installed with :meth:`install`)."""
-        session_target = _session_target(target)
+        session_target = session_target_of(target)
         for index, existing in enumerate(self._installed):
             if existing is session_target:
                 for name, fn in self._listeners():
@@ -180,7 +179,7 @@ class Events:
         return statement.do_orm_execute(state_of(orm_state.session, self), orm_state)
 
     def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
-        _warn_unconfigured_sqlite(connection.engine)
+        warn_unconfigured_sqlite(connection.engine)
         state_of(session, self)  # the connection layer finds the installed Events through it
         bind_connection(session, connection)
 
@@ -267,48 +266,23 @@ class Events:
     # -- capture levels, mute, actor -------------------------------------------------------
 
     def set_capture_level(self, model: type[Any] | str, level: CaptureLevel) -> None:
-        """Set how much of ``model``'s changes is captured: off, keys, new or old+new."""
-        if level not in LEVELS:
-            raise ConfigurationError(f"capture level must be one of {LEVELS}, not {level!r}")
+        """Set how much of ``model``'s changes is captured: off, keys, new or old+new.
+
+        :param model: a mapped class, a class name, or a table name (which sets the
+            level of the models stored in that table).
+        """
         if not isinstance(model, str):
             _require_mapped(model)
-        self.capture[model] = level
-        self._levels.clear()
+        self.levels.set(model, level)
         self._plans.clear()
 
     def level_of(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
         """The capture level of a mapper's rows."""
-        level = self._levels.get(mapper)
-        if level is None:
-            if not self._levels:
-                _warn_unknown_names(self.capture)
-            level = self._levels[mapper] = self._resolve_level(mapper)
-        return level
-
-    def _resolve_level(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
-        model, capture = mapper.class_, self.capture
-        for klass in model.__mro__:
-            for key in (klass, klass.__name__):
-                if key in capture:
-                    return capture[key]
-        for table in mapper.tables:  # its own table first, then those it inherits
-            for name in (table.fullname, table.name):
-                if name in capture:
-                    return capture[name]
-        level = getattr(model, "__dbevents_capture__", "old+new")
-        if level not in LEVELS:
-            raise ConfigurationError(
-                f"{model.__name__}.__dbevents_capture__ must be one of {LEVELS}, not {level!r}",
-                model=model,
-            )
-        return cast(CaptureLevel, level)
+        return self.levels.of(mapper)
 
     def level_of_table(self, spec: TableSpec) -> CaptureLevel:
         """The capture level of a table's rows: its model's, else the table's own setting."""
-        model = spec.mapped_class()
-        if model is not None:
-            return self.level_of(sa.inspect(model))
-        return self.capture.get(spec.name, "old+new")
+        return self.levels.of_table(spec)
 
     @property
     def plan_of(self) -> Callable[[sa_orm.Mapper[Any]], ModelPlan]:
@@ -344,62 +318,6 @@ class Events:
         return None if actor is None else str(actor)
 
 
-def _session_target(target: Any) -> Any:
-    """The Session class (or instance) whose events to listen to."""
-    if isinstance(target, sa_orm.scoped_session):
-        target = target.session_factory
-    if isinstance(target, sa_orm.sessionmaker):
-        return target.class_
-    sync_class = getattr(target, "sync_session_class", None)
-    if sync_class is None and hasattr(target, "kw") and hasattr(target, "class_"):
-        sync_class = target.kw.get("sync_session_class")  # an async_sessionmaker
-        if sync_class is None:
-            raise ConfigurationError(
-                "an async_sessionmaker shares the plain Session class with every other "
-                "session; make it with async_sessionmaker(..., sync_session_class=MySession) "
-                "and install on that"
-            )
-    if sync_class is not None:
-        target = sync_class
-    if target is sa_orm.Session:
-        # listening on the base class would touch every session of the process
-        raise ConfigurationError(
-            "cannot install on sqlalchemy.orm.Session itself: every session of the process "
-            "would run the callbacks; install on a subclass (class MySession(Session): pass), "
-            "a sessionmaker(class_=MySession), or for async sessions an "
-            "async_sessionmaker(..., sync_session_class=MySession)"
-        )
-    if isinstance(target, type) and issubclass(target, sa_orm.Session):
-        return target
-    if isinstance(target, sa_orm.Session):
-        return target
-    raise ConfigurationError(
-        f"cannot install on {target!r}: expected a Session subclass or instance, "
-        "a sessionmaker, a scoped_session or an async_sessionmaker"
-    )
-
-
-def _known_bind(target: Any) -> Any:
-    if isinstance(target, sa_orm.scoped_session):
-        target = target.session_factory
-    kw = getattr(target, "kw", None)
-    bind = kw.get("bind") if isinstance(kw, dict) else getattr(target, "bind", None)
-    return getattr(bind, "sync_engine", bind)
-
-
-def _warn_unconfigured_sqlite(bind: Any) -> None:
-    engine = getattr(bind, "engine", bind)
-    if not isinstance(engine, sa.Engine) or engine.dialect.name != "sqlite":
-        return
-    if sqlite.is_configured(engine) or engine.__dict__.get("dbevents.sqlite_warned"):
-        return
-    engine.__dict__["dbevents.sqlite_warned"] = True
-    warn(
-        f"{engine.url!r}: with the sqlite3 driver's default transaction handling a released "
-        "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it"
-    )
-
-
 def _checked_listener(fn: F | None, method: str, what: str, params: tuple[str, ...]) -> F:
     """Return ``fn``; raise :class:`ConfigurationError` unless ``method`` can register it."""
     if fn is None:  # @events.on_commit() would otherwise fail with a TypeError about 'fn'
@@ -414,32 +332,6 @@ def _require_mapped(model: Any) -> None:
     mapper = sa.inspect(model, raiseerr=False) if isinstance(model, type) else None
     if not isinstance(mapper, sa_orm.Mapper):
         raise ConfigurationError(f"{model!r} is not a mapped class", model=model)
-
-
-def _warn_unknown_names(capture: Mapping[type[Any] | str, CaptureLevel]) -> None:
-    """Warn about capture levels set for a name no mapped class or known table has.
-
-    Checked when the first level is looked up, once the models are usually all
-    mapped: a misspelt name would otherwise leave its model at the default level.
-    """
-    names = [key for key in capture if isinstance(key, str)]
-    if not names:
-        return
-    from ._compat import all_mappers
-
-    known: set[str] = set()
-    for mapper in all_mappers():
-        known.add(mapper.class_.__name__)
-        metadata = getattr(mapper.local_table, "metadata", None)
-        for table in metadata.tables.values() if metadata is not None else ():
-            known.update((table.name, table.fullname))
-    for name in names:
-        if name not in known:
-            warn(
-                f"capture={{{name!r}: ...}}: no mapped class or table of the mapped classes' "
-                f"metadata is called {name!r}; check the spelling (its level applies to a "
-                "Core table of that name only)"
-            )
 
 
 def _mapped_classes() -> Iterator[type[Any]]:

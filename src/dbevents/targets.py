@@ -1,0 +1,78 @@
+"""What :meth:`Events.install` listens on, and what it checks there.
+
+A session factory is resolved to the Session class (or instance) whose events
+to listen to: never SQLAlchemy's own ``Session`` class, which every session of
+the process shares.  A SQLite engine known at install time (or at a session's
+first BEGIN) is checked for :func:`dbevents.sqlite.configure`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+
+from . import sqlite
+from .exceptions import ConfigurationError
+from .warn import warn
+
+__all__ = ["known_bind", "session_target_of", "warn_unconfigured_sqlite"]
+
+
+def session_target_of(target: Any) -> Any:
+    """The Session class (or instance) whose events to listen to."""
+    if isinstance(target, sa_orm.scoped_session):
+        target = target.session_factory
+    if isinstance(target, sa_orm.sessionmaker):
+        return target.class_
+    sync_class = getattr(target, "sync_session_class", None)
+    if sync_class is None and hasattr(target, "kw") and hasattr(target, "class_"):
+        sync_class = target.kw.get("sync_session_class")  # an async_sessionmaker
+        if sync_class is None:
+            raise ConfigurationError(
+                "an async_sessionmaker shares the plain Session class with every other "
+                "session; make it with async_sessionmaker(..., sync_session_class=MySession) "
+                "and install on that"
+            )
+    if sync_class is not None:
+        target = sync_class
+    if target is sa_orm.Session:
+        # listening on the base class would touch every session of the process
+        raise ConfigurationError(
+            "cannot install on sqlalchemy.orm.Session itself: every session of the process "
+            "would run the callbacks; install on a subclass (class MySession(Session): pass), "
+            "a sessionmaker(class_=MySession), or for async sessions an "
+            "async_sessionmaker(..., sync_session_class=MySession)"
+        )
+    if isinstance(target, type) and issubclass(target, sa_orm.Session):
+        return target
+    if isinstance(target, sa_orm.Session):
+        return target
+    raise ConfigurationError(
+        f"cannot install on {target!r}: expected a Session subclass or instance, "
+        "a sessionmaker, a scoped_session or an async_sessionmaker"
+    )
+
+
+def known_bind(target: Any) -> Any:
+    """The engine ``target`` makes sessions bound to, when it says (None otherwise)."""
+    if isinstance(target, sa_orm.scoped_session):
+        target = target.session_factory
+    kw = getattr(target, "kw", None)
+    bind = kw.get("bind") if isinstance(kw, dict) else getattr(target, "bind", None)
+    return getattr(bind, "sync_engine", bind)
+
+
+def warn_unconfigured_sqlite(bind: Any) -> None:
+    """Warn, once per engine, about a SQLite engine without :func:`dbevents.sqlite.configure`."""
+    engine = getattr(bind, "engine", bind)
+    if not isinstance(engine, sa.Engine) or engine.dialect.name != "sqlite":
+        return
+    if sqlite.is_configured(engine) or engine.__dict__.get("dbevents.sqlite_warned"):
+        return
+    engine.__dict__["dbevents.sqlite_warned"] = True
+    warn(
+        f"{engine.url!r}: with the sqlite3 driver's default transaction handling a released "
+        "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it"
+    )
