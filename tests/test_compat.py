@@ -95,6 +95,29 @@ def test_returns_defaults_and_prefixes() -> None:
     assert "OR IGNORE" in str(prefix[0])
 
 
+def test_callers_return_defaults_are_told_from_the_orms_own(tables: sa.Engine) -> None:
+    seen: list[tuple[bool, bool]] = []
+
+    def statement(conn: Any, statement: Any, *args: Any) -> None:
+        if isinstance(statement, sa.Insert | sa.Update):
+            seen.append(
+                (_compat.returns_defaults(statement), _compat.callers_return_defaults(statement))
+            )
+
+    sa.event.listen(tables, "before_execute", statement)
+    try:
+        with sa_orm.Session(tables) as session:
+            # the ORM's bulk INSERT gives the statement it runs a return_defaults() of its own
+            session.execute(sa.insert(Company).returning(Company.id), [{"name": "a"}])
+            session.execute(sa.insert(companies).values(name="b").return_defaults())
+            session.execute(sa.update(Company).values(name="c").return_defaults(Company.rating))
+            session.execute(sa.update(Company).values(name="d"))
+            session.rollback()
+    finally:
+        sa.event.remove(tables, "before_execute", statement)
+    assert seen == [(True, False), (True, True), (True, True), (False, False)]
+
+
 def test_a_result_is_made_as_without_the_returning_supplemental_cols_added(
     tables: sa.Engine,
 ) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "all_mappers",
     "as_without_returning",
     "await_in_greenlet",
+    "callers_return_defaults",
     "committed_state",
     "dml_table",
     "dml_values",
@@ -152,6 +153,22 @@ def returns_defaults(statement: Any) -> bool:
     """Whether a DML statement was given ``return_defaults()`` (private: ``_return_defaults``);
     SQLAlchemy's bulk INSERT gives it one when it needs the new keys itself."""
     return bool(getattr(statement, "_return_defaults", False))
+
+
+def callers_return_defaults(statement: Any) -> bool:
+    """Whether the application gave a DML statement ``return_defaults()`` of its own: not the
+    ORM's bulk INSERT or UPDATE by primary key, which gives the statements it runs for each
+    table one (private: ``_return_defaults``, and ``_annotations``, see :func:`dml_table`).
+
+    Its ``returned_defaults`` is then the application's: whatever dbevents added to that
+    RETURNING would show there.
+    """
+    annotations = getattr(statement, "_annotations", {})
+    return (
+        returns_defaults(statement)
+        and "_emit_insert_table" not in annotations
+        and "_emit_update_table" not in annotations
+    )
 
 
 def supplemental_returning(statement: Any) -> bool:

@@ -4,7 +4,10 @@ Before it runs, :func:`plan_statement` decides how its rows will be known, and
 may add ``return_defaults()`` or rewrite the UPDATE (never the caller's result
 type or ``rowcount``): INSERT and UPDATE return the rows as stored; UPDATE and
 DELETE read the affected rows first (``FOR UPDATE`` where the database has it),
-or, on PostgreSQL, return old and new values from one statement.  After it ran,
+or, on PostgreSQL, return old and new values from one statement.  A statement
+with a RETURNING or ``return_defaults()`` of the caller's is left as it is: an
+INSERT's rows are then the values it sent, an upsert's are read again by the
+unique key it sent, and an UPDATE's or DELETE's are read first.  After it ran,
 :func:`record_result` records the rows in the buffers of the capturing sessions
 and reports them to the statement ``after_*`` callbacks waiting for them.
 """
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any, final
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from .._compat import explicit_returning, upsert_clause
+from .._compat import callers_return_defaults, explicit_returning, prefixes, upsert_clause
 from ..changes import Op
 from ..mapping import TableSpec, column_name
 from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
@@ -34,6 +37,7 @@ from .sequences import drawn_keys
 from .stored import (
     inserted_rows,
     keys_of,
+    known_rowcount,
     pk_of,
     read_rows,
     read_tuples,
@@ -41,7 +45,7 @@ from .stored import (
     rows_by_key,
 )
 from .uncaptured import uncaptured
-from .upsert import conflicting_rows
+from .upsert import KeyValues, conflicting_rows, upserted_rows
 from .writelock import take_write_lock
 from .written import Written, collecting, report
 
@@ -61,6 +65,7 @@ class StatementPlan:
         "bare_returns_rows",
         "before",
         "columns",
+        "conflicts",
         "keys_only",
         "keys_sent",
         "old_columns",
@@ -93,6 +98,7 @@ class StatementPlan:
         set_to: tuple[Any, ...] = (),
         rowid: tuple[str, int] | None = None,
         keys_sent: Sequence[tuple[Any, ...]] = (),
+        conflicts: KeyValues | None = None,
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -119,6 +125,8 @@ class StatementPlan:
         self.rowid = rowid
         #: Returns.KEYS_SENT: the keys drawn for the rows, one per parameter set
         self.keys_sent = keys_sent
+        #: an upsert that returns dbevents no rows: the key values to read them again by
+        self.conflicts = conflicts
         #: when dbevents' RETURNING made the caller's result return rows: whether SQLAlchemy
         #: makes the statement RETURN rows itself (then none are left for the caller either)
         self.bare_returns_rows: bool | None = None
@@ -144,9 +152,22 @@ def plan_statement(
     changed = set_columns(table, statement, parameters)
     # PostgreSQL: rows read first are locked as the statement will lock them
     keys_change = changes_keys(spec, statement, changed)
+    # a RETURNING or return_defaults() of the caller's: its result is the caller's alone
+    own = explicit_returning(statement) or callers_return_defaults(statement)
+    insert_returning = not own and (
+        dialect.insert_executemany_returning if len(parameters) > 1 else dialect.insert_returning
+    )
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
     upserted = (
-        conflicting_rows(connection, spec, statement, parameters, keys_change=keys_change)
+        conflicting_rows(
+            connection,
+            spec,
+            statement,
+            parameters,
+            keys_change=keys_change,
+            changed=changed,
+            returns_rows=insert_returning,
+        )
         if isinstance(statement, sa.Insert) and not spec.link
         else None
     )
@@ -167,7 +188,7 @@ def plan_statement(
     sets_key = isinstance(statement, sa.Update) and not set(spec.pk).isdisjoint(changed or ())
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
-        before = upserted
+        before = upserted.before if upserted is not None else None
         drawn = None
         if upserted is None and len(parameters) > 1:
             # a bulk INSERT, which RETURNING slows down: on SQLite, its rows are those above
@@ -180,11 +201,7 @@ def plan_statement(
         elif drawn is not None:
             parameters, keys_sent = drawn
             returns = Returns.KEYS_SENT
-        elif not explicit_returning(statement) and (
-            dialect.insert_executemany_returning
-            if len(parameters) > 1
-            else dialect.insert_returning
-        ):
+        elif insert_returning:
             statement = statement.return_defaults(supplemental_cols=columns)
     else:
         op = (
@@ -192,7 +209,7 @@ def plan_statement(
             if isinstance(statement, sa.Update)
             else (Op.UNLINK if spec.link else Op.DELETE)
         )
-        single = len(parameters) == 1 and not explicit_returning(statement)
+        single = len(parameters) == 1 and not own
         returning = (
             dialect.update_executemany_returning
             if len(parameters) > 1
@@ -245,13 +262,7 @@ def plan_statement(
                 columns=columns,
                 keys_change=keys_change,
             )
-            if (
-                op is Op.UPDATE
-                and before
-                and returning
-                and not keys_only
-                and not explicit_returning(statement)
-            ):
+            if op is Op.UPDATE and before and returning and not keys_only and not own:
                 statement = statement.return_defaults(supplemental_cols=columns)
     plan = StatementPlan(
         statement,
@@ -269,6 +280,7 @@ def plan_statement(
         set_to,
         rowid,
         keys_sent,
+        upserted.keys if upserted is not None else None,
     )
     return statement, parameters, plan
 
@@ -282,15 +294,9 @@ def record_result(
         _after_keys(connection, plan, result)
     elif plan.op in (Op.INSERT, Op.LINK):
         inserted = _inserted_rows(connection, plan, result)
-        if not inserted and _unidentified(plan.statement, result):
-            uncaptured(
-                plan.states,
-                f"dbevents cannot capture the rows this INSERT ... RETURNING adds to "
-                f"{spec.name!r}: its own RETURNING leaves no room for dbevents', and the rows "
-                f"have no key it sent; they are missing from the change set. Execute it with "
-                f"a list of parameter sets (session.execute(insert(M).returning(...), [row])), "
-                f"or send the key",
-            )
+        if inserted is None:
+            _untold(plan)
+            return
         if plan.before:  # an upsert: a row that was there before was updated
             old = plan.before
             after = {pk: row for row in inserted if (pk := pk_of(spec, row)) in old}
@@ -361,8 +367,9 @@ def record_result(
 
 def _inserted_rows(
     connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
-) -> list[Row]:
-    """The rows the planned INSERT added, as stored (the key alone if that is all wanted)."""
+) -> list[Row] | None:
+    """The rows the planned INSERT added, as stored (the key alone if that is all wanted);
+    an upsert's rows it updated too.  None when nothing tells them."""
     if plan.returns is Returns.AFTER_ROWID:
         assert plan.rowid is not None
         names = [column_name(column) for column in plan.columns]
@@ -370,16 +377,51 @@ def _inserted_rows(
             dict(zip(names, values))  # noqa: B905 (a hot loop; one value per name)
             for values in rows_after(connection, plan.columns, plan.rowid)
         ]
-    return inserted_rows(connection, plan.spec, plan.columns, result, keys_only=plan.keys_only)
+    statement = plan.statement
+    upsert = upsert_clause(statement) is not None
+    rows = inserted_rows(
+        connection,
+        plan.spec,
+        plan.columns,
+        result,
+        keys_only=plan.keys_only,
+        sent=None if upsert else not prefixes(statement),
+    )
+    if rows is None and plan.conflicts is not None:  # read again, by the key values it sent
+        rows = upserted_rows(connection, plan.spec, plan.conflicts, plan.before or {})
+        count = known_rowcount(result)
+        if count is not None and count < len(rows):
+            return None  # (PostgreSQL: another transaction added one of them meanwhile)
+    return rows
 
 
-def _unidentified(statement: Any, result: sa.CursorResult[Any]) -> bool:
-    """Whether an INSERT that wrote rows left dbevents no way to tell which: an explicit
-    RETURNING of the caller's, and no key among the values sent."""
-    if not explicit_returning(statement) or upsert_clause(statement) is not None:
-        return False  # (an upsert may have inserted nothing: every row conflicted)
-    compiled = getattr(result.context, "compiled_parameters", None)
-    return bool(compiled)
+def _untold(plan: StatementPlan) -> None:
+    """Report an INSERT whose rows nothing tells, as the ``raw_sql`` policies ask."""
+    statement = plan.statement
+    if upsert_clause(statement) is not None:
+        why, fix = (
+            "its rows can't be read again and told apart (a row sends the unique key it "
+            "conflicts on as SQL or NULL, its DO UPDATE may set the primary key, or another "
+            "transaction added one of them meanwhile)",
+            "Send that key as plain values",
+        )
+    elif prefixes(statement):
+        why, fix = "nothing tells which of the rows it sends it added", "Leave out the prefix"
+    else:
+        why, fix = (
+            "the rows have no key it sent",
+            "Execute it with a list of parameter sets "
+            "(session.execute(insert(M).returning(...), [row])), or send the key",
+        )
+    if explicit_returning(statement) or callers_return_defaults(statement):
+        what, returning = "INSERT ... RETURNING", "its own RETURNING leaves no room for dbevents'"
+    else:
+        what, returning = "INSERT", "the database returns no rows from it"
+    uncaptured(
+        plan.states,
+        f"dbevents cannot capture the rows this {what} adds to {plan.spec.name!r}: "
+        f"{returning}, and {why}; they are missing from the change set. {fix}",
+    )
 
 
 def _after_keys(
@@ -397,7 +439,11 @@ def _after_keys(
         rows = [dict(zip(spec.pk, key, strict=True)) for key in keys] if collecting() else []
     else:
         if op in (Op.INSERT, Op.LINK):
-            rows = _inserted_rows(connection, plan, result)
+            inserted = _inserted_rows(connection, plan, result)
+            if inserted is None:
+                _untold(plan)
+                return
+            rows = inserted
         elif plan.before is not None:
             rows = list(plan.before.values())
         else:

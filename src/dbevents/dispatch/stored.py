@@ -25,6 +25,7 @@ __all__ = [
     "fetch_tuples",
     "inserted_rows",
     "keys_of",
+    "known_rowcount",
     "locked",
     "pk_of",
     "read_matching",
@@ -33,6 +34,7 @@ __all__ = [
     "returning_rows",
     "returned_rows",
     "rows_by_key",
+    "sent_rows",
 ]
 
 #: execution option: this statement is dbevents' own bookkeeping (the outbox, load):
@@ -120,13 +122,14 @@ def read_matching(
     values: Sequence[tuple[Any, ...]],
     *,
     keys_change: bool = True,
+    lock: bool = True,
 ) -> dict[tuple[Any, ...], Row]:
     """The rows whose ``names`` columns hold one of ``values``, whole, by primary key:
-    those an upsert may update, :func:`locked` as it would lock them."""
+    those an upsert may update, :func:`locked` as it would lock them (unless not ``lock``)."""
     table = spec.table
     by = [table.c[name] for name in names]
     columns = list(table.columns)
-    return _select_in(connection, spec, columns, by, values, lock=True, keys_change=keys_change)
+    return _select_in(connection, spec, columns, by, values, lock=lock, keys_change=keys_change)
 
 
 def _select_in(
@@ -283,29 +286,32 @@ def inserted_rows(
     result: sa.CursorResult[Any],
     *,
     keys_only: bool = False,
-) -> list[Row]:
-    """The inserted rows as stored: from RETURNING, else from what was sent, then re-read."""
+    sent: bool | None = True,
+) -> list[Row] | None:
+    """The inserted rows as stored: from RETURNING, else from what was sent, then re-read;
+    None when neither tells them.
+
+    :param sent: whether the INSERT adds a row for each one it sends (a plain INSERT), or
+        may leave some out (False: a prefix such as ``OR IGNORE``; all or none of them are
+        told by the row count); None when the values sent don't tell what it wrote (an
+        upsert: see :mod:`.upsert`).
+    """
     rows = returned_rows(columns, result)
-    if rows is None and result.rowcount == 0:
-        rows = []
-    if rows is None:  # no RETURNING: the values sent, and the key where the driver tells it
-        compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
-        try:
-            keys: Iterable[Any] = result.inserted_primary_key_rows
-        except sa.exc.InvalidRequestError:
-            keys = [None] * len(compiled)
-        rows = []
-        for params, key in zip(compiled, keys, strict=False):
-            row = {
-                name: params[c.key]
-                for name, c in zip(spec.columns, spec.table.columns, strict=True)
-                if c.key in params
-            }
-            for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
-                if value is not None:
-                    row[column_name(column)] = value
-            if any(row.get(name) is not None for name in spec.pk):  # else not identifiable
-                rows.append(row)
+    if rows and any(name not in rows[0] for name in spec.pk):
+        # the caller's RETURNING, and SQLAlchemy's, leave out a key that was sent
+        rows = None
+    if rows is None:
+        if sent is None:
+            return None
+        rows = sent_rows(spec, result)
+        if not sent:
+            count = known_rowcount(result)
+            if count == 0:
+                return []
+            if count != len(rows):
+                return None  # some of them, or can't be told which
+        if not all(_keyed(spec, row) for row in rows):
+            return None  # a row without its key can't be told
     if keys_only:
         return rows
     # server defaults the statement did not return: one SELECT for the rows that lack them
@@ -315,3 +321,44 @@ def inserted_rows(
         stored = read_rows(connection, spec, None, [], pks=partial)
         rows = [stored.get(pk_of(spec, row), row) if len(row) < width else row for row in rows]
     return rows
+
+
+def _keyed(spec: TableSpec, row: Row) -> bool:
+    """Whether a row sent holds its key: a value for each primary key column, or, in a table
+    without a primary key (keyed by all its columns), each column (NULL is a value there)."""
+    if spec.table.primary_key.columns:
+        return all(row.get(name) is not None for name in spec.pk)
+    return all(name in row for name in spec.pk)
+
+
+def sent_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
+    """The rows an INSERT sent, by column name, with the key where the driver tells it
+    (``lastrowid``); a column whose value is SQL is left out, and so is a key not sent."""
+    compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
+    try:
+        keys: Iterable[Any] = result.inserted_primary_key_rows
+    except sa.exc.InvalidRequestError:  # (a RETURNING of the caller's)
+        keys = [None] * len(compiled)
+    rows = []
+    for params, key in zip(compiled, keys, strict=False):
+        row = {
+            name: params[c.key]
+            for name, c in zip(spec.columns, spec.table.columns, strict=True)
+            if c.key in params
+        }
+        for column, value in zip(spec.table.primary_key.columns, key or (), strict=False):
+            if value is not None:
+                row[column_name(column)] = value
+        rows.append(row)
+    return rows
+
+
+def known_rowcount(result: sa.CursorResult[Any]) -> int | None:
+    """How many rows a statement wrote, or None when the driver can't tell: SQLite counts
+    the rows of a statement with RETURNING only as they are fetched (by the caller, whose
+    they are), and an executemany is counted as each driver pleases."""
+    context = result.context
+    if context.executemany or (result.returns_rows and context.dialect.name == "sqlite"):
+        return None
+    count = result.rowcount
+    return count if count >= 0 else None

@@ -5,22 +5,46 @@ inserted and the rows it updated alike, as stored.  So before it runs, the rows
 it may update are read (locked where the database can): those holding, in the
 unique key the statement names, a value it sends.  A returned row that was read
 is an update, told with its old values; any other is an insert.
+
+An upsert whose RETURNING gives dbevents nothing (the caller's own, which leaves
+no room for dbevents', or none at all) has its rows read again after it, by the
+same key values: a row that was not there before is an insert, and one that was
+there and changed is an update.  Read before it too is then an ``ON CONFLICT DO
+NOTHING``, whose rows only that tells apart from those it left alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 import sqlalchemy as sa
 
 from .._compat import dml_values, multi_values, upsert_clause
 from ..mapping import TableSpec
-from .stored import Row, read_matching
+from .stored import Row, read_matching, read_rows
 
-__all__ = ["conflicting_rows"]
+__all__ = ["Conflicts", "KeyValues", "conflicting_rows", "upserted_rows"]
 
 _UNKNOWN: Any = object()
+
+#: unique keys, each as its column names and the distinct values the rows send for them
+KeyValues = list[tuple[Sequence[str], list[tuple[Any, ...]]]]
+
+
+@final
+class Conflicts:
+    """What an upsert may conflict with: the rows read before it, and the key values to
+    read its rows by again after it."""
+
+    __slots__ = ("before", "keys")
+
+    def __init__(self, before: dict[tuple[Any, ...], Row], keys: KeyValues | None) -> None:
+        #: the rows it may update (or leave alone), as they were, by primary key
+        self.before = before
+        #: the key values that find each row it writes again (see :func:`upserted_rows`);
+        #: None when it returns its rows itself, or when some row can't be found so
+        self.keys = keys
 
 
 def conflicting_rows(
@@ -30,24 +54,65 @@ def conflicting_rows(
     parameters: Sequence[Mapping[str, Any]],
     *,
     keys_change: bool,
-) -> dict[tuple[Any, ...], Row] | None:
-    """The rows an upsert may update, by primary key; None when ``statement`` can't update.
+    changed: set[str] | None,
+    returns_rows: bool,
+) -> Conflicts | None:
+    """The rows an upsert may update, and how to find its rows again (:class:`Conflicts`);
+    None when ``statement`` is no upsert, or one that can't update and returns its rows.
 
     :param keys_change: it may set a column of a unique key (see :func:`~.stored.locked`).
+    :param changed: the columns its DO UPDATE sets, None when that can't be told.
+    :param returns_rows: RETURNING will give dbevents the rows it writes (else they are
+        read again after it).
     """
     clause = upsert_clause(statement)
-    if clause is None or type(clause).__name__ == "OnConflictDoNothing":
+    if clause is None:
         return None
-    table = spec.table
-    rows = _sent_rows(table, statement, parameters)
-    found: dict[tuple[Any, ...], Row] = {}
-    for names in _conflict_keys(spec, clause):
-        values = {tuple(row.get(name, _UNKNOWN) for name in names) for row in rows}
-        values = {value for value in values if _UNKNOWN not in value and None not in value}
-        if values:
-            matching = sorted(values, key=repr)
-            found.update(read_matching(connection, spec, names, matching, keys_change=keys_change))
-    return found
+    nothing = type(clause).__name__ == "OnConflictDoNothing"
+    if nothing and returns_rows:
+        return None
+    rows = _sent_rows(spec.table, statement, parameters)
+    sent = [
+        (names, [tuple([row.get(name, _UNKNOWN) for name in names]) for row in rows])
+        for names in _conflict_keys(spec, clause)
+    ]
+    keys: KeyValues = []
+    for names, values in sent:
+        known = {value for value in values if _known(value)}
+        if known:
+            keys.append((names, sorted(known, key=repr)))
+    before: dict[tuple[Any, ...], Row] = {}
+    for names, matching in keys:
+        # DO NOTHING locks no row: its rows are read only to be told apart afterwards
+        read = read_matching(
+            connection, spec, names, matching, keys_change=keys_change, lock=not nothing
+        )
+        before.update(read)
+    findable = all(any(_known(values[i]) for _, values in sent) for i in range(len(rows)))
+    # (a DO UPDATE that may set the primary key moves rows where no key finds them again)
+    moves = not nothing and (changed is None or not changed.isdisjoint(spec.pk))
+    return Conflicts(before, keys if not returns_rows and findable and not moves else None)
+
+
+def upserted_rows(
+    connection: sa.Connection, spec: TableSpec, keys: KeyValues, before: dict[tuple[Any, ...], Row]
+) -> list[Row]:
+    """The rows an upsert wrote, read after it by the key values it sent (:class:`Conflicts`):
+    those that were not there before it, and those that were and changed (a row it set to
+    the values it had can't be told from one it left alone)."""
+    after: dict[tuple[Any, ...], Row] = {}
+    for names, values in keys:
+        after.update(read_matching(connection, spec, names, values, lock=False))
+    moved = [pk for pk in before if pk not in after]
+    if moved:  # a DO UPDATE that set the unique key it conflicted on: found by its own key
+        after.update(read_rows(connection, spec, None, [], pks=moved))
+    return [row for pk, row in after.items() if before.get(pk) != row]
+
+
+def _known(values: tuple[Any, ...]) -> bool:
+    """Whether key values sent are values a row can be found by (no SQL, no NULL, which
+    never conflicts)."""
+    return _UNKNOWN not in values and None not in values
 
 
 def _conflict_keys(spec: TableSpec, clause: Any) -> Sequence[Sequence[str]]:
