@@ -193,6 +193,9 @@ def test_upsert_clause_and_multi_values() -> None:
         assert clause is not None
         assert list(clause.inferred_target_elements) == [table.c.id]
         assert _compat.upsert_set_keys(clause) == ["name"]
+        stamped = _compat.with_upsert_set(by_key, {"rating": 2})
+        assert _compat.upsert_set_keys(_compat.upsert_clause(stamped)) == ["name", "rating"]
+        assert _compat.upsert_set_keys(_compat.upsert_clause(by_key)) == ["name"]  # (a copy)
         by_column = statement.on_conflict_do_update(
             index_elements=[table.c.id], set_={table.c.name: "x", "rating": 1}
         )

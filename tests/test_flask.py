@@ -257,6 +257,14 @@ def test_the_actor_from_config_and_acting_as(make_app: MakeApp, db_url: str) -> 
     assert [cs.actor for cs in sink.changesets] == ["cron", "ada"]
 
 
+@pytest.mark.parametrize("bad", ["flask:json", "dbevents:nope", "dbevents", 42])
+def test_an_actor_that_is_not_callable_fails_at_init(
+    make_app: MakeApp, tmp_path: Path, bad: object
+) -> None:
+    with pytest.raises(dbevents.ConfigurationError, match="DBEVENTS_ACTOR"):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_ACTOR=bad)
+
+
 # -- commands --------------------------------------------------------------------------------
 
 

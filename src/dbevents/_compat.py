@@ -7,7 +7,7 @@ there first, with a clear name.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -36,6 +36,7 @@ __all__ = [
     "supplemental_returning",
     "upsert_clause",
     "upsert_set_keys",
+    "with_upsert_set",
     "where_criteria",
     "with_dml_values",
     "with_multi_values",
@@ -294,6 +295,23 @@ def upsert_set_keys(clause: Any) -> list[Any] | None:
     if values is None:
         return None
     return list(values) if isinstance(values, dict) else [key for key, _ in values]
+
+
+def with_upsert_set(statement: Any, values: Mapping[str, Any]) -> Any:
+    """A copy of an ``ON CONFLICT DO UPDATE`` INSERT that also SETs ``values`` (by column key).
+
+    Private: ``_post_values_clause``, ``update_values_to_set`` (pairs on SQLAlchemy 2.0,
+    a dict on 2.1), ``_clone()`` and ``_generate()``.
+    """
+    clause = upsert_clause(statement)._clone()  # type: ignore[union-attr]
+    given = clause.update_values_to_set
+    if isinstance(given, dict):
+        clause.update_values_to_set = {**given, **values}
+    else:
+        clause.update_values_to_set = [*given, *values.items()]
+    clone = statement._generate()
+    clone._post_values_clause = clause
+    return clone
 
 
 def multi_values(statement: Any) -> list[Any] | None:

@@ -10,20 +10,21 @@
 
 Every column is stamped by a ``before_insert`` / ``before_update`` callback, so
 it works on every write path dbevents sees (the unit of work, bulk and WHERE
-statements).  A value the caller set is kept, a no-op update bumps nothing, and
-nothing is stamped while muted, so a load keeps the values of the mirror.
-Models that don't want the mixins use the column factories and
-:func:`auto_fields`.
+statements; an upsert's ``DO UPDATE`` is stamped as an update).  A value the
+caller set is kept, a no-op update bumps nothing, and nothing is stamped while
+muted, so a load keeps the values of the mirror.  Models that don't want the
+mixins use the column factories and :func:`auto_fields`.
+
+:mod:`dbevents.uids` makes the ids, and :mod:`dbevents.fieldscope` tells the
+callbacks the session they run in.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import secrets
 import weakref
-from collections.abc import Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Any, ClassVar, Final, TypeVar
 
 import sqlalchemy as sa
@@ -31,11 +32,13 @@ import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 from sqlalchemy.orm import Mapped
 
-from .callbacks import before_insert, before_update
-from .context import current_actor
-from .exceptions import ConfigurationError, DbEventsError
+from . import fieldscope
+from ._compat import upsert_clause, upsert_set_keys, with_upsert_set
+from .callbacks import before_insert, before_update, callable_of
+from .mapping import table_spec
 from .rowset import RowSet
 from .session import STATE_KEY
+from .uids import BASE62, check_uid_options, new_uid, next_uid
 
 __all__ = [
     "BASE62",
@@ -57,39 +60,11 @@ __all__ = [
 
 C = TypeVar("C", bound=type[Any])
 
-BASE62: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 #: ``Column.info`` key naming what stamps the column
 _KIND: Final = "dbevents.auto"
 #: ``Column.info`` key holding a uid column's (length, alphabet)
 _UID: Final = "dbevents.uid"
-#: below this many possible ids, candidates are checked against the table
-_CHECKED_SPACE: Final = 2**96
-_FIRST_BATCH: Final = 16
-_MAX_BATCH: Final = 500
-_MAX_ROUNDS: Final = 32
-
-
-# -- ids -------------------------------------------------------------------------------------
-
-
-def new_uid(length: int = 22, alphabet: str = BASE62) -> str:
-    """Return a random string of ``length`` characters of ``alphabet`` (from :mod:`secrets`)."""
-    size = len(alphabet)
-    limit = 256 - 256 % size  # bytes at or above it would favour the first characters
-    chars: list[str] = []
-    while len(chars) < length:
-        chars.extend(alphabet[b % size] for b in secrets.token_bytes(length + 8) if b < limit)
-    return "".join(chars[:length])
-
-
-def _check_uid_options(length: int, alphabet: str) -> None:
-    if not isinstance(length, int) or length < 1:
-        raise ConfigurationError(f"uid length must be a positive integer, not {length!r}")
-    if not isinstance(alphabet, str) or not 2 <= len(alphabet) <= 256:
-        raise ConfigurationError(f"uid alphabet must hold 2 to 256 characters, not {alphabet!r}")
-    if len(set(alphabet)) != len(alphabet):
-        raise ConfigurationError(f"uid alphabet {alphabet!r} repeats a character")
+_UPDATED: Final = ("updated_at", "updated_by")
 
 
 # -- the timezone-aware column type -----------------------------------------------------------
@@ -129,178 +104,57 @@ def uid(
     """A string column holding a unique random id, stamped on insert when missing.
 
     With fewer than 2**96 possible ids, candidates are checked against the table
-    and the rest of the batch before use, so a short id never collides in one
-    process; the unique key stays the guard against concurrent writers.
+    and the rest of the batch before use (see :mod:`dbevents.uids`).
 
     :param length: characters per id (22 base62 characters are about 131 bits).
     :param alphabet: the characters ids are made of.
     """
-    _check_uid_options(length, alphabet)
+    check_uid_options(length, alphabet)
     info = {_KIND: "uid", _UID: (length, alphabet), **kw.pop("info", {})}
     return sa_orm.mapped_column(sa.String(length), primary_key=primary_key, info=info, **kw)
 
 
 def created_at(*args: Any, **kw: Any) -> sa_orm.MappedColumn[Any]:
-    """A :class:`UTCDateTime` column stamped with the time of the insert."""
+    """A :class:`UTCDateTime` column stamped with the time of the insert.
+
+    It takes what :func:`~sqlalchemy.orm.mapped_column` takes (a name first, then a type).
+    """
     return _stamped("created_at", UTCDateTime(), args, kw)
 
 
 def updated_at(*args: Any, **kw: Any) -> sa_orm.MappedColumn[Any]:
-    """A :class:`UTCDateTime` column stamped on insert and on every update that changes the row."""
+    """A :class:`UTCDateTime` column stamped on insert and on every update that changes the row.
+
+    It takes what :func:`~sqlalchemy.orm.mapped_column` takes (a name first, then a type).
+    """
     return _stamped("updated_at", UTCDateTime(), args, kw)
 
 
 def created_by(*args: Any, **kw: Any) -> sa_orm.MappedColumn[Any]:
-    """A column stamped with the actor of the insert (default type: ``String(255)``)."""
+    """A column stamped with the actor of the insert (default type: ``String(255)``).
+
+    It takes what :func:`~sqlalchemy.orm.mapped_column` takes (a name first, then a type).
+    """
     return _stamped("created_by", sa.String(255), args, kw)
 
 
 def updated_by(*args: Any, **kw: Any) -> sa_orm.MappedColumn[Any]:
-    """A column stamped with the actor of the insert and of every update that changes the row."""
+    """A column stamped with the actor of the insert and of every update that changes the row.
+
+    It takes what :func:`~sqlalchemy.orm.mapped_column` takes (a name first, then a type).
+    """
     return _stamped("updated_by", sa.String(255), args, kw)
 
 
 def _stamped(
     kind: str, type_: Any, args: tuple[Any, ...], kw: dict[str, Any]
 ) -> sa_orm.MappedColumn[Any]:
+    """``mapped_column(*args, **kw)``, of type ``type_`` unless ``args`` name one."""
     info = {_KIND: kind, **kw.pop("info", {})}
-    has_type = args and isinstance(args[0], sa.types.TypeEngine | type)
-    return sa_orm.mapped_column(*(args if has_type else (type_, *args)), info=info, **kw)
-
-
-# -- where the callbacks run: the session, for the actor and the uniqueness checks --------------
-
-
-@dataclass(slots=True)
-class _Scope:
-    """One flush or one statement: its session, and the ids handed out during it."""
-
-    session: weakref.ref[sa_orm.Session]
-    #: the parameters of an INSERT statement; None for a flush (the session's new objects)
-    params: Sequence[Any] | None
-    issued: dict[sa.Column[Any], set[str]] = field(default_factory=dict)
-    pools: dict[sa.Column[Any], list[str]] = field(default_factory=dict)
-    #: ids set by the caller, with the size of the batch they were read from
-    explicit: dict[sa.Column[Any], tuple[int, set[str]]] = field(default_factory=dict)
-
-
-_scope: ContextVar[_Scope | None] = ContextVar("dbevents.fields.scope", default=None)
-
-
-def _on_flush(session: sa_orm.Session, context: Any, instances: Any) -> None:
-    _scope.set(_Scope(weakref.ref(session), None))
-
-
-def _on_execute(orm_state: sa_orm.ORMExecuteState) -> Any:
-    if not (orm_state.is_insert or orm_state.is_update) or not _stamps(orm_state):
-        return None
-    params = orm_state.parameters
-    rows = params if isinstance(params, Sequence) else [params] if params else []
-    token = _scope.set(_Scope(weakref.ref(orm_state.session), rows))
-    try:  # the later listeners (dbevents' own) run inside, with the scope set
-        return orm_state.invoke_statement()
-    finally:
-        _scope.reset(token)
-
-
-def _stamps(orm_state: sa_orm.ORMExecuteState) -> bool:
-    """Whether a statement writes a table with auto fields."""
-    mapper = orm_state.bind_mapper
-    if mapper is not None:
-        return bool(_plan(mapper.class_))
-    table = getattr(orm_state.statement, "table", None)
-    return isinstance(table, sa.Table) and any(_KIND in column.info for column in table.columns)
-
-
-# on every session, once: these run before dbevents' own listeners (insert=True), so the
-# callbacks they dispatch see the scope
-sa_event.listen(sa_orm.Session, "before_flush", _on_flush, insert=True)
-sa_event.listen(sa_orm.Session, "do_orm_execute", _on_execute, insert=True)
-
-
-def _session() -> sa_orm.Session | None:
-    scope = _scope.get()
-    return scope.session() if scope is not None else None
-
-
-def _actor() -> Any:
-    """The actor: :func:`acting_as`, else the ``actor`` callable of an installed Events."""
-    actor = current_actor()
-    if actor is None:
-        session = _session()
-        for events in (session.info.get(STATE_KEY) or {}) if session is not None else ():
-            if events.actor is not None:
-                actor = events.actor()
-                if actor is not None:
-                    break
-    return actor
-
-
-def _next_uid(model: type[Any], item: _Field) -> str:
-    length, alphabet = item.column.info[_UID]
-    if len(alphabet) ** length >= _CHECKED_SPACE:
-        return new_uid(length, alphabet)
-    scope = _scope.get()
-    session = scope.session() if scope is not None else None
-    if scope is None or session is None:
-        raise DbEventsError(
-            f"{model.__name__}.{item.key}: short ids are checked against the table, "
-            "which needs a session; write through a session with dbevents installed"
-        )
-    pool = scope.pools.setdefault(item.column, [])
-    issued = scope.issued.setdefault(item.column, set())
-    if not pool:
-        pool.extend(_fresh_ids(session, scope, model, item, issued))
-    value = pool.pop()
-    issued.add(value)
-    return value
-
-
-def _fresh_ids(
-    session: sa_orm.Session, scope: _Scope, model: type[Any], item: _Field, issued: set[str]
-) -> list[str]:
-    """Candidates unused in the table and in this batch: one SELECT per round."""
-    length, alphabet = item.column.info[_UID]
-    taken = issued | _batch_values(session, scope, model, item)
-    size = min(_MAX_BATCH, max(_FIRST_BATCH, len(issued)))
-    mapper = sa.inspect(model)
-    connection = session.connection(bind_arguments={"mapper": mapper})
-    column = item.column
-    for _ in range(_MAX_ROUNDS):
-        candidates = {new_uid(length, alphabet) for _ in range(size)} - taken
-        if candidates:
-            query = sa.select(column).where(column.in_(sorted(candidates)))
-            candidates -= set(connection.execute(query).scalars())
-        if candidates:
-            return list(candidates)
-        size = _MAX_BATCH
-    raise DbEventsError(
-        f"{model.__name__}.{item.key}: found no free id of {length} characters in "
-        f"{_MAX_ROUNDS} rounds; the table is nearly full, use longer ids or a larger alphabet"
-    )
-
-
-def _batch_values(
-    session: sa_orm.Session, scope: _Scope, model: type[Any], item: _Field
-) -> set[str]:
-    """The ids the caller set explicitly on the rows written together with this one."""
-    size = len(scope.params) if scope.params is not None else len(session.new)
-    known = scope.explicit.get(item.column)
-    if known is not None and known[0] == size:  # read once per batch, unless it grew
-        return known[1]
-    values: list[Any] = []
-    if scope.params is not None:
-        for row in scope.params:
-            if isinstance(row, dict):
-                values += (row.get(item.key), row.get(item.column.name))
-    else:
-        base = sa.inspect(model).base_mapper.class_
-        values = [
-            sa.inspect(obj).dict.get(item.key) for obj in session.new if isinstance(obj, base)
-        ]
-    found = {value for value in values if isinstance(value, str)}
-    scope.explicit[item.column] = (size, found)
-    return found
+    name, rest = (args[:1], args[1:]) if args and isinstance(args[0], str) else ((), args)
+    if not (rest and isinstance(rest[0], sa.types.TypeEngine | type)):
+        rest = (type_, *rest)
+    return sa_orm.mapped_column(*name, *rest, info=info, **kw)
 
 
 # -- the callbacks -----------------------------------------------------------------------------
@@ -336,19 +190,22 @@ def stamp_insert(model: type[Any], fields: dict[str, Any]) -> None:
 
     A ``before_insert`` callback, for :meth:`Events.listens_for <dbevents.Events.listens_for>`.
     """
+    scope = fieldscope.current()
+    table = scope.table if scope is not None else None
     now: dt.datetime | None = None
     actor: Any = _NO_ACTOR
     for item in _plan(model):
-        if fields.get(item.key) is not None:
+        if fields.get(item.key) is not None or not _on_table(table, item):
             continue
         if item.kind == "uid":
-            fields[item.key] = _next_uid(model, item)
+            length, alphabet = item.column.info[_UID]
+            fields[item.key] = next_uid(model, item.key, item.column, length, alphabet)
         elif item.kind in ("created_at", "updated_at"):
             now = now or dt.datetime.now(dt.UTC)
             fields[item.key] = now
         else:
             if actor is _NO_ACTOR:
-                actor = _actor()
+                actor = fieldscope.actor()
             if actor is not None:
                 fields[item.key] = _as_column_value(item.column, actor)
 
@@ -357,18 +214,45 @@ def stamp_update(model: type[Any], rows: RowSet[Any], fields: dict[str, Any]) ->
     """Bump ``updated_at`` / ``updated_by`` of rows that change, unless the caller set them.
 
     A ``before_update`` callback, for :meth:`Events.listens_for <dbevents.Events.listens_for>`.
+    An UPDATE statement of one table (a joined-inheritance subclass's, say) bumps the
+    columns of that table only: SQLAlchemy writes no other.
     """
-    if not fields:
-        return
+    scope = fieldscope.current()
+    if scope is None:
+        written: Collection[str] = fields.keys()
+        table = None
+    else:  # an executemany UPDATE writes what its parameter sets hold, too
+        written = fields.keys() | scope.param_keys if scope.param_keys else fields.keys()
+        table = scope.table
+    if written:
+        fields.update(_update_stamps(model, written, table))
+
+
+def _update_stamps(
+    model: type[Any], written: Collection[str], table: sa.FromClause | None
+) -> dict[str, Any]:
+    """The ``updated_at`` / ``updated_by`` values of an update that writes ``written`` (keys)
+    to ``table`` (None: to every table of ``model``)."""
+    stamps: dict[str, Any] = {}
     for item in _plan(model):
-        if item.key in fields:
+        if (
+            item.kind not in _UPDATED
+            or item.key in written
+            or item.column.key in written
+            or not _on_table(table, item)
+        ):
             continue
         if item.kind == "updated_at":
-            fields[item.key] = dt.datetime.now(dt.UTC)
-        elif item.kind == "updated_by":
-            actor = _actor()
+            stamps[item.key] = dt.datetime.now(dt.UTC)
+        else:
+            actor = fieldscope.actor()
             if actor is not None:
-                fields[item.key] = _as_column_value(item.column, actor)
+                stamps[item.key] = _as_column_value(item.column, actor)
+    return stamps
+
+
+def _on_table(table: sa.FromClause | None, item: _Field) -> bool:
+    return table is None or table.is_derived_from(item.column.table)
 
 
 def _as_column_value(column: sa.Column[Any], actor: Any) -> Any:
@@ -430,3 +314,69 @@ class Authorship(AutoFields):
 
     created_by: Mapped[str | None] = created_by()
     updated_by: Mapped[str | None] = updated_by()
+
+
+#: the ``before_update`` callbacks that stamp, as a registry holds them
+_STAMPS_UPDATES: Final = (stamp_update, callable_of(AutoFields.__dict__["_dbevents_stamp_update"]))
+
+
+# -- statements ------------------------------------------------------------------------------
+
+
+def _on_execute(orm_state: sa_orm.ORMExecuteState) -> Any:
+    if not (orm_state.is_insert or orm_state.is_update):
+        return None
+    model = _model_of(orm_state)
+    if model is None or not _plan(model):
+        return None
+    with fieldscope.entered(fieldscope.statement_scope(orm_state)):
+        if orm_state.is_insert:
+            _stamp_upsert(orm_state, model)
+        # the later listeners (dbevents' own, which run the callbacks) run inside
+        return orm_state.invoke_statement()
+
+
+def _model_of(orm_state: sa_orm.ORMExecuteState) -> type[Any] | None:
+    mapper = orm_state.bind_mapper
+    if mapper is not None:
+        return mapper.class_
+    table = getattr(orm_state.statement, "table", None)
+    return table_spec(table).mapped_class() if isinstance(table, sa.Table) else None
+
+
+def _stamp_upsert(orm_state: sa_orm.ORMExecuteState, model: type[Any]) -> None:
+    """Stamp what an ``ON CONFLICT DO UPDATE`` SETs, as :func:`stamp_update` stamps an
+    UPDATE (its insert callbacks stamp the rows it inserts)."""
+    statement: Any = orm_state.statement
+    clause = upsert_clause(statement)
+    set_keys = upsert_set_keys(clause) if clause is not None else None
+    if not set_keys or not _stamps_updates(orm_state, model):
+        return  # (MySQL's ON DUPLICATE KEY UPDATE keeps its SET otherwise: not stamped)
+    written = {key if isinstance(key, str) else str(getattr(key, "key", key)) for key in set_keys}
+    stamps = _update_stamps(model, written, statement.table)
+    if stamps:
+        columns = {item.key: item.column for item in _plan(model)}
+        values = {
+            columns[key].key: sa.literal(value, columns[key].type) for key, value in stamps.items()
+        }
+        orm_state.statement = with_upsert_set(statement, values)
+
+
+def _stamps_updates(orm_state: sa_orm.ORMExecuteState, model: type[Any]) -> bool:
+    """Whether an installed Events, not muted, runs a stamping ``before_update`` of ``model``."""
+    if orm_state.execution_options.get("skip_callbacks"):
+        return False
+    session = orm_state.session
+    if STATE_KEY not in session.info:
+        # the Events installed on a session know it once it began its transaction
+        session.connection(bind_arguments=orm_state.bind_arguments)
+    for events in session.info.get(STATE_KEY) or ():
+        callbacks = events.registry.table(model).get("before_update")
+        if not events.is_muted and any(fn in _STAMPS_UPDATES for fn, _ in callbacks):
+            return True
+    return False
+
+
+# on every session, once: this runs before dbevents' own listeners (insert=True), so the
+# callbacks they run see the statement's scope
+sa_event.listen(sa_orm.Session, "do_orm_execute", _on_execute, insert=True)

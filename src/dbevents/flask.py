@@ -131,14 +131,14 @@ class DBEvents:
         if data_dir:  # imported here: only apps that keep a mirror need it
             mirror = importlib.import_module("dbevents.sinks.mirror")
             sinks.insert(0, mirror.MirrorSink(data_dir))
-        actor = config.get("DBEVENTS_ACTOR")
+        actor = _actor(config.get("DBEVENTS_ACTOR"))
         app.extensions[EXTENSION] = _AppState(
             ext=self,
             db=db,
             sinks=tuple(sinks),
             transactional=tuple(s for s in sinks if isinstance(s, TransactionalSink)),
             data_dir=Path(data_dir) if data_dir else None,
-            actor=_resolve(actor) if isinstance(actor, str) else actor,
+            actor=actor,
             outbox_table=config.get("DBEVENTS_OUTBOX_TABLE") or None,
         )
         if config.get("DBEVENTS_SQLITE_CONFIGURE", True):
@@ -222,6 +222,20 @@ def _sink(item: Any) -> Sink:
     if isinstance(value, type) or not isinstance(value, Sink):
         raise ConfigurationError(f"DBEVENTS_SINKS: {item!r} is not a sink (no publish method)")
     return value
+
+
+def _actor(configured: Any) -> Callable[[], Any] | None:
+    """``DBEVENTS_ACTOR`` resolved: checked here, as every commit would call it."""
+    try:
+        actor = _resolve(configured) if isinstance(configured, str) else configured
+    except ConfigurationError as error:
+        raise ConfigurationError(f"DBEVENTS_ACTOR: {error}") from error
+    if actor is not None and not callable(actor):
+        raise ConfigurationError(
+            f"DBEVENTS_ACTOR: {configured!r} is not callable (a {type(actor).__name__}); "
+            "give a function that returns the actor, or its 'module:function' name"
+        )
+    return actor  # type: ignore[no-any-return]
 
 
 def _app_actor() -> Any:
