@@ -41,7 +41,8 @@ from .._compat import (
 )
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
-from .dml import StatementPlan, plan_statement, record_result
+from .dml import StatementPlan, plan_statement
+from .results import record_result
 from .stored import SKIP_CAPTURE
 from .uncaptured import raw_write, uncaptured
 from .written import collecting

@@ -8,8 +8,7 @@ or, on PostgreSQL, return old and new values from one statement.  A statement
 with a RETURNING or ``return_defaults()`` of the caller's is left as it is: an
 INSERT's rows are then the values it sent, an upsert's are read again by the
 unique key it sent, and an UPDATE's or DELETE's are read first.  After it ran,
-:func:`record_result` records the rows in the buffers of the capturing sessions
-and reports them to the statement ``after_*`` callbacks waiting for them.
+:func:`~.results.record_result` records its rows.
 """
 
 from __future__ import annotations
@@ -20,10 +19,9 @@ from typing import TYPE_CHECKING, Any, final
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from .._compat import callers_return_defaults, explicit_returning, prefixes, upsert_clause
+from .._compat import callers_return_defaults, explicit_returning
 from ..changes import Op
 from ..mapping import TableSpec, column_name
-from .record import record_diffs, record_keys, record_rows, record_update, update_diffs
 from .returning import (
     Returns,
     changes_keys,
@@ -32,27 +30,19 @@ from .returning import (
     update_from_locked,
     updated_columns,
 )
-from .rowids import last_rowid, rows_after
+from .rowids import last_rowid
 from .sequences import drawn_keys
 from .stored import (
-    inserted_rows,
-    keys_of,
-    known_rowcount,
-    pk_of,
     read_rows,
     read_tuples,
-    returned_rows,
-    rows_by_key,
 )
-from .uncaptured import uncaptured
-from .upsert import KeyValues, conflicting_rows, upserted_rows
+from .upsert import KeyValues, conflicting_rows
 from .writelock import take_write_lock
-from .written import Written, collecting, report
 
 if TYPE_CHECKING:
     from ..session import SessionState
 
-__all__ = ["StatementPlan", "plan_statement", "record_result"]
+__all__ = ["StatementPlan", "plan_statement"]
 
 Row = dict[str, Any]
 
@@ -283,171 +273,3 @@ def plan_statement(
         upserted.keys if upserted is not None else None,
     )
     return statement, parameters, plan
-
-
-def record_result(
-    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
-) -> None:
-    """Record and report the rows the planned statement wrote."""
-    spec = plan.spec
-    if plan.keys_only:
-        _after_keys(connection, plan, result)
-    elif plan.op in (Op.INSERT, Op.LINK):
-        inserted = _inserted_rows(connection, plan, result)
-        if inserted is None:
-            _untold(plan)
-            return
-        if plan.before:  # an upsert: a row that was there before was updated
-            old = plan.before
-            after = {pk: row for row in inserted if (pk := pk_of(spec, row)) in old}
-            inserted = [row for row in inserted if pk_of(spec, row) not in old]
-            before = {pk: old[pk] for pk in after}
-            record_update(plan.session, plan.states, spec, before, after, sets_key=False)
-            report(Written(spec, Op.UPDATE, list(after)))
-        record_rows(plan.session, plan.states, spec, plan.op, None, inserted)
-        report(Written(spec, plan.op, (), inserted))
-    elif plan.returns is Returns.OLD:
-        deleted = returned_rows(plan.columns, result) or []
-        before = dict(zip(keys_of(spec, deleted), deleted, strict=True))
-        record_rows(plan.session, plan.states, spec, plan.op, before, None)
-        report(Written(spec, plan.op, list(before)))
-    elif plan.returns is Returns.SET_OF_READ and result.rowcount != len(plan.old_rows):
-        # the UPDATE left out rows the read found, by a criterion SQLAlchemy adds as it
-        # compiles (a single-table subclass, with_loader_criteria): the rows it wrote are
-        # those read whose values differ now (one it set to what it had can't be told)
-        before = rows_by_key(spec, plan.columns, plan.old_rows)
-        after = read_rows(connection, spec, None, [], pks=list(before), columns=plan.columns)
-        record_update(plan.session, plan.states, spec, before, after, sets_key=False)
-        report(Written(spec, Op.UPDATE, [pk for pk, row in after.items() if row != before[pk]]))
-    elif (
-        plan.returns in (Returns.OLD_AND_NEW, Returns.NEW_OF_READ, Returns.SET_OF_READ)
-        and (
-            changes := update_diffs(
-                spec,
-                plan.columns,
-                result,
-                old_columns=plan.old_columns,
-                old_rows=plan.old_rows if plan.returns is not Returns.OLD_AND_NEW else None,
-                set_to=plan.set_to if plan.returns is Returns.SET_OF_READ else None,
-            )
-        )
-        is not None
-    ):
-        diffs, keys = changes
-        record_diffs(plan.session, plan.states, spec, diffs)
-        report(Written(spec, Op.UPDATE, keys))
-    elif plan.returns is Returns.OLD_AND_NEW:  # keyed otherwise than by name: by key, as dicts
-        names = [column_name(column) for column in plan.columns]
-        olds = returned_rows(plan.old_columns, result, names=names) or []
-        news = returned_rows(plan.columns, result) or []
-        before = {pk_of(spec, row): row for row in olds}
-        after = {pk_of(spec, row): row for row in news}
-        record_update(plan.session, plan.states, spec, before, after, sets_key=False)
-        report(Written(spec, Op.UPDATE, list(after)))
-    elif plan.op is Op.UPDATE:
-        if plan.returns is Returns.NEW_OF_READ:  # returned keyed otherwise: by key, as dicts
-            plan.before = rows_by_key(spec, plan.columns, plan.old_rows)
-        if not plan.before:
-            return
-        before = plan.before
-        returned = returned_rows(plan.columns, result)
-        width = len(plan.columns)
-        sets_key = plan.sets_key
-        if returned is not None and all(len(row) == width for row in returned):
-            updated = dict(zip(keys_of(spec, returned), returned, strict=True))
-        else:  # re-read by key: a row the UPDATE moved to a new key can't be found
-            sets_key = False
-            updated = read_rows(connection, spec, None, [], pks=list(before), columns=plan.columns)
-        record_update(plan.session, plan.states, spec, before, updated, sets_key=sets_key)
-        report(Written(spec, Op.UPDATE, list(updated)))
-    else:
-        record_rows(plan.session, plan.states, spec, plan.op, plan.before, None)
-        report(Written(spec, plan.op, list(plan.before or ())))
-
-
-def _inserted_rows(
-    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
-) -> list[Row] | None:
-    """The rows the planned INSERT added, as stored (the key alone if that is all wanted);
-    an upsert's rows it updated too.  None when nothing tells them."""
-    if plan.returns is Returns.AFTER_ROWID:
-        assert plan.rowid is not None
-        names = [column_name(column) for column in plan.columns]
-        return [
-            dict(zip(names, values))  # noqa: B905 (a hot loop; one value per name)
-            for values in rows_after(connection, plan.columns, plan.rowid)
-        ]
-    statement = plan.statement
-    upsert = upsert_clause(statement) is not None
-    rows = inserted_rows(
-        connection,
-        plan.spec,
-        plan.columns,
-        result,
-        keys_only=plan.keys_only,
-        sent=None if upsert else not prefixes(statement),
-    )
-    if rows is None and plan.conflicts is not None:  # read again, by the key values it sent
-        rows = upserted_rows(connection, plan.spec, plan.conflicts, plan.before or {})
-        count = known_rowcount(result)
-        if count is not None and count < len(rows):
-            return None  # (PostgreSQL: another transaction added one of them meanwhile)
-    return rows
-
-
-def _untold(plan: StatementPlan) -> None:
-    """Report an INSERT whose rows nothing tells, as the ``raw_sql`` policies ask."""
-    statement = plan.statement
-    if upsert_clause(statement) is not None:
-        why, fix = (
-            "its rows can't be read again and told apart (a row sends the unique key it "
-            "conflicts on as SQL or NULL, its DO UPDATE may set the primary key, or another "
-            "transaction added one of them meanwhile)",
-            "Send that key as plain values",
-        )
-    elif prefixes(statement):
-        why, fix = "nothing tells which of the rows it sends it added", "Leave out the prefix"
-    else:
-        why, fix = (
-            "the rows have no key it sent",
-            "Execute it with a list of parameter sets "
-            "(session.execute(insert(M).returning(...), [row])), or send the key",
-        )
-    if explicit_returning(statement) or callers_return_defaults(statement):
-        what, returning = "INSERT ... RETURNING", "its own RETURNING leaves no room for dbevents'"
-    else:
-        what, returning = "INSERT", "the database returns no rows from it"
-    uncaptured(
-        plan.states,
-        f"dbevents cannot capture the rows this {what} adds to {plan.spec.name!r}: "
-        f"{returning}, and {why}; they are missing from the change set. {fix}",
-    )
-
-
-def _after_keys(
-    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
-) -> None:
-    """Record and report the rows of a statement whose keys are all that is wanted."""
-    spec, op = plan.spec, plan.op
-    rows: list[Row]
-    if plan.returns in (Returns.AFTER_ROWID, Returns.KEYS_SENT):  # a bulk INSERT
-        if plan.returns is Returns.KEYS_SENT:
-            keys = list(plan.keys_sent)
-        else:  # the key's columns, in the key's order: each row read is its key
-            assert plan.rowid is not None
-            keys = rows_after(connection, plan.columns, plan.rowid)
-        rows = [dict(zip(spec.pk, key, strict=True)) for key in keys] if collecting() else []
-    else:
-        if op in (Op.INSERT, Op.LINK):
-            inserted = _inserted_rows(connection, plan, result)
-            if inserted is None:
-                _untold(plan)
-                return
-            rows = inserted
-        elif plan.before is not None:
-            rows = list(plan.before.values())
-        else:
-            rows = returned_rows(plan.columns, result) or []
-        keys = keys_of(spec, rows)
-    record_keys(plan.session, plan.states, spec, op, keys)
-    report(Written(spec, op, keys, rows if op in (Op.INSERT, Op.LINK) else ()))
