@@ -74,6 +74,18 @@ def installed(
     events.uninstall(maker)
 
 
+@contextlib.contextmanager
+def installed_on(
+    events: dbevents.Events, engine: sa.Engine
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    """A sessionmaker of ``engine`` with ``events`` installed, uninstalled when the block ends."""
+    factory = events.install(sa_orm.sessionmaker(engine))
+    try:
+        yield factory
+    finally:
+        events.uninstall(factory)
+
+
 def recorded_sql(engine: sa.Engine) -> list[str]:
     """The SQL ``engine`` sends to the database, statement by statement, from here on."""
     sent: list[str] = []

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 import dbevents
 from dbevents.changes import ChangeSet, Op
 from dbevents.sinks.outbox import OutboxSink
+from tests.fixtures import installed_on
 from tests.models import Base, Company, Contact, Subgroup
 from tests.servers import PostgresServer
 
@@ -193,14 +194,9 @@ def test_a_transaction_without_net_change_writes_nothing(
 
 def test_the_write_never_trips_the_raw_sql_detector(tables: sa.Engine, outbox: OutboxSink) -> None:
     events = dbevents.Events(sinks=[outbox], raw_sql="raise")
-    factory = sa_orm.sessionmaker(tables)
-    events.install(factory)
-    try:
-        with factory() as session:
-            session.add(Company(id=1, name="Acme"))
-            session.commit()
-    finally:
-        events.uninstall(factory)
+    with installed_on(events, tables) as factory, factory() as session:
+        session.add(Company(id=1, name="Acme"))
+        session.commit()
     assert len(outbox_rows(tables, outbox)) == 1
 
 
@@ -262,14 +258,9 @@ def test_an_outbox_in_the_schema_of_its_metadata(
     assert OutboxSink(schema=app_schema).table.fullname == f"{app_schema}.dbevents_outbox"
     outbox.create_table(tables)
     events.add_sink(outbox)
-    factory = sa_orm.sessionmaker(tables)
-    events.install(factory)
-    try:
-        with factory() as session:
-            session.add(Company(id=1, name="Acme"))
-            session.commit()
-    finally:
-        events.uninstall(factory)
+    with installed_on(events, tables) as factory, factory() as session:
+        session.add(Company(id=1, name="Acme"))
+        session.commit()
     (stored,) = outbox_rows(tables, outbox)
     assert stored.changes[0].pk == (1,)
     assert "dbevents_outbox" not in sa.inspect(tables).get_table_names()  # not on search_path

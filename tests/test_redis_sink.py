@@ -21,6 +21,7 @@ from dbevents.changes import Change, ChangeSet, Op
 from dbevents.ids import new_id
 from dbevents.sinks.outbox import OutboxSink
 from dbevents.sinks.redis import RedisStreamSink
+from tests.fixtures import installed_on
 from tests.models import Company, Contact
 from tests.servers import free_port
 
@@ -186,14 +187,9 @@ def test_a_failing_direct_sink_does_not_fail_the_commit(tables: sa.Engine) -> No
     errors: list[BaseException] = []
     events = dbevents.Events(sinks=[sink])
     events.on_error(lambda error, receiver, changeset: errors.append(error))
-    factory = sa_orm.sessionmaker(tables)
-    events.install(factory)
-    try:
-        with factory() as session:
-            session.add(Company(id=1, name="Acme"))
-            session.commit()
-    finally:
-        events.uninstall(factory)
+    with installed_on(events, tables) as factory, factory() as session:
+        session.add(Company(id=1, name="Acme"))
+        session.commit()
     assert [type(e) for e in errors] == [redis.ConnectionError]
     with tables.connect() as conn:
         assert conn.scalar(sa.select(sa.func.count()).select_from(Company.__table__)) == 1

@@ -11,7 +11,6 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from uuid import uuid4
 
 import pytest
 import sqlalchemy as sa
@@ -21,8 +20,8 @@ import dbevents
 from dbevents.changes import ChangeSet
 from dbevents.relay import relay
 from dbevents.sinks.outbox import OutboxSink
+from tests.fixtures import installed_on
 from tests.models import Company
-from tests.servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime.now(dt.UTC)
@@ -104,24 +103,11 @@ def test_a_url_and_a_custom_table(tables: sa.Engine, db_url: str) -> None:
     outbox = OutboxSink(table_name="app_outbox")
     outbox.create_table(tables)
     events = dbevents.Events(sinks=[outbox])
-    factory = sa_orm.sessionmaker(tables)
-    events.install(factory)
-    try:
+    with installed_on(events, tables) as factory:
         commit_companies(factory, range(1, 4))
-    finally:
-        events.uninstall(factory)
     sink = dbevents.MemorySink()
     assert relay(db_url, [sink], once=True, table_name="app_outbox") == 3
     assert pks(sink.changesets) == [1, 2, 3]
-
-
-@pytest.fixture
-def app_schema(postgres: PostgresServer) -> Iterator[str]:
-    """A schema of its own, off the test's search_path, dropped with all in it afterwards."""
-    name = f"app_{uuid4().hex}"
-    postgres.execute(f"CREATE SCHEMA {name}")
-    yield name
-    postgres.drop_schema(name)
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -129,12 +115,8 @@ def test_an_outbox_in_another_schema(tables: sa.Engine, app_schema: str) -> None
     outbox = OutboxSink(sa.MetaData(schema=app_schema))
     outbox.create_table(tables)
     events = dbevents.Events(sinks=[outbox])
-    factory = sa_orm.sessionmaker(tables)
-    events.install(factory)
-    try:
+    with installed_on(events, tables) as factory:
         commit_companies(factory, range(1, 4))
-    finally:
-        events.uninstall(factory)
     with tables.begin() as conn:
         conn.execute(outbox.table.insert(), {"id": "A" * 26, "created_at": NOW, "payload": "["})
     with pytest.raises(dbevents.ConfigurationError, match="no outbox table 'dbevents_outbox'"):
