@@ -151,3 +151,40 @@ def test_a_savepoint_on_the_connection_drops_its_rows_on_rollback(
     asyncio.run(main())
     (changeset,) = received
     assert [dict(c.new or {})["name"] for c in changeset.changes] == ["kept"]
+
+
+def test_a_task_started_while_delivering_gets_its_own_commits_delivered(
+    async_engine: AsyncEngine,
+) -> None:
+    """A task copies the context it was started in, the delivery running there included:
+    its commits are its own to deliver, and none is left behind."""
+    events = dbevents.Events()
+    delivered: list[list[str]] = []
+    tasks: list[asyncio.Task[None]] = []
+    maker = installed(events, async_engine)
+
+    async def follow_up() -> None:
+        await asyncio.sleep(0.05)  # the delivery that started it is over by now
+        async with maker() as session:
+            session.add(Company(name="from task"))
+            await session.commit()
+
+    @events.on_commit
+    async def listener(changeset: ChangeSet) -> None:
+        names = [(c.new or {}).get("name") for c in changeset.created]
+        delivered.append(names)  # type: ignore[arg-type]
+        if names == ["first"]:
+            tasks.append(asyncio.create_task(follow_up()))  # not awaited here
+
+    async def main() -> None:
+        await create_tables(async_engine)
+        async with maker() as session:
+            session.add(Company(name="first"))
+            await session.commit()
+        await asyncio.gather(*tasks)
+        async with maker() as session:
+            session.add(Company(name="last"))
+            await session.commit()
+
+    asyncio.run(main())
+    assert delivered == [["first"], ["from task"], ["last"]]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
 
 from ._compat import await_in_greenlet, in_greenlet
 from .callbacks import check_arguments, qualname
@@ -52,15 +53,46 @@ class TransactionalSink(Protocol):
     def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None: ...
 
 
-#: the change sets committed in this context and not delivered yet, in the order they were
-#: committed: each takes its place when its transaction commits, so that a commit made while
-#: another is being delivered (an after_commit callback that writes and commits) comes after
-#: it for every Events, even one whose turn to deliver the first has not come yet
-_queue: ContextVar[list[tuple[Events, ChangeSet, Sequence[type[Any] | None]]] | None] = ContextVar(
-    "dbevents.delivery_queue", default=None
-)
-#: whether this context is delivering the queue now (further up the stack)
-_delivering: ContextVar[bool] = ContextVar("dbevents.delivering", default=False)
+@final
+class _Order:
+    """The change sets one thread or asyncio task committed and has not delivered yet, in
+    the order they were committed; whether it is delivering them now (further up its stack).
+
+    Each change set takes its place when its transaction commits, so that a commit made
+    while another is being delivered (an after_commit callback that writes and commits)
+    comes after it for every Events, even one whose turn to deliver the first has not
+    come yet.
+    """
+
+    __slots__ = ("delivering", "owner", "queue")
+
+    def __init__(self, owner: object) -> None:
+        self.owner = owner
+        self.queue: list[tuple[Events, ChangeSet, Sequence[type[Any] | None]]] = []
+        self.delivering = False
+
+
+#: kept in a context variable, which a task started meanwhile copies: each order knows
+#: its thread or task, and another one starts an order of its own
+_order: ContextVar[_Order | None] = ContextVar("dbevents.delivery_order", default=None)
+
+
+def _strand() -> object:
+    """The asyncio task running now, else the thread (AsyncSession's sync code runs in a
+    greenlet within its task)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop running in this thread
+        task = None
+    return task if task is not None else threading.get_ident()
+
+
+def _current_order() -> _Order:
+    order, strand = _order.get(), _strand()
+    if order is None or order.owner != strand:
+        order = _Order(strand)
+        _order.set(order)
+    return order
 
 
 def enqueue(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
@@ -69,15 +101,11 @@ def enqueue(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | N
     ``models`` holds the mapped class of each change (``None`` for association and
     Core-only tables).  :func:`deliver_queued` delivers it.
     """
-    queue = _queue.get()
-    if queue is None:
-        queue = []
-        _queue.set(queue)
-    queue.append((events, changeset, models))
+    _current_order().queue.append((events, changeset, models))
 
 
 def deliver_queued() -> None:
-    """Deliver the change sets queued in this context, in the order they were committed.
+    """Deliver the change sets this thread or task queued, in the order they were committed.
 
     Each runs its model after_commit callbacks, then its listeners and sinks in
     registration order.  Every failure is logged on the ``dbevents`` logger and
@@ -89,10 +117,11 @@ def deliver_queued() -> None:
     they were committed, so a sink that keeps rows never applies a later change
     before an earlier one.
     """
-    queue = _queue.get()
-    if not queue or _delivering.get():
+    order = _current_order()
+    queue = order.queue
+    if not queue or order.delivering:
         return
-    token = _delivering.set(True)
+    order.delivering = True
     errors: list[Exception] = []
     try:
         while queue:
@@ -101,9 +130,7 @@ def deliver_queued() -> None:
             if not events.robust:
                 errors += failed
     finally:
-        _delivering.reset(token)
-        if not queue:
-            _queue.set(None)
+        order.delivering = False
     if errors:
         raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
 
