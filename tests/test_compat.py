@@ -14,7 +14,7 @@ import sqlalchemy.orm as sa_orm
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dbevents import _compat
-from tests.models import Base, Company, Dog
+from tests.models import Address, Base, Company, Contact, Dog
 
 companies: sa.Table = Company.__table__  # type: ignore[assignment]
 
@@ -242,6 +242,17 @@ def test_flush_candidates_are_the_states_of_new_dirty_and_deleted(tables: sa.Eng
         assert new == [sa.inspect(added)]
         assert dirty == [sa.inspect(changed)]
         assert deleted == [sa.inspect(gone)]
+        session.rollback()
+
+
+def test_flush_candidates_count_a_persistent_orphan_among_the_deletes(tables: sa.Engine) -> None:
+    with sa_orm.Session(tables) as session:
+        contact = Contact(email="o@x", addresses=[Address(city="a"), Address(city="b")])
+        session.add(contact)
+        session.flush()
+        orphan = contact.addresses.pop(0)  # delete-orphan: the flush deletes it
+        _, dirty, deleted = _compat.flush_candidates(session)
+        assert sa.inspect(orphan) in deleted and sa.inspect(orphan) not in dirty
         session.rollback()
 
 

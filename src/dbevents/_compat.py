@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import sqlalchemy.event as sa_event
 import sqlalchemy.orm as sa_orm
 
 __all__ = [
@@ -66,12 +67,39 @@ def flush_candidates(
     """The states a flush would insert, update and delete, as three lists.
 
     ``session.new`` / ``dirty`` / ``deleted`` hold the same, as objects: finding
-    each object's state again costs more than the flush bookkeeping itself.
-    Private: ``Session._new``, ``Session._dirty_states`` and ``Session._deleted``.
+    each object's state again costs more than the flush bookkeeping itself.  A
+    persistent orphan (a ``delete-orphan`` child its parent let go of) is dirty
+    to the session, and deleted by the flush: it is among the deletes.
+    Private: ``Session._new``, ``Session._dirty_states``, ``Session._deleted``,
+    ``Mapper._delete_orphans`` and ``Mapper._is_orphan()``, as ``Session._flush``
+    uses them.
     """
     deleted = session._deleted
     dirty = [state for state in session._dirty_states if state not in deleted]
-    return list(session._new), dirty, list(deleted)
+    orphans = [
+        state
+        for state in dirty
+        if _orphanable(state.class_) and state.key is not None and state.mapper._is_orphan(state)
+    ]
+    if orphans:
+        orphaned = set(orphans)
+        dirty = [state for state in dirty if state not in orphaned]
+    return list(session._new), dirty, [*deleted, *orphans]
+
+
+_orphanable_classes: dict[type[Any], bool] = {}
+# a relationship configured later may make a class orphanable: asked again then
+sa_event.listen(sa_orm.Mapper, "after_configured", _orphanable_classes.clear)
+
+
+def _orphanable(cls: type[Any]) -> bool:
+    """Whether objects of ``cls`` can be orphans (a relationship to it cascades delete-orphan)."""
+    orphanable = _orphanable_classes.get(cls)
+    if orphanable is None:
+        mapper = sa.inspect(cls)
+        orphanable = any(m._delete_orphans for m in mapper.iterate_to_root())
+        _orphanable_classes[cls] = orphanable
+    return orphanable
 
 
 def provisioning_connection(session: sa_orm.Session) -> bool:

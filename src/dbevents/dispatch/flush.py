@@ -22,7 +22,7 @@ from .._compat import NO_VALUE, flush_candidates, flush_running
 from ..capture import Buffer, Key
 from ..changes import Op
 from ..exceptions import ConfigurationError
-from ..mapping import MapperSpec, TablePart
+from ..mapping import MapperSpec, TablePart, attribute_key
 from ..registry import Callbacks, first_veto, vetoes_nothing
 from ..rowset import RowSet
 from .oldvalues import load_old_values
@@ -178,8 +178,8 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
     if op == "update":
         if not (plan.before_save or plan.before_update):
             return None
-        fields = changed_fields(plan.spec, state)
-        if not fields:  # nothing will be written for this row (e.g. only a collection changed)
+        fields, keys_pending = changed_fields(plan.spec, state)
+        if not (fields or keys_pending):  # nothing will be written (only a collection changed)
             return None
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_update:
@@ -221,14 +221,18 @@ def _with_fields(
 _UNSET: Any = object()
 
 
-def changed_fields(spec: MapperSpec, state: State) -> dict[str, Any]:
-    """The column values an UPDATE of ``state`` will write, by attribute key.
+def changed_fields(spec: MapperSpec, state: State) -> tuple[dict[str, Any], bool]:
+    """The column values an UPDATE of ``state`` will write, by attribute key, and whether it
+    will write foreign keys not known yet too.
 
-    No-op assignments are left out; a changed many-to-one relationship shows as
-    its foreign key columns when the target's key is already known.
+    No-op assignments are left out.  A changed many-to-one relationship shows as its
+    foreign key columns, the key of the object it points to (as loaded, else its
+    identity); those the flush takes from an object not inserted yet are not known
+    before it writes them.
     """
     values = state.dict
     fields: dict[str, Any] = {}
+    keys_pending = False
     column_keys = spec.column_keys
     for key, old in state.committed_state.items():
         if key in column_keys:
@@ -237,12 +241,28 @@ def changed_fields(spec: MapperSpec, state: State) -> dict[str, Any]:
                 fields[key] = new
         elif key in spec.many_to_one:
             target = values.get(key)
-            target_values = sa_orm.attributes.instance_dict(target) if target is not None else None
+            target_state = sa_orm.attributes.instance_state(target) if target is not None else None
             for local, remote in spec.many_to_one[key]:
-                new = None if target_values is None else target_values.get(remote)
-                if (new is not None or target is None) and not same(values.get(local), new):
+                new = None if target_state is None else key_value(target_state, remote)
+                if new is NO_VALUE:
+                    keys_pending = True
+                elif not same(values.get(local), new):
                     fields[local] = new
-    return fields
+    return fields, keys_pending
+
+
+def key_value(state: State, key: str) -> Any:
+    """The value of ``state``'s attribute ``key`` as loaded, else from its identity when
+    it is a key column (an expired object); NO_VALUE when not known."""
+    value = state.dict.get(key, NO_VALUE)
+    if value is None and state.key is None:
+        return NO_VALUE  # a key the INSERT of a new object will generate
+    if value is NO_VALUE and state.key is not None:
+        mapper = state.mapper
+        for column, ident in zip(mapper.primary_key, state.key[1], strict=False):
+            if attribute_key(mapper, column) == key:
+                return ident
+    return value
 
 
 def same(a: Any, b: Any) -> bool:

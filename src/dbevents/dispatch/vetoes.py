@@ -45,6 +45,8 @@ def apply_vetoes(
             reason = 'Events(abort="raise")'
         elif op == "insert":
             reason = _strands_insert(session, state, vetoed_inserts, leaving)
+        elif op == "delete" and state.obj() not in session.deleted:
+            reason = "it is an orphan (delete-orphan): the flush deletes it whatever happens"
         elif op == "delete":
             reason = stranded
         elif op == "update" and any(
