@@ -97,6 +97,32 @@ def test_old_values_of_expired_attributes_take_one_select_per_mapper(
     assert {c.old["name"] for c in updates if c.old} == {f"n{i}" for i in range(20)}
 
 
+def test_an_expired_attribute_a_later_before_flush_listener_sets_has_its_old_value(
+    events: dbevents.Events, tables: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """The application's own before_flush runs after dbevents' (installed first)."""
+    maker = events.install(sa_orm.sessionmaker(tables))
+
+    @sa_event.listens_for(maker, "before_flush")
+    def stamp(session: sa_orm.Session, context: Any, instances: Any) -> None:
+        for obj in session.dirty:
+            if isinstance(obj, Contact):
+                obj.email = "same@x"  # its stored value: nothing to report
+                obj.company_id = None  # stored None too
+
+    try:
+        with maker() as session:
+            session.add(Contact(id=1, email="same@x", name="A"))
+            session.commit()
+            contact = session.get_one(Contact, 1)
+            session.expire(contact)
+            contact.name = "B"
+            session.commit()
+    finally:
+        events.uninstall(maker)
+    assert summary(changesets[-1]) == [("update", "contacts", (1,), {"name": "A"}, {"name": "B"})]
+
+
 def test_delete_has_the_row_even_when_it_was_expired(
     Session: Any, changesets: list[ChangeSet]
 ) -> None:

@@ -55,12 +55,15 @@ def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 old.update((key, committed[key]) for key in assigned)
                 fs.assigned[state] = assigned
             fs.generated_old[state] = old
-        if state in fs.seen:
-            continue
-        # a row the flush found itself: a child whose key a one-to-many relationship set
-        if state.key is not None and plan.keep_old:
+        if (
+            state.key is not None
+            and plan.keep_old
+            and _has_no_value(state.committed_state.values())
+        ):
+            # a row the flush found itself (a child whose key a one-to-many relationship
+            # set), or one a listener of the application's changed since before_flush
             _read_unknown_old(connection, mapper, plan, state)
-        if plan.before:
+        if plan.before and state not in fs.seen:
             late_before(fs, plan, "update" if state.key is not None else "insert", state)
 
 
