@@ -839,3 +839,39 @@ def test_text_broken_over_lines_is_not_passed_on_as_it_is() -> None:
     text = changeset.to_json().decode()
     assert passed_on(changeset.id, text) is not None
     assert passed_on(changeset.id, text.replace(',"changes"', ',\n"changes"')) is None
+
+
+def test_columns_the_mapper_leaves_out_are_left_out_of_changes(
+    events: dbevents.Events, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """The unit of work never knows them: no value is better than a wrong one."""
+
+    class XBase(sa_orm.DeclarativeBase):
+        pass
+
+    table = sa.Table(
+        "excluding",
+        XBase.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(20)),
+        sa.Column("extra", sa.Integer, server_default=sa.text("9")),
+    )
+
+    class Excluding(XBase):
+        __table__ = table
+        __mapper_args__ = {"exclude_properties": ["extra"]}
+
+    XBase.metadata.create_all(engine)
+    maker = events.install(sa_orm.sessionmaker(engine))
+    try:
+        with maker() as session:
+            row = Excluding(id=1, name="n")
+            session.add(row)
+            session.commit()
+            session.delete(row)
+            session.commit()
+    finally:
+        events.uninstall(maker)
+    [inserted], [deleted] = (cs.changes for cs in changesets)
+    assert inserted.new == {"id": 1, "name": "n"}
+    assert deleted.old == {"id": 1, "name": "n"}

@@ -53,7 +53,7 @@ def _fill_incomplete(fs: FlushState, session: sa_orm.Session) -> None:
         found = select_by_identity(session, mapper, keys, idents)
         for (_, _, part, key), ident in zip(items, idents, strict=True):
             values = found.get(ident, {})
-            stored = {name: values.get(attr) if attr else None for name, attr in part.columns}
+            stored = {name: values.get(attr) for name, attr in part.columns if attr}
             buffer.complete(key, stored, NO_VALUE)
 
 

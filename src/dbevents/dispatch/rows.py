@@ -331,11 +331,15 @@ def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -
     """A table row from attribute values; False when some column is not known.
 
     Columns not known are NO_VALUE in the row, or left out with ``known_only``.
+    Columns the mapper does not map (``exclude_properties``) are left out: the
+    unit of work never knows them.
     """
     row: Row = {}
     complete = True
     for name, key in part.columns:
-        if key is not None and key in values:
+        if key is None:
+            continue
+        if key in values:
             value = values[key]
             row[name] = value if type(value) in _PLAIN else _plain(value)
         else:
