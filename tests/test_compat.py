@@ -93,6 +93,10 @@ def test_returns_defaults_and_prefixes() -> None:
     assert _compat.returns_defaults(plain.return_defaults(companies.c.id))
     (prefix,) = _compat.prefixes(plain.prefix_with("OR IGNORE"))
     assert "OR IGNORE" in str(prefix[0])
+    both = plain.prefix_with("OR REPLACE").prefix_with(sa.text("IGNORE"), dialect="mysql")
+    assert _compat.rendered_prefixes(both, "sqlite") == ["OR REPLACE"]
+    assert _compat.rendered_prefixes(both, "mysql") == ["OR REPLACE", "IGNORE"]
+    assert _compat.rendered_prefixes(plain, "sqlite") == []
 
 
 def test_callers_return_defaults_are_told_from_the_orms_own(tables: sa.Engine) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import sqlalchemy.orm as sa_orm
 
 import dbevents
 import dbevents.sinks
-from dbevents.changes import Change, ChangeSet, Op
+from dbevents.changes import Change, ChangeSet, Op, passed_on
 from dbevents.ids import new_id
 from dbevents.sinks.outbox import OutboxSink
 from dbevents.sinks.redis import RedisStreamSink
@@ -166,6 +167,63 @@ def test_behind_the_relay_every_change_set_arrives_in_order(
         sink.close()
     got = entries(client, stream)
     assert [e["id"].decode() for e in got] == [cs.id for cs in memory.changesets]
+
+
+def told_keys_payload() -> ChangeSet:
+    """A change set as a writer that knows its tables wrote it: with ``key_columns`` of two
+    tables that no model of this process maps (a relay imports none)."""
+    changes = (
+        Change(Op.INSERT, "shop_orders", None, ("a1",), None, {"code": "a1", "total": 5}),
+        Change(Op.INSERT, "shop_lines", None, ("a1", 1), None, {"order": "a1", "n": 1}),
+        Change(Op.DELETE, "shop_orders", None, ("a0",), {"code": "a0", "total": 1}, None),
+    )
+    written = ChangeSet(new_id(), dt.datetime.now(dt.UTC), None, changes).to_dict()
+    keys = {"shop_orders": ["code"], "shop_lines": ["order", "n"]}
+    return ChangeSet.from_dict({**written, "key_columns": keys})
+
+
+def test_per_change_entries_behind_the_relay_keep_their_tables_key_columns(
+    tables: sa.Engine, redis_url: str, client: redis.Redis[Any], stream: str
+) -> None:
+    outbox = OutboxSink()
+    outbox.create_table(tables)
+    told = told_keys_payload()
+    with tables.begin() as conn:  # the row a writer's OutboxSink would have inserted
+        row = {"id": told.id, "created_at": told.committed_at, "payload": told.to_json().decode()}
+        conn.execute(outbox.table.insert().values(attempts=0, **row))
+    sink = RedisStreamSink(redis_url, stream, per_change=True)
+    try:
+        assert dbevents.relay(tables, [sink], once=True) == 1
+    finally:
+        sink.close()
+    got = [ChangeSet.from_json(e["changeset"]) for e in entries(client, stream)]
+    assert [(part.changes[0].table, part.key_columns(part.changes[0].table)) for part in got] == [
+        ("shop_orders", ("code",)),
+        ("shop_lines", ("order", "n")),
+        ("shop_orders", ("code",)),
+    ]
+    assert [json.loads(e["changeset"])["key_columns"] for e in entries(client, stream)] == [
+        {"shop_orders": ["code"]},
+        {"shop_lines": ["order", "n"]},
+        {"shop_orders": ["code"]},
+    ]
+
+
+def test_per_change_entries_of_a_change_set_read_from_json_keep_its_key_columns(
+    client: redis.Redis[Any], stream: str
+) -> None:
+    text = told_keys_payload().to_json()
+    # parsed, and passed on undecoded as a relay does (decoded as the sink reads its changes)
+    passed = passed_on(ChangeSet.from_json(text).id, text.decode())
+    assert passed is not None
+    for changeset in (ChangeSet.from_json(text), passed):
+        RedisStreamSink(client, stream, per_change=True).publish(changeset)
+    got = [json.loads(e["changeset"]).get("key_columns") for e in entries(client, stream)]
+    assert got == 2 * [
+        {"shop_orders": ["code"]},
+        {"shop_lines": ["order", "n"]},
+        {"shop_orders": ["code"]},
+    ]
 
 
 def test_an_unreachable_server_fails_the_relay_and_keeps_the_rows(tables: sa.Engine) -> None:

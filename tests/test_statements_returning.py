@@ -119,6 +119,25 @@ KEY_SENT: dict[str, Write] = {
         )
         .all()
     ),
+    # a multi-row values() names its parameters by row (id_m0, id_m1): the rows are its values
+    "multi-row values": lambda s: s.execute(
+        items.insert()
+        .values([{"id": 100, "name": "a"}, {"id": 101, "name": "b"}])
+        .returning(items.c.qty)
+    ).all(),
+    "orm, multi-row values": lambda s: s.execute(
+        sa.insert(Item)
+        .values([{"id": 100, "name": "a", "qty": 4}, {"id": 101, "name": "b", "qty": 5}])
+        .returning(Item.name)
+    ).all(),
+    "multi-row values in column order": lambda s: s.execute(
+        items.insert().values([(100, "a", 4), (101, "b", 5)]).returning(items.c.name)
+    ).all(),
+    "multi-row values, a column as SQL": lambda s: s.execute(
+        items.insert()
+        .values([{"id": 100, "name": sa.func.lower("A")}, {"id": 101, "name": "b"}])
+        .returning(items.c.id)
+    ).all(),
 }
 
 
@@ -191,6 +210,17 @@ def test_an_insert_returning_without_a_key_is_reported_never_recorded_keyless(
     with Session() as session:
         with pytest.warns(DbEventsWarning, match="have no key it sent"):
             session.connection().execute(insert, [{"name": "a"}, {"name": "b"}])
+        session.commit()
+    assert changesets == []
+
+
+def test_a_multi_row_insert_returning_whose_key_is_sql_is_reported(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    rows = [{"id": sa.literal_column("100"), "name": "a"}, {"id": 101, "name": "b"}]
+    with Session() as session:
+        with pytest.warns(DbEventsWarning, match="have no key it sent"):
+            session.execute(items.insert().values(rows).returning(items.c.name)).all()
         session.commit()
     assert changesets == []
 

@@ -31,6 +31,7 @@ __all__ = [
     "post_updated",
     "prefixes",
     "provisioning_connection",
+    "rendered_prefixes",
     "returns_defaults",
     "returns_rows_itself",
     "sa_version",
@@ -249,6 +250,17 @@ def as_without_returning(result: sa.CursorResult[Any], *, returned_rows: bool) -
 def prefixes(statement: Any) -> tuple[Any, ...]:
     """A statement's ``prefix_with()`` prefixes, such as ``OR REPLACE`` (private: ``_prefixes``)."""
     return tuple(getattr(statement, "_prefixes", ()))
+
+
+def rendered_prefixes(statement: Any, dialect: str) -> list[str]:
+    """The text of each ``prefix_with()`` prefix a statement renders on ``dialect`` (its
+    name), such as ``OR REPLACE``.  Private: ``_prefixes``, pairs of the prefix and the
+    dialect it is for, ``"*"`` for every one."""
+    return [
+        str(getattr(prefix, "text", prefix))
+        for prefix, only in prefixes(statement)
+        if only in ("*", dialect)
+    ]
 
 
 def dml_values(statement: Any) -> list[tuple[Any, Any]] | None:

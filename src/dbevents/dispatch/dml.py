@@ -7,19 +7,26 @@ DELETE read the affected rows first (``FOR UPDATE`` where the database has it),
 or, on PostgreSQL, return old and new values from one statement.  A statement
 with a RETURNING or ``return_defaults()`` of the caller's is left as it is: an
 INSERT's rows are then the values it sent, an upsert's are read again by the
-unique key it sent, and an UPDATE's or DELETE's are read first.  After it ran,
-:func:`~.results.record_result` records its rows.
+unique key it sent, and an UPDATE's or DELETE's are read first.  SQLite's
+``INSERT OR REPLACE`` has the rows it may replace read first, by the unique key
+values it sends.  After it ran, :func:`~.results.record_result` records its rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, final
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, final
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from .._compat import callers_return_defaults, explicit_returning
+from .._compat import (
+    callers_return_defaults,
+    explicit_returning,
+    rendered_prefixes,
+    upsert_clause,
+)
 from ..changes import Op
 from ..mapping import TableSpec, column_name
 from .returning import (
@@ -33,18 +40,24 @@ from .returning import (
 from .rowids import last_rowid
 from .sequences import drawn_keys
 from .stored import (
+    AS_SQL,
+    read_matching,
     read_rows,
     read_tuples,
+    sent_values,
 )
+from .uncaptured import uncaptured
 from .upsert import KeyValues, conflicting_rows
 from .writelock import take_write_lock
 
 if TYPE_CHECKING:
     from ..session import SessionState
 
-__all__ = ["StatementPlan", "plan_statement"]
+__all__ = ["StatementPlan", "plan_statement", "replaced_rows"]
 
 Row = dict[str, Any]
+
+_OR_REPLACE: Final = re.compile(r"\s*OR\s+REPLACE\s*", re.IGNORECASE)
 
 
 @final
@@ -61,6 +74,7 @@ class StatementPlan:
         "old_columns",
         "old_rows",
         "op",
+        "replaced",
         "returns",
         "rowid",
         "session",
@@ -69,6 +83,7 @@ class StatementPlan:
         "spec",
         "statement",
         "states",
+        "untold",
     )
 
     def __init__(
@@ -89,6 +104,8 @@ class StatementPlan:
         rowid: tuple[str, int] | None = None,
         keys_sent: Sequence[tuple[Any, ...]] = (),
         conflicts: KeyValues | None = None,
+        replaced: dict[tuple[Any, ...], Row] | None = None,
+        untold: bool = False,
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -117,6 +134,10 @@ class StatementPlan:
         self.keys_sent = keys_sent
         #: an upsert that returns dbevents no rows: the key values to read them again by
         self.conflicts = conflicts
+        #: an INSERT OR REPLACE: the rows it may replace, as they were, by primary key
+        self.replaced = replaced
+        #: its rows can't be told (it was reported before it ran): nothing is recorded
+        self.untold = untold
         #: when dbevents' RETURNING made the caller's result return rows: whether SQLAlchemy
         #: makes the statement RETURN rows itself (then none are left for the caller either)
         self.bare_returns_rows: bool | None = None
@@ -147,6 +168,18 @@ def plan_statement(
     insert_returning = not own and (
         dialect.insert_executemany_returning if len(parameters) > 1 else dialect.insert_returning
     )
+    # SQLite's OR REPLACE deletes the rows whose unique key a row it writes would duplicate:
+    # those are read first, and its rows are read again after it
+    replaced = None
+    if _replaces(statement, dialect.name) and spec.unique_keys:
+        if isinstance(statement, sa.Insert) and upsert_clause(statement) is None:
+            replaced = replaced_rows(connection, spec, statement, parameters)
+        if replaced is None and _reported_replace(states, spec, statement, changed):
+            op = Op.INSERT if isinstance(statement, sa.Insert) else Op.UPDATE
+            untold = StatementPlan(
+                statement, op, spec, session, states, None, (), Returns.NEW, True, untold=True
+            )
+            return statement, parameters, untold
     # an upsert's rows are inserts or updates: which, only the rows read first can tell
     upserted = (
         conflicting_rows(
@@ -161,7 +194,9 @@ def plan_statement(
         if isinstance(statement, sa.Insert) and not spec.link
         else None
     )
-    keys_only = wanted == "keys" and upserted is None
+    sets_key = isinstance(statement, sa.Update) and not set(spec.pk).isdisjoint(changed or ())
+    # (an UPDATE that moves rows to new keys: only the rows read first tell their old ones)
+    keys_only = wanted == "keys" and upserted is None and replaced is None and not sets_key
     if keys_only:
         columns: list[Any] = [table.c[name] for name in spec.pk]
     elif isinstance(statement, sa.Update):
@@ -175,7 +210,6 @@ def plan_statement(
     set_to: tuple[Any, ...] = ()
     rowid: tuple[str, int] | None = None
     keys_sent: list[tuple[Any, ...]] = []
-    sets_key = isinstance(statement, sa.Update) and not set(spec.pk).isdisjoint(changed or ())
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         before = upserted.before if upserted is not None else None
@@ -271,5 +305,83 @@ def plan_statement(
         rowid,
         keys_sent,
         upserted.keys if upserted is not None else None,
+        replaced,
     )
     return statement, parameters, plan
+
+
+def _replaces(statement: Any, dialect: str) -> bool:
+    """Whether ``statement`` is SQLite's ``INSERT OR REPLACE`` or ``UPDATE OR REPLACE``
+    (a ``prefix_with("OR REPLACE")``), which deletes the rows whose unique key a row it
+    writes would duplicate, and then writes the row."""
+    return dialect == "sqlite" and any(
+        _OR_REPLACE.fullmatch(text) for text in rendered_prefixes(statement, dialect)
+    )
+
+
+def replaced_rows(
+    connection: sa.Connection,
+    spec: TableSpec,
+    statement: Any,
+    parameters: Sequence[Mapping[str, Any]],
+) -> dict[tuple[Any, ...], Row] | None:
+    """The rows an ``INSERT OR REPLACE`` may replace, whole, by primary key: those holding,
+    in a unique key, the values one of its rows sends (the write lock was taken: they
+    can't change before it runs).  None when a row sends a unique key as SQL, or leaves
+    it to a default computed as it runs: which rows that replaces, nothing tells."""
+    table = spec.table
+    rows = sent_values(spec, statement, parameters)
+    unsent = {
+        name: _unsent_value(column)
+        for name, column in zip(spec.columns, table.columns, strict=True)
+        if name in spec.key_columns
+    }
+    before: dict[tuple[Any, ...], Row] = {}
+    for names in spec.unique_keys:
+        values = {tuple([row.get(name, unsent[name]) for name in names]) for row in rows}
+        if any(AS_SQL in key for key in values):
+            return None
+        known = sorted((key for key in values if None not in key), key=repr)  # NULL: no match
+        if known:
+            before.update(read_matching(connection, spec, names, known, lock=False))
+    return before
+
+
+def _unsent_value(column: sa.Column[Any]) -> Any:
+    """The value a column not sent takes: its scalar default, else NULL (or a new rowid,
+    which matches no row either); :data:`~.stored.AS_SQL` for a default computed as the
+    statement runs."""
+    default = column.default
+    if default is not None:
+        return (
+            default.arg if isinstance(default, sa.ColumnDefault) and default.is_scalar else AS_SQL
+        )
+    return AS_SQL if column.server_default is not None else None
+
+
+def _reported_replace(
+    states: list[SessionState], spec: TableSpec, statement: Any, changed: set[str] | None
+) -> bool:
+    """Report an OR REPLACE whose replaced rows can't be told (see :func:`replaced_rows`),
+    as the ``raw_sql`` policies ask, before it runs; whether it was.  An UPDATE that sets
+    no column of a unique key replaces no row, and is captured as any other."""
+    name = spec.name
+    if isinstance(statement, sa.Insert) and upsert_clause(statement) is not None:
+        what, fix = "INSERT OR REPLACE", "Leave out the prefix"
+        why = "it is an upsert too, whose conflicts the two resolve in turn"
+    elif isinstance(statement, sa.Insert):
+        what, fix = "INSERT OR REPLACE", "Send the value of each unique key"
+        why = "a row sends a unique key as SQL or leaves it to a default computed as it runs"
+    elif changed is not None and spec.key_columns.isdisjoint(changed):
+        return False
+    else:
+        what, fix = "UPDATE OR REPLACE", "Leave out the prefix"
+        why = "it sets a unique key, and nothing tells which rows already hold the values it sets"
+    uncaptured(
+        states,
+        f"dbevents cannot capture what this {what} writes to {name!r}: it deletes the rows "
+        f"whose unique key a row it writes would duplicate, and {why}; neither those nor "
+        f"the rows it writes are in the change set. {fix}, or mute the block on purpose "
+        '(Events(raw_sql="ignore") silences this)',
+    )
+    return True

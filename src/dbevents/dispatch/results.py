@@ -48,8 +48,12 @@ def record_result(
 ) -> None:
     """Record and report the rows the planned statement wrote."""
     spec = plan.spec
+    if plan.untold or _translated_elsewhere(connection, plan, result):
+        return
     if plan.keys_only:
         _after_keys(connection, plan, result)
+    elif plan.replaced is not None:
+        _after_replace(connection, plan, result)
     elif plan.op in (Op.INSERT, Op.LINK):
         inserted = _inserted_rows(connection, plan, result)
         if inserted is None:
@@ -141,6 +145,7 @@ def _inserted_rows(
         connection,
         plan.spec,
         plan.columns,
+        statement,
         result,
         keys_only=plan.keys_only,
         sent=None if upsert else not prefixes(statement),
@@ -151,6 +156,78 @@ def _inserted_rows(
         if count is not None and count < len(rows):
             return None  # (PostgreSQL: another transaction added one of them meanwhile)
     return rows
+
+
+def _translated_elsewhere(
+    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
+) -> bool:
+    """Report a statement that ran with a ``schema_translate_map`` of its own (given to
+    the statement or to ``execute()``) that puts its table in another schema than the
+    connection's does, as the ``raw_sql`` policies ask; whether it was one.
+
+    The SQL dbevents ran for it (the rows read first, keys drawn from a sequence) went
+    where the connection's map puts the table: nothing it read tells these rows.
+    """
+    table = plan.spec.table
+    given = result.context.execution_options.get("schema_translate_map")
+    schema = given[table.schema] if given and table.schema in given else table.schema
+    if schema == connection.schema_for_object(table):
+        return False
+    statement = plan.statement
+    what = (
+        "INSERT"
+        if isinstance(statement, sa.Insert)
+        else "UPDATE"
+        if isinstance(statement, sa.Update)
+        else "DELETE"
+    )
+    uncaptured(
+        plan.states,
+        f"dbevents cannot capture what this {what} wrote to "
+        f"{plan.spec.name!r} in schema {schema!r}: it ran with a schema_translate_map of its "
+        "own, and dbevents ran its own SQL for it where the connection's map puts the table "
+        "(keys a bulk INSERT sent may come from that table's sequence); nothing of it is in "
+        "the change set. Give the map to the session's connection (session.connection("
+        "execution_options=...)) or to the engine it is bound to",
+    )
+    return True
+
+
+def _after_replace(
+    connection: sa.Connection, plan: StatementPlan, result: sa.CursorResult[Any]
+) -> None:
+    """Record and report the rows an INSERT OR REPLACE wrote, and those it replaced.
+
+    Its rows and those read before it (:func:`~.dml.replaced_rows`) are read again by key:
+    a row read before and gone now was deleted, one still there was replaced under its own
+    key (an update, of the values that differ), and any other found is an insert (a row
+    it added and then replaced itself with a later one is not).
+    """
+    spec, before = plan.spec, plan.replaced
+    assert before is not None
+    inserted = _inserted_rows(connection, plan, result)
+    if inserted is None:
+        _untold(plan)
+        return
+    pks = list(dict.fromkeys([*before, *keys_of(spec, inserted)]))
+    after = read_rows(connection, spec, None, [], pks=pks)
+    deleted = {pk: row for pk, row in before.items() if pk not in after}
+    kept = [pk for pk in before if pk in after]
+    added = [row for pk, row in after.items() if pk not in before]
+    gone = Op.UNLINK if spec.link else Op.DELETE
+    record_rows(plan.session, plan.states, spec, gone, deleted, None)
+    record_update(
+        plan.session,
+        plan.states,
+        spec,
+        {pk: before[pk] for pk in kept},
+        {pk: after[pk] for pk in kept},
+        sets_key=False,
+    )
+    record_rows(plan.session, plan.states, spec, plan.op, None, added)
+    report(Written(spec, gone, list(deleted)))
+    report(Written(spec, Op.UPDATE, kept))
+    report(Written(spec, plan.op, (), added))
 
 
 def _untold(plan: StatementPlan) -> None:
@@ -167,7 +244,7 @@ def _untold(plan: StatementPlan) -> None:
         why, fix = "nothing tells which of the rows it sends it added", "Leave out the prefix"
     else:
         why, fix = (
-            "the rows have no key it sent",
+            "the rows have no key it sent (as a value, not SQL)",
             "Execute it with a list of parameter sets "
             "(session.execute(insert(M).returning(...), [row])), or send the key",
         )

@@ -114,7 +114,8 @@ def _plain_rowid_table(connection: sa.Connection, table: sa.Table) -> bool:
     and every trigger on it (temporary triggers in ``temp``'s).
     """
     quote = connection.dialect.identifier_preparer.quote_schema
-    schemas = [quote(table.schema)] if table.schema else ["main"]
+    schema = connection.schema_for_object(table)  # (that of the schema_translate_map)
+    schemas = [quote(schema)] if schema else ["main"]
     query = " UNION ALL ".join(
         f"SELECT type, sql FROM {schema}.sqlite_master WHERE tbl_name = ? COLLATE NOCASE"
         for schema in (*schemas, "temp")

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from ..mapping import TableSpec
 from .returning import plain_insert, sends_value
-from .stored import SKIP_CAPTURE
+from .stored import SKIP_CAPTURE, table_name
 
 __all__ = ["drawn_keys"]
 
@@ -74,7 +74,8 @@ def drawn_keys(
     # a default of SQLAlchemy's (Python, or a Sequence it renders), or a key sent
     if key.default is not None or sends_value(key, statement, parameters):
         return None
-    name = connection.dialect.identifier_preparer.format_table(table)
+    # the table the INSERT writes: in the schema the connection's schema_translate_map gives it
+    name = table_name(connection, table)
     sequence = connection.execute(
         _SEQUENCE_OF, {"table": name, "column": key.name}, execution_options=_OPTIONS
     ).scalar()

@@ -16,9 +16,11 @@ from typing import Any, Final
 import sqlalchemy as sa
 from sqlalchemy.sql import operators
 
+from .._compat import dml_values, multi_values
 from ..mapping import TableSpec, column_name
 
 __all__ = [
+    "AS_SQL",
     "SKIP_CAPTURE",
     "Row",
     "equality_criteria",
@@ -35,8 +37,12 @@ __all__ = [
     "returned_rows",
     "rows_by_key",
     "sent_rows",
+    "sent_values",
+    "table_name",
 ]
 
+#: a value an INSERT sends as SQL (see :func:`sent_values`)
+AS_SQL: Final[Any] = object()
 #: execution option: this statement is dbevents' own bookkeeping (the outbox, load):
 #: neither captured nor reported as raw SQL, on a statement or on a whole connection
 SKIP_CAPTURE: Final = "dbevents_skip_capture"
@@ -61,6 +67,19 @@ def locked(
     if connection.dialect.name == "sqlite":
         return query
     return query.with_for_update(key_share=not keys_change)
+
+
+def table_name(connection: sa.Connection, table: sa.Table) -> str:
+    """``table``'s name as SQL text on ``connection``, in the schema its
+    ``schema_translate_map`` gives the table: the table a statement of it writes.
+
+    For the SQL dbevents writes as text, which SQLAlchemy does not translate
+    (statements made of the table are translated as they compile).
+    """
+    preparer = connection.dialect.identifier_preparer
+    schema = connection.schema_for_object(table)
+    name = preparer.quote(table.name)
+    return f"{preparer.quote_schema(schema)}.{name}" if schema else name
 
 
 def pk_of(spec: TableSpec, row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -283,13 +302,14 @@ def inserted_rows(
     connection: sa.Connection,
     spec: TableSpec,
     columns: Sequence[sa.ColumnElement[Any]],
+    statement: Any,
     result: sa.CursorResult[Any],
     *,
     keys_only: bool = False,
     sent: bool | None = True,
 ) -> list[Row] | None:
-    """The inserted rows as stored: from RETURNING, else from what was sent, then re-read;
-    None when neither tells them.
+    """The rows ``statement`` inserted, as stored: from RETURNING, else from what it sent,
+    then re-read; None when neither tells them.
 
     :param sent: whether the INSERT adds a row for each one it sends (a plain INSERT), or
         may leave some out (False: a prefix such as ``OR IGNORE``; all or none of them are
@@ -303,7 +323,7 @@ def inserted_rows(
     if rows is None:
         if sent is None:
             return None
-        rows = sent_rows(spec, result)
+        rows = sent_rows(spec, statement, result)
         if not sent:
             count = known_rowcount(result)
             if count == 0:
@@ -331,9 +351,12 @@ def _keyed(spec: TableSpec, row: Row) -> bool:
     return all(name in row for name in spec.pk)
 
 
-def sent_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
+def sent_rows(spec: TableSpec, statement: Any, result: sa.CursorResult[Any]) -> list[Row]:
     """The rows an INSERT sent, by column name, with the key where the driver tells it
     (``lastrowid``); a column whose value is SQL is left out, and so is a key not sent."""
+    if multi_values(statement) is not None:  # (its parameters are named by row: id_m0, ...)
+        rows = sent_values(spec, statement, ())
+        return [{name: v for name, v in row.items() if v is not AS_SQL} for row in rows]
     compiled = result.context.compiled_parameters  # type: ignore[attr-defined, unused-ignore]
     try:
         keys: Iterable[Any] = result.inserted_primary_key_rows
@@ -351,6 +374,44 @@ def sent_rows(spec: TableSpec, result: sa.CursorResult[Any]) -> list[Row]:
                 row[column_name(column)] = value
         rows.append(row)
     return rows
+
+
+def sent_values(
+    spec: TableSpec, statement: Any, parameters: Sequence[Mapping[str, Any]]
+) -> list[Row]:
+    """The values each row of an INSERT sends, before it runs, by column name: those of its
+    ``values()`` (one row each of a multi-row one) with each parameter set's over them;
+    :data:`AS_SQL` for a value given as SQL, which only the database knows."""
+    table = spec.table
+    names = {column.key: name for column, name in zip(table.columns, spec.columns, strict=True)}
+    multi = multi_values(statement)
+    if multi is not None:
+        return [_values_of(table, names, values) for values in multi]
+    base = _values_of(table, names, dict(dml_values(statement) or ()))
+    return [
+        {**base, **{names[key]: value for key, value in params.items() if key in names}}
+        for params in parameters or [{}]
+    ]
+
+
+def _values_of(table: sa.Table, names: Mapping[str, str], values: Any) -> Row:
+    """One row of ``values()``: a dict by column key or column (the ORM's), or a sequence
+    in column order."""
+    pairs = (
+        values.items() if isinstance(values, Mapping) else zip(table.columns, values, strict=False)
+    )
+    row: Row = {}
+    for key, value in pairs:
+        name = names.get(key.key if isinstance(key, sa.Column) else key)
+        if name is None:
+            continue
+        if isinstance(value, sa.BindParameter):
+            # (a value computed as it compiles, or one a parameter set gives, is not known yet)
+            value = AS_SQL if value.callable is not None or value.required else value.value
+        elif isinstance(value, sa.ClauseElement):
+            value = AS_SQL
+        row[name] = value
+    return row
 
 
 def known_rowcount(result: sa.CursorResult[Any]) -> int | None:

@@ -19,26 +19,36 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
-from .stored import SKIP_CAPTURE
+from .stored import SKIP_CAPTURE, table_name
 
 __all__ = ["take_write_lock"]
 
 _OPTIONS: Final = {SKIP_CAPTURE: True}
 
-#: the transaction each connection took the write lock in: once is enough
-_locked: weakref.WeakKeyDictionary[sa.Connection, Any] = weakref.WeakKeyDictionary()
+#: the transaction each connection took write locks in, and of which databases (schemas:
+#: an attached database has a lock of its own): once each is enough
+_locked: weakref.WeakKeyDictionary[sa.Connection, tuple[Any, set[str | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def take_write_lock(connection: sa.Connection, table: Any, kind: type[Any]) -> None:
     """Take the database's write lock before an INSERT, UPDATE or DELETE (``kind``, the
-    statement's class) of ``table`` (SQLite only, once per transaction)."""
+    statement's class) of ``table`` (SQLite only, once per transaction and database)."""
     if connection.dialect.name != "sqlite" or not isinstance(table, sa.Table):
         return
     transaction = connection.get_transaction()
-    if transaction is None or _locked.get(connection) is transaction:
+    if transaction is None:
+        return
+    # the database the write is about to write: the schema schema_translate_map gives it
+    schema = connection.schema_for_object(table)
+    taken = _locked.get(connection)
+    if taken is None or taken[0] is not transaction:
+        taken = (transaction, set())
+    elif schema in taken[1]:
         return
     # plain SQL: SQLAlchemy would compute the table's Python defaults for the statement
-    name = connection.dialect.identifier_preparer.format_table(table)
+    name = table_name(connection, table)
     column = connection.dialect.identifier_preparer.quote(
         next(iter(table.primary_key.columns or table.columns)).name
     )
@@ -49,4 +59,5 @@ def take_write_lock(connection: sa.Connection, table: Any, kind: type[Any]) -> N
     else:
         noop = f"DELETE FROM {name} WHERE 0"
     connection.exec_driver_sql(noop, execution_options=_OPTIONS)
-    _locked[connection] = transaction
+    taken[1].add(schema)
+    _locked[connection] = taken

@@ -4,12 +4,13 @@ Every entry carries the change set's ``id``, so consumers (consumer groups
 scale them out) drop the duplicates that at-least-once delivery through the
 relay can bring.  Entries hold the change set as JSON under ``changeset``;
 with ``per_change=True`` there is one entry per change, whose ``changeset``
-holds that change alone, with ``index`` and ``count`` telling its place.
+holds that change alone (and its table's key columns, where the change set
+tells them), with ``index`` and ``count`` telling its place.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, final
 
 from ..changes import ChangeSet
@@ -127,9 +128,20 @@ class RedisStreamSink:
         if not self.per_change:
             yield {"id": changeset.id, "changeset": changeset.to_json()}
             return
-        count = str(len(changeset.changes))
-        for index, change in enumerate(changeset.changes):
+        changes = changeset.changes  # (decodes a change set passed on, and its key columns)
+        count = str(len(changes))
+        # the key columns its JSON told (a relay's change sets), each entry its table's; one
+        # made in this process knows them itself, as the entry's change set does
+        told = changeset._keys
+        keys: dict[str, Mapping[str, tuple[str, ...]]] = {}
+        for index, change in enumerate(changes):
             single = ChangeSet(changeset.id, changeset.committed_at, changeset.actor, (change,))
+            if told is not None:
+                table = change.table
+                key = keys.get(table)
+                if key is None:
+                    key = keys[table] = {table: told[table]} if table in told else {}
+                object.__setattr__(single, "_keys", key)
             yield {
                 "id": changeset.id,
                 "index": str(index),
