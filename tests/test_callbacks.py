@@ -459,6 +459,14 @@ def test_install_refuses_what_would_touch_every_session(target: Any) -> None:
         dbevents.Events().install(target)
 
 
+def test_an_engine_made_from_a_configured_one_counts_as_configured(tmp_path: Any) -> None:
+    engine = dbevents.sqlite.configure(sa.create_engine(f"sqlite:///{tmp_path}/x.db"))
+    derived = engine.execution_options(logging_token="t")  # shares its pool and its BEGIN
+    assert dbevents.sqlite.is_configured(derived)
+    dbevents.Events().install(sa_orm.sessionmaker(derived))  # no warning (they are errors here)
+    engine.dispose()
+
+
 def test_unconfigured_sqlite_bind_warns(tmp_path: Any) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path}/x.db")
     with pytest.warns(dbevents.DbEventsWarning, match="sqlite.configure"):

@@ -20,7 +20,7 @@ from dbevents import ChangeSet, Op, RowSet
 from dbevents.dispatch.record import update_diffs
 from dbevents.dispatch.stored import read_tuples
 from dbevents.mapping import table_spec
-from tests.fixtures import table_rows
+from tests.fixtures import recorded_sql, table_rows
 
 
 class SBase(sa_orm.DeclarativeBase):
@@ -831,3 +831,22 @@ def test_row_level_callbacks_on_statements_see_objects(
     seen.clear()
     run(Session, lambda s: s.execute(sa.delete(Item).where(Item.id <= 2)))
     assert sorted(seen) == [("after_destroy", 1), ("after_destroy", 2)]
+
+
+def test_a_session_on_an_engine_made_by_execution_options_is_captured_once(
+    events: dbevents.Events, db: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """It shares the events of the engine it was made from: listening on both would run
+    dbevents twice for each statement."""
+    sent = recorded_sql(db)
+    for name, bind in (("x", db), ("y", db.execution_options(logging_token="tenant"))):
+        maker = events.install(sa_orm.sessionmaker(bind))
+        try:
+            with maker() as session:
+                session.execute(sa.update(Item).where(Item.id == 1), {"name": name})
+                session.commit()
+        finally:
+            events.uninstall(maker)
+    half = len(sent) // 2
+    assert sent[:half] == sent[half:]  # the same SQL, once each
+    assert [len(cs.changes) for cs in changesets] == [1, 1]

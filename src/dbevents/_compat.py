@@ -31,6 +31,7 @@ __all__ = [
     "post_updated",
     "prefixes",
     "provisioning_connection",
+    "root_engine",
     "rendered_prefixes",
     "returns_defaults",
     "returns_rows_itself",
@@ -60,6 +61,17 @@ def committed_state(state: sa_orm.InstanceState[Any]) -> dict[str, Any]:
     what ``active_history=True`` would have done on the attribute.
     """
     return state.committed_state
+
+
+def root_engine(engine: sa.Engine) -> sa.Engine:
+    """The engine ``engine.execution_options(...)`` was made from, if it was.
+
+    Such an engine shares the pool and the events of the one it came from, so
+    dbevents listens on that one only, once.  Private: ``OptionEngine._proxied``.
+    """
+    while isinstance(getattr(engine, "_proxied", None), sa.Engine):
+        engine = engine._proxied  # type: ignore[attr-defined]
+    return engine
 
 
 def flush_candidates(

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import sqlalchemy as sa
 import sqlalchemy.event as sa_event
 
+from ._compat import root_engine
+
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -47,8 +49,9 @@ def configure(engine: E) -> E:
 
 
 def is_configured(engine: sa.Engine) -> bool:
-    """Tell whether :func:`configure` ran on ``engine``."""
-    return bool(engine.__dict__.get(_CONFIGURED_KEY))
+    """Tell whether :func:`configure` ran on ``engine`` (or the one it was made from with
+    ``execution_options()``, whose pool it shares)."""
+    return bool(root_engine(engine).__dict__.get(_CONFIGURED_KEY))
 
 
 def _disable_driver_transactions(dbapi_connection: Any, connection_record: Any) -> None:

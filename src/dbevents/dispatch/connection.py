@@ -36,6 +36,7 @@ from .._compat import (
     dml_table,
     provisioning_connection,
     returns_rows_itself,
+    root_engine,
     supplemental_returning,
     where_criteria,
 )
@@ -63,7 +64,7 @@ _plans: weakref.WeakKeyDictionary[sa.Connection, list[StatementPlan]] = weakref.
 def bind_connection(session: sa_orm.Session, connection: sa.Connection) -> None:
     """Attribute ``connection`` to ``session`` and make sure its engine is listened to."""
     _owners[connection] = weakref.ref(session)
-    engine = connection.engine
+    engine = root_engine(connection.engine)  # (one made by execution_options() shares its events)
     if not engine.__dict__.get(_LISTENING):
         engine.__dict__[_LISTENING] = True
         sa_event.listen(engine, "before_execute", _before_execute, retval=True)
