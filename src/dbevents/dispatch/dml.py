@@ -38,14 +38,9 @@ from .returning import (
     updated_columns,
 )
 from .rowids import last_rowid
+from .sent import AS_SQL, sent_values
 from .sequences import drawn_keys
-from .stored import (
-    AS_SQL,
-    read_matching,
-    read_rows,
-    read_tuples,
-    sent_values,
-)
+from .stored import read_matching, read_rows, read_tuples
 from .uncaptured import uncaptured
 from .upsert import KeyValues, conflicting_rows
 from .writelock import take_write_lock
@@ -349,7 +344,7 @@ def replaced_rows(
 
 def _unsent_value(column: sa.Column[Any]) -> Any:
     """The value a column not sent takes: its scalar default, else NULL (or a new rowid,
-    which matches no row either); :data:`~.stored.AS_SQL` for a default computed as the
+    which matches no row either); :data:`~.sent.AS_SQL` for a default computed as the
     statement runs."""
     default = column.default
     if default is not None:

@@ -20,13 +20,13 @@ from typing import Any, final
 
 import sqlalchemy as sa
 
-from .._compat import dml_values, multi_values, upsert_clause
+from .._compat import upsert_clause
 from ..mapping import TableSpec
+from .sent import AS_SQL, sent_values
 from .stored import Row, read_matching, read_rows
 
 __all__ = ["Conflicts", "KeyValues", "conflicting_rows", "upserted_rows"]
 
-_UNKNOWN: Any = object()
 
 #: unique keys, each as its column names and the distinct values the rows send for them
 KeyValues = list[tuple[Sequence[str], list[tuple[Any, ...]]]]
@@ -71,9 +71,9 @@ def conflicting_rows(
     nothing = type(clause).__name__ == "OnConflictDoNothing"
     if nothing and returns_rows:
         return None
-    rows = _sent_rows(spec.table, statement, parameters)
+    rows = sent_values(spec, statement, parameters)
     sent = [
-        (names, [tuple([row.get(name, _UNKNOWN) for name in names]) for row in rows])
+        (names, [tuple([row.get(name, AS_SQL) for name in names]) for row in rows])
         for names in _conflict_keys(spec, clause)
     ]
     keys: KeyValues = []
@@ -112,7 +112,7 @@ def upserted_rows(
 def _known(values: tuple[Any, ...]) -> bool:
     """Whether key values sent are values a row can be found by (no SQL, no NULL, which
     never conflicts)."""
-    return _UNKNOWN not in values and None not in values
+    return AS_SQL not in values and None not in values
 
 
 def _conflict_keys(spec: TableSpec, clause: Any) -> Sequence[Sequence[str]]:
@@ -136,37 +136,3 @@ def _column_name(table: sa.Table, target: Any) -> str | None:
     if isinstance(target, sa.Column) and target.table is table:
         return target.name
     return None
-
-
-def _sent_rows(
-    table: sa.Table, statement: Any, parameters: Sequence[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
-    """The column values of each row the INSERT sends, by column name (``_UNKNOWN``: SQL)."""
-    names = {column.key: column.name for column in table.columns}
-    multi = multi_values(statement)
-    if multi is not None:
-        return [_row_of(table, names, values) for values in multi]
-    base = _row_of(table, names, dict(dml_values(statement) or []))
-    return [
-        {**base, **{names[key]: value for key, value in params.items() if key in names}}
-        for params in parameters or [{}]
-    ]
-
-
-def _row_of(table: sa.Table, names: dict[str, str], values: Any) -> dict[str, Any]:
-    if not isinstance(values, Mapping):  # a row given as a sequence, in column order
-        values = dict(zip(table.columns, values, strict=False))
-    row: dict[str, Any] = {}
-    for key, value in values.items():
-        name = key.name if isinstance(key, sa.Column) else names.get(key)
-        if name is not None:
-            row[name] = _literal(value)
-    return row
-
-
-def _literal(value: Any) -> Any:
-    if isinstance(value, sa.BindParameter):
-        return value.effective_value if value.callable is not None else value.value
-    if isinstance(value, sa.ColumnElement):
-        return _UNKNOWN  # a SQL expression: its value is known only to the database
-    return value
