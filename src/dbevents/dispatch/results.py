@@ -9,7 +9,7 @@ be told are reported under the ``raw_sql`` policy, never guessed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -34,9 +34,6 @@ from .stored import (
 from .uncaptured import uncaptured
 from .upsert import upserted_rows
 from .written import Written, collecting, report
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["record_result"]
 
