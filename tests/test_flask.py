@@ -19,6 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 import dbevents
 from dbevents.fields import UID, Authorship, Timestamps
 from dbevents.flask import DBEvents
+from tests.fixtures import recorded_sql
 from tests.servers import PostgresServer
 
 
@@ -134,6 +135,21 @@ def test_sinks_by_import_name(make_app: MakeApp, db_url: str) -> None:
         _add_memo("x")
         (sink,) = app.extensions["dbevents"].sinks
         assert isinstance(sink, dbevents.MemorySink) and len(sink.changesets) == 1
+
+
+def test_sqlite_immediate_begins_write_transactions_at_once(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'i.db'}", DBEVENTS_SQLITE_CONFIGURE="IMMEDIATE")
+    with app.app_context():
+        sent = recorded_sql(db.engine)
+        _add_memo("x")
+    assert "BEGIN IMMEDIATE" in sent
+
+
+def test_a_bad_sqlite_configure_value_fails_at_init(make_app: MakeApp, tmp_path: Path) -> None:
+    with pytest.raises(dbevents.ConfigurationError, match="DBEVENTS_SQLITE_CONFIGURE"):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_SQLITE_CONFIGURE="EXCLUSIVE")
 
 
 @pytest.mark.parametrize("bad", ["dbevents", "dbevents:Op", "dbevents:Nope", "nope:x", 42])

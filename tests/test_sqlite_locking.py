@@ -131,3 +131,33 @@ def test_taking_the_lock_runs_no_default_of_the_table(
     assert next(_stamps) == before + 2  # one call in between: the UPDATE's own
     with engine.connect() as conn:
         assert conn.execute(sa.select(Stamped.stamp)).scalar_one() == before + 1
+
+
+@pytest.mark.parametrize("begin", ["DEFERRED", "IMMEDIATE"])
+def test_two_transactions_that_read_then_write(tmp_path: Any, begin: Any) -> None:
+    """With BEGIN (deferred) the second writer fails at once, since waiting could
+    deadlock; with BEGIN IMMEDIATE it waits for the first to end, then writes."""
+    engine = dbevents.sqlite.configure(
+        sa.create_engine(f"sqlite:///{tmp_path}/rw.db", connect_args={"timeout": 5}), begin=begin
+    )
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(Company), [{"id": 1, "name": "a", "rating": 0}])
+    bump = sa.update(Company).where(Company.id == 1).values(rating=Company.rating + 1)
+
+    def read_then_write(conn: sa.Connection) -> None:
+        conn.execute(sa.select(Company.rating)).all()
+        conn.execute(bump)
+
+    with another_writer(engine, read_then_write):  # holds the write lock for a while
+        try:
+            with engine.begin() as conn:
+                read_then_write(conn)
+            failed = False
+        except sa.exc.OperationalError as error:
+            assert "database is locked" in str(error)
+            failed = True
+    with engine.connect() as conn:
+        rating = conn.scalar(sa.select(Company.rating))
+    assert (failed, rating) == ((True, 1) if begin == "DEFERRED" else (False, 2))
+    engine.dispose()

@@ -39,7 +39,8 @@ ErrorHandler = Callable[[Exception, Callable[..., Any], ChangeSet], Any]
 class Events:
     """Model callbacks and committed change sets for the sessions it is installed on.
 
-    :param sinks: receive every committed :class:`ChangeSet`, in order, after the commit.
+    :param sinks: receive every committed :class:`ChangeSet` after the commit, those of one
+        thread or task in commit order.
     :param abort: ``"skip"`` (default) skips a vetoed operation where that is safe and
         raises :class:`AbortError` otherwise; ``"raise"`` always raises.
     :param robust: when ``False``, failures of after-commit receivers are raised as an

@@ -20,7 +20,10 @@ Configuration, read per app:
   not a sink is called to make one).
 - ``DBEVENTS_ACTOR``: a callable (or ``"module:attr"``) returning the actor; by default the
   logged-in user's ``get_id()`` when Flask-Login is installed and a request is active.
-- ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`.
+- ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`;
+  ``"IMMEDIATE"`` applies it with ``begin="IMMEDIATE"``, for apps serving requests in
+  several threads or processes (a request then waits for another's write to end rather
+  than fail with "database is locked").
 - ``DBEVENTS_OUTBOX_TABLE``: the outbox table ``flask dbevents relay`` drains; by default that of
   the app's :class:`~dbevents.sinks.outbox.OutboxSink`, else ``dbevents_outbox``.
 
@@ -141,8 +144,13 @@ class DBEvents:
             actor=actor,
             outbox_table=config.get("DBEVENTS_OUTBOX_TABLE") or None,
         )
-        if config.get("DBEVENTS_SQLITE_CONFIGURE", True):
-            _configure_sqlite(app, db)
+        sqlite_mode = config.get("DBEVENTS_SQLITE_CONFIGURE", True)
+        if sqlite_mode not in (True, False, "IMMEDIATE", "DEFERRED"):
+            raise ConfigurationError(
+                f"DBEVENTS_SQLITE_CONFIGURE must be True, False or 'IMMEDIATE', not {sqlite_mode!r}"
+            )
+        if sqlite_mode:
+            _configure_sqlite(app, db, "IMMEDIATE" if sqlite_mode == "IMMEDIATE" else "DEFERRED")
         self.events.install(db.session)
         for command in (_dumpdata, _loaddata, _group):
             app.cli.add_command(command)
@@ -263,7 +271,9 @@ def _flask_login_user() -> Any:
     return current_user._get_current_object()
 
 
-def _configure_sqlite(app: flask.Flask, db: SQLAlchemy) -> None:
+def _configure_sqlite(
+    app: flask.Flask, db: SQLAlchemy, begin: Literal["DEFERRED", "IMMEDIATE"]
+) -> None:
     with app.app_context():
         try:
             engines = dict(db.engines)
@@ -274,7 +284,7 @@ def _configure_sqlite(app: flask.Flask, db: SQLAlchemy) -> None:
             ) from error
     for engine in engines.values():
         try:
-            sqlite.configure(engine)
+            sqlite.configure(engine, begin=begin)
         except Exception:  # a test double or a proxy: leave it as it is
             logger.debug("dbevents: could not configure %r for SQLite savepoints", engine)
 

@@ -31,7 +31,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> flask.Flask:
             SQLALCHEMY_DATABASE_URI=f"sqlite:///{instance / 'crm.db'}",
             DATA_DIR=str(instance / "data"),
         )
-    app.config.update(SECRET_KEY="change me", JSON_SORT_KEYS=False)
+    # flask run serves requests in threads: on SQLite each transaction then waits its turn for
+    # the write lock, rather than fail with "database is locked" when another request writes
+    app.config.update(
+        SECRET_KEY="change me", JSON_SORT_KEYS=False, DBEVENTS_SQLITE_CONFIGURE="IMMEDIATE"
+    )
     app.config.update(config or {})
     db.init_app(app)
     dbevents_ext.init_app(app)
