@@ -216,3 +216,11 @@ def delivered(changeset: dbevents.ChangeSet) -> Diff:
         )
         for c in changeset.changes
     }
+
+
+def all_delivered(received: list[dbevents.ChangeSet]) -> Diff:
+    """Several change sets in the shape of :func:`table_diff`, later ones over earlier ones."""
+    out: Diff = {}
+    for changeset in received:
+        out.update(delivered(changeset))
+    return out

@@ -31,7 +31,7 @@ class Blockable:
 
     @dbevents.before_insert
     def blocked(cls, fields: dict[str, Any]) -> bool:
-        return fields["status"] == "blocked"
+        return bool(fields["status"] == "blocked")
 
 
 class Order(Blockable, IBase):

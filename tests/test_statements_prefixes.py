@@ -25,7 +25,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 import dbevents
 from dbevents import ChangeSet
 from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
-from tests.fixtures import Diff, committed_diff, delivered, installed, installed_on, snapshot
+from tests.fixtures import (
+    all_delivered,
+    committed_diff,
+    installed,
+    installed_on,
+    snapshot,
+)
 
 TABLES = ("items", "tokens")
 
@@ -78,13 +84,6 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
     events: dbevents.Events, db: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
     yield from installed(events, db, PBase.metadata)
-
-
-def all_delivered(changesets: list[ChangeSet]) -> Diff:
-    out: Diff = {}
-    for changeset in changesets:
-        out.update(delivered(changeset))
-    return out
 
 
 REPLACE = sa.insert(Item).prefix_with("OR REPLACE")

@@ -27,8 +27,8 @@ from dbevents import ChangeSet
 from dbevents.exceptions import DbEventsWarning
 from tests.fixtures import (
     Diff,
+    all_delivered,
     committed_diff,
-    delivered,
     installed,
     installed_async,
     snapshot,
@@ -69,13 +69,6 @@ def Session(  # noqa: N802 - a session factory reads best as a class name
     events: dbevents.Events, db: sa.Engine
 ) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
     yield from installed(events, db, RBase.metadata)
-
-
-def all_delivered(changesets: list[ChangeSet]) -> Diff:
-    out: Diff = {}
-    for changeset in changesets:
-        out.update(delivered(changeset))
-    return out
 
 
 def check_delivered(db: sa.Engine, maker: Any, changesets: list[ChangeSet], write: Write) -> Diff:
