@@ -141,6 +141,7 @@ class MapperSpec:
         "column_keys",
         "columns_of_key",
         "generated_keys",
+        "identity_keys",
         "many_to_one",
         "mapper",
         "model",
@@ -175,6 +176,8 @@ class MapperSpec:
         self.column_keys = frozenset(self.columns_of_key)
         #: the attributes of the primary key columns of every table of the mapper
         self.pk_keys = frozenset(key for part in self.parts for key in part.pk_keys if key)
+        #: the attribute of each value of an identity key (``mapper.primary_key``), or None
+        self.identity_keys = tuple(attribute_key(mapper, column) for column in mapper.primary_key)
         #: attributes the database or SQLAlchemy may set during an UPDATE without history
         generated: set[str] = set()
         python_onupdate: set[str] = set()

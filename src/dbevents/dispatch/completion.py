@@ -49,7 +49,7 @@ def _fill_incomplete(fs: FlushState, session: sa_orm.Session) -> None:
     for mapper, items in by_mapper.items():
         spec = items[0][0]
         keys = sorted(spec.column_keys)
-        idents = [_identity(mapper, st) for _, st, _, _ in items]
+        idents = [_identity(spec, st) for _, st, _, _ in items]
         found = select_by_identity(session, mapper, keys, idents)
         for (_, _, part, key), ident in zip(items, idents, strict=True):
             values = found.get(ident, {})
@@ -111,13 +111,13 @@ def _remembered_states(written: list[Any]) -> set[State]:
     return states
 
 
-def _identity(mapper: sa_orm.Mapper[Any], state: State) -> tuple[Any, ...]:
+def _identity(spec: MapperSpec, state: State) -> tuple[Any, ...]:
     """The key the row has now.  Not ``state.key`` while it can still be the old one: the
     session takes a changed primary key into the identity map only after this event."""
     values = state.dict
-    ident = [values.get(attribute_key(mapper, column) or "") for column in mapper.primary_key]
+    ident = [values.get(key) if key else None for key in spec.identity_keys]
     if None not in ident:
         return tuple(ident)
     if state.key is not None:
         return state.key[1]
-    return tuple(mapper.primary_key_from_instance(state.obj()))
+    return tuple(spec.mapper.primary_key_from_instance(state.obj()))

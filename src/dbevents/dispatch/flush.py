@@ -22,7 +22,7 @@ from .._compat import NO_VALUE, flush_candidates, flush_running
 from ..capture import Buffer, Key
 from ..changes import Op
 from ..exceptions import ConfigurationError
-from ..mapping import MapperSpec, TablePart, attribute_key
+from ..mapping import MapperSpec, TablePart, mapper_spec
 from ..registry import Callbacks, first_veto, vetoes_nothing
 from ..rowset import RowSet
 from .oldvalues import load_old_values
@@ -258,9 +258,8 @@ def key_value(state: State, key: str) -> Any:
     if value is None and state.key is None:
         return NO_VALUE  # a key the INSERT of a new object will generate
     if value is NO_VALUE and state.key is not None:
-        mapper = state.mapper
-        for column, ident in zip(mapper.primary_key, state.key[1], strict=False):
-            if attribute_key(mapper, column) == key:
+        for name, ident in zip(mapper_spec(state.mapper).identity_keys, state.key[1], strict=False):
+            if name == key:
                 return ident
     return value
 
