@@ -117,10 +117,10 @@ def deliver_queued() -> None:
     they were committed, so a sink that keeps rows never applies a later change
     before an earlier one.
     """
-    order = _current_order()
+    order = _order.get()
+    if order is None or not order.queue or order.delivering or order.owner != _strand():
+        return  # (nothing queued here: the usual case, on every transaction's end)
     queue = order.queue
-    if not queue or order.delivering:
-        return
     order.delivering = True
     errors: list[Exception] = []
     try:

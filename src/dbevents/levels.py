@@ -25,12 +25,13 @@ __all__ = ["CaptureLevels"]
 class CaptureLevels:
     """The capture levels set for one :class:`~dbevents.Events`, resolved per mapper."""
 
-    __slots__ = ("_by_mapper", "settings")
+    __slots__ = ("_by_mapper", "_by_table", "settings")
 
     def __init__(self) -> None:
         #: the levels set, by class, class name or table name
         self.settings: dict[type[Any] | str, CaptureLevel] = {}
         self._by_mapper: dict[sa_orm.Mapper[Any], CaptureLevel] = {}
+        self._by_table: dict[TableSpec, CaptureLevel] = {}
 
     def set(self, key: type[Any] | str, level: CaptureLevel) -> None:
         """Set the level of a class, a class name or a table name."""
@@ -38,6 +39,7 @@ class CaptureLevels:
             raise ConfigurationError(f"capture level must be one of {LEVELS}, not {level!r}")
         self.settings[key] = level
         self._by_mapper.clear()
+        self._by_table.clear()
 
     def of(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
         """The level of a mapper's rows."""
@@ -50,10 +52,15 @@ class CaptureLevels:
 
     def of_table(self, spec: TableSpec) -> CaptureLevel:
         """The level of a table's rows: its model's, else the table's own setting."""
-        model = spec.mapped_class()
-        if model is not None:
-            return self.of(sa.inspect(model))
-        return self.settings.get(spec.name, "old+new")
+        level = self._by_table.get(spec)  # (looked up for every statement)
+        if level is None:
+            model = spec.mapped_class()
+            if model is not None:
+                level = self.of(sa.inspect(model))
+            else:
+                level = self.settings.get(spec.name, "old+new")
+            self._by_table[spec] = level
+        return level
 
     def _resolve(self, mapper: sa_orm.Mapper[Any]) -> CaptureLevel:
         model, settings = mapper.class_, self.settings

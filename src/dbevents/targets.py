@@ -8,7 +8,7 @@ first BEGIN) is checked for :func:`dbevents.sqlite.configure`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
@@ -64,14 +64,17 @@ def known_bind(target: Any) -> Any:
     return getattr(bind, "sync_engine", bind)
 
 
+_CHECKED: Final = "dbevents.sqlite_checked"
+
+
 def warn_unconfigured_sqlite(bind: Any) -> None:
     """Warn, once per engine, about a SQLite engine without :func:`dbevents.sqlite.configure`."""
     engine = getattr(bind, "engine", bind)
-    if not isinstance(engine, sa.Engine) or engine.dialect.name != "sqlite":
+    if not isinstance(engine, sa.Engine) or engine.__dict__.get(_CHECKED):
+        return  # (checked on every transaction begun: once is enough)
+    engine.__dict__[_CHECKED] = True
+    if engine.dialect.name != "sqlite" or sqlite.is_configured(engine):
         return
-    if sqlite.is_configured(engine) or engine.__dict__.get("dbevents.sqlite_warned"):
-        return
-    engine.__dict__["dbevents.sqlite_warned"] = True
     warn(
         f"{engine.url!r}: with the sqlite3 driver's default transaction handling a released "
         "SAVEPOINT commits for real; call dbevents.sqlite.configure(engine) before using it"

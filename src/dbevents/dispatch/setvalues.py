@@ -156,6 +156,8 @@ def selected(statement: Any, params: Any) -> sa.ColumnElement[bool]:
 
 def _bound(where: sa.ColumnElement[bool], values: Mapping[str, Any]) -> sa.ColumnElement[bool]:
     """``where`` with each bind parameter ``values`` names given its value there."""
+    if not values:
+        return where  # (the usual case: no copy of the clause to make)
 
     def bind(element: Any, **kw: Any) -> Any:
         if isinstance(element, sa.BindParameter) and element.key in values:

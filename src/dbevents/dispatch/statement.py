@@ -114,6 +114,7 @@ def _update_or_delete(
     if update and values.changed:
         statement, orm_state.parameters = values.applied(statement)
     doomed: list[Any] = []
+    done = rows  # the rows written, named as the statement names them (unless some were vetoed)
     if row_before or (row_after and not update):
         doomed = rows.select()  # loaded before the write: a deleted row can't be loaded after
         vetoed = [obj for obj in doomed if veto(row_before, obj)]
@@ -121,6 +122,7 @@ def _update_or_delete(
             keep_out = RowSet(model, session, objects=vetoed).where
             statement = statement.where(sa.not_(keep_out))
             doomed = [obj for obj in doomed if obj not in vetoed]
+            done = RowSet(model, session, where=selected(statement, params))
     set_after = callbacks.get("after_update" if update else "after_delete")
     if not (set_after or row_after):
         return orm_state.invoke_statement(statement=statement)  # nobody asks what was written
@@ -131,7 +133,6 @@ def _update_or_delete(
         done = RowSet(model, session, pks=pks)
     else:  # nothing captured: the rows are named by the WHERE clause, and nothing is read back
         result = orm_state.invoke_statement(statement=statement)
-        done = RowSet(model, session, where=selected(statement, orm_state.parameters))
     if update:
         run_all(set_after, "after_update", model, done, fields)
     else:
