@@ -145,7 +145,7 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                     fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
         if plan.after:
             fields = (
-                {key: values[key] for key in plan.spec.column_keys if key in values}
+                {key: values[key] for key in plan.spec.columns_of_key if key in values}
                 if plan.after_insert
                 else NO_FIELDS
             )
