@@ -7,6 +7,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import math
 import pickle
 import threading
 from types import MappingProxyType
@@ -47,7 +48,9 @@ json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.text()),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3),
-        st.dictionaries(st.sampled_from(["a", "$date", "$dict", "$bytes"]), inner, max_size=2),
+        st.dictionaries(
+            st.sampled_from(["a", "$date", "$dict", "$bytes", "$float"]), inner, max_size=2
+        ),
     ),
     max_leaves=6,
 )
@@ -75,6 +78,21 @@ def test_json_is_readable_text() -> None:
     )
     text = cs.to_json().decode()
     assert '"$decimal":"1.10"' in text and "\n" not in text
+
+
+def test_json_of_nan_and_infinity_is_standard_json() -> None:
+    values = {"ratio": math.nan, "limit": math.inf, "floor": -math.inf, "doc": [1.5, math.nan]}
+    cs = changeset(Change(Op.INSERT, "deals", "Deal", (1,), None, values))
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    parsed = json.loads(cs.to_json(), parse_constant=refuse)  # what any strict parser reads
+    assert parsed["changes"][0]["new"]["limit"] == {"$float": "Infinity"}
+    new = ChangeSet.from_json(cs.to_json()).changes[0].new
+    assert new is not None
+    assert math.isnan(new["ratio"]) and new["limit"] == math.inf and new["floor"] == -math.inf
+    assert new["doc"][0] == 1.5 and math.isnan(new["doc"][1])
 
 
 def test_json_is_made_once_and_never_outlives_its_values() -> None:

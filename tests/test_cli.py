@@ -231,7 +231,7 @@ def test_a_database_url_that_does_not_parse_is_one_error_line(tmp_path: Path) ->
     result = run("dump", str(tmp_path / "d"), "--db", "notaurl", "--metadata", METADATA)
 
     assert result.exit_code == 1
-    assert result.output.startswith("Error: --db: Could not parse")
+    assert result.output.startswith("Error: database URL 'notaurl': Could not parse")
     assert "Traceback" not in result.output
 
 
@@ -327,7 +327,7 @@ def test_relay_refuses_an_empty_table_name(db_url: str, tmp_path: Path) -> None:
     assert "Error: relay: table_name must name the outbox table" in result.output
 
 
-def test_relay_names_a_missing_outbox_table(db_url: str, tmp_path: Path) -> None:
+def test_relay_names_a_missing_outbox_table(tables: sa.Engine, db_url: str, tmp_path: Path) -> None:
     result = run(
         "relay", "--db", db_url, "--table-name", "nowhere", "--once", "--to", f"mirror:{tmp_path}"
     )
@@ -355,6 +355,81 @@ def test_relay_closes_the_sinks_it_made(redis_url: str, tmp_path: Path) -> None:
     with pytest.raises(click.BadParameter), opened_sinks([f"{redis_url}?stream=x", "kafka://x"]):
         pass
     observer.close()
+
+
+def test_relay_takes_the_stream_options_and_refuses_unknown_ones(
+    tables: sa.Engine, db_url: str, redis_url: str
+) -> None:
+    outbox_of(tables, "dbevents_outbox", range(1, 4))
+    stream = f"dbevents-cli-{uuid.uuid4().hex}"
+
+    target = f"{redis_url}?stream={stream}&per_change=1&maxlen=100"
+    result = run("relay", "--db", db_url, "--once", "--batch-size", "2", "--to", target)
+
+    assert result.exit_code == 0, result.output
+    client = redis.Redis.from_url(redis_url)
+    entries = client.xrange(stream)
+    client.close()
+    assert [fields[b"index"] for _, fields in entries] == [b"0", b"0", b"0"]  # one per change
+    # what redis-py would only refuse on connecting (retried for ever by a relay) is refused now
+    for bad, reason in (
+        (f"{redis_url}?stream=s&max_len=100", "unexpected keyword argument 'max_len'"),
+        ("redis://127.0.0.1:99999/0?stream=s", "Port out of range"),
+        (f"{redis_url}?stream=s&maxlen=many", "invalid literal for int()"),
+    ):
+        result = run("relay", "--db", db_url, "--once", "--to", bad)
+        assert result.exit_code == 2, bad
+        assert reason in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("mysql://app@127.0.0.1/app", "the driver of mysql is not installed"),
+        ("postgresql+asyncpg://app@127.0.0.1/app", "asyncpg is an asyncio driver"),
+        ("nosuchdb://x", "Can't load plugin: sqlalchemy.dialects:nosuchdb"),
+    ],
+)
+def test_relay_refuses_a_url_it_cannot_use_in_one_line(
+    url: str, reason: str, tmp_path: Path
+) -> None:
+    result = run("relay", "--db", url, "--once", "--to", f"mirror:{tmp_path}")
+
+    assert result.exit_code == 1
+    assert reason in result.output and "Traceback" not in result.output
+    assert len(result.output.splitlines()) == 1
+
+
+def test_relay_refuses_a_sqlite_file_that_does_not_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.db"
+
+    result = run("relay", "--db", f"sqlite:///{missing}", "--once", "--to", f"mirror:{tmp_path}")
+
+    assert result.exit_code == 1
+    assert f"Error: there is no SQLite database {missing}" in result.output
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_relay_logs_its_progress_on_stderr(tables: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    outbox_of(tables, "dbevents_outbox", range(1, 3))
+    command = [sys.executable, "-m", "dbevents", "relay", "--db", db_url, "--once"]
+
+    result = subprocess.run(
+        [*command, "--to", f"mirror:{tmp_path / 'm'}"], capture_output=True, text=True, cwd=ROOT
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "delivered 2 change sets\n"
+    assert "INFO relay: delivering dbevents_outbox on sqlite to 1 sink(s)" in result.stderr
+    assert "INFO relay: stopped; 2 delivered, 0 parked" in result.stderr
+    quiet = subprocess.run(
+        [*command, "--quiet", "--to", f"mirror:{tmp_path / 'm'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert quiet.returncode == 0 and quiet.stderr == ""
 
 
 def test_python_dash_m_runs_the_command() -> None:

@@ -12,6 +12,7 @@ sent to the wrong table shows.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 import dbevents
 from dbevents import ChangeSet
 from dbevents.exceptions import DbEventsWarning
+from dbevents.relay import relay
+from dbevents.sinks.outbox import OutboxSink
 from tests.fixtures import Diff, another_writer, delivered, installed_on, recorded_sql, returned_or
 
 
@@ -41,6 +44,7 @@ class Entry(TBase):
 
 
 entries: sa.Table = Entry.__table__  # type: ignore[assignment]
+NOW = dt.datetime.now(dt.UTC)
 Write = Callable[[sa_orm.Session], Any]
 
 
@@ -281,3 +285,31 @@ def test_a_map_given_to_one_statement_alone_is_reported_never_captured_elsewhere
         session.commit()
     [changeset] = got
     assert delivered(changeset) == diff_of(before, tenant_rows(engine, tenant), keys=False)
+
+
+def test_a_relay_under_a_map_takes_and_acknowledges_the_tenants_outbox(
+    engine: sa.Engine, tenant: str
+) -> None:
+    """A relay given an engine with the map reads the tenant's outbox, and deletes what it
+    delivered there too: never from the outbox of that name the search path finds."""
+    make_tables(engine, tenant, elsewhere=False)
+    outbox = OutboxSink()
+    tenant_engine = engine.execution_options(**translated(tenant))
+    outbox.create_table(tenant_engine)
+    outbox.create_table(engine)  # another outbox, outside the tenant, with a row of its own
+    with engine.begin() as conn:
+        conn.execute(outbox.table.insert(), {"id": "0" * 26, "created_at": NOW, "payload": "{}"})
+    events = dbevents.Events(sinks=[outbox])
+    with installed_on(events, engine) as maker, maker() as session:
+        session.connection(execution_options=translated(tenant))
+        session.execute(sa.insert(Entry), [{"name": "x"}])
+        session.commit()
+    sink = dbevents.MemorySink()
+    assert relay(tenant_engine, [sink], once=True) == 1
+    assert relay(tenant_engine, [sink], once=True) == 0  # acknowledged: not delivered again
+    [changeset] = sink.changesets
+    assert [c.new for c in changeset.changes] == [{"id": 3, "name": "x", "qty": 0}]
+    with tenant_engine.connect() as conn:
+        assert conn.scalar(sa.select(sa.func.count()).select_from(outbox.table)) == 0
+    with engine.connect() as conn:
+        assert conn.scalar(sa.select(outbox.table.c.id)) == "0" * 26

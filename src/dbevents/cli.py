@@ -13,6 +13,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess
     raise ImportError("the dbevents command needs click: pip install 'dbevents[cli]'") from error
 
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,7 @@ from .exceptions import DbEventsError
 from .fileformat import JOURNAL, resolve_metadata
 from .load import Mode, load
 from .sinks.outbox import DEFAULT_TABLE
+from .urls import engine_from_url
 from .verify import verify
 
 __all__ = ["main"]
@@ -68,13 +70,14 @@ def _database(db: str | None, metadata: str | None, app: str | None) -> Iterator
             if extension is None:
                 raise click.UsageError(f"{app} has no Flask-SQLAlchemy extension")
             yield (
-                (sa.create_engine(db) if db else extension.engine),
+                (engine_from_url(db, existing=False) if db else extension.engine),
                 (import_object(metadata) if metadata else extension.metadata),
             )
         return
     if db is None or metadata is None:
         raise click.UsageError("give --db URL and --metadata module:attr, or --app module:attr")
-    engine = sqlite.configure(sa.create_engine(db))
+    # (load may create a SQLite database; dump and verify refuse a missing one when reading)
+    engine = sqlite.configure(engine_from_url(db, existing=False))
     try:
         yield engine, resolve_metadata(import_object(metadata))
     finally:
@@ -206,9 +209,17 @@ def handlers_command(spec: str) -> None:
     "targets",
     multiple=True,
     required=True,
-    help="mirror:DIR or redis://host:port/0?stream=NAME (repeatable).",
+    help="mirror:DIR or redis://host:port/0?stream=NAME[&maxlen=N][&per_change=1] (repeatable).",
 )
 @click.option("--once", is_flag=True, help="Deliver what is there, then exit.")
+@click.option(
+    "--batch-size",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Change sets per batch at the most.",
+)
+@click.option("--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.option(
     "--table-name",
     default=DEFAULT_TABLE,
@@ -221,14 +232,43 @@ def handlers_command(spec: str) -> None:
     help="The outbox table's schema: the schema given to OutboxSink, or its metadata's.",
 )
 def relay_command(
-    db: str, targets: tuple[str, ...], once: bool, table_name: str, schema: str | None
+    db: str,
+    targets: tuple[str, ...],
+    once: bool,
+    batch_size: int,
+    quiet: bool,
+    table_name: str,
+    schema: str | None,
 ) -> None:
     """Deliver outbox rows to sinks at least once; stop with SIGTERM or Ctrl-C."""
     from .relay import relay  # type: ignore[import-not-found, unused-ignore]
 
-    with opened_sinks(targets) as sinks, _reported():
-        count = relay(db, sinks, once=once, table_name=table_name, schema=schema)
+    level = logging.WARNING if quiet else logging.INFO
+    with _logged_to_stderr(level), opened_sinks(targets) as sinks, _reported():
+        count = relay(
+            db, sinks, once=once, batch_size=batch_size, table_name=table_name, schema=schema
+        )
     click.echo(f"delivered {count} change sets")
+
+
+@contextmanager
+def _logged_to_stderr(level: int) -> Iterator[None]:
+    """Show what the relay logs (its start, progress every 10 s, retries) on stderr while
+    the command runs, unless logging was configured already (by an app, say)."""
+    logger = logging.getLogger("dbevents")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 @contextmanager
@@ -256,21 +296,35 @@ def make_sink(target: str) -> Sink:
 
         return MirrorSink(target.removeprefix("mirror:"))
     if target.startswith(("redis://", "rediss://", "unix://")):
-        url, stream = _split_stream(target)
+        url, stream, options = _split_stream(target, _SINK_OPTIONS)
         from .sinks.redis import RedisStreamSink  # type: ignore[import-not-found, unused-ignore]
 
-        return RedisStreamSink(url, stream)  # type: ignore[no-any-return, unused-ignore]
+        try:
+            maxlen = int(options["maxlen"]) if "maxlen" in options else None
+            per_change = options.get("per_change", "0").lower() in ("1", "true", "yes")
+            sink = RedisStreamSink(url, stream, maxlen=maxlen, per_change=per_change)
+            # the client's options are checked when it first connects: check them now
+            sink.client.connection_pool.make_connection().disconnect()
+        except (ValueError, TypeError) as error:
+            raise click.BadParameter(f"{target}: {error}", param_hint="--to") from None
+        return sink  # type: ignore[no-any-return, unused-ignore]
     raise click.BadParameter(f"unknown sink {target!r}: use mirror:DIR or redis://...?stream=NAME")
 
 
-def _split_stream(target: str) -> tuple[str, str]:
+#: what ``--to redis://...`` takes in its query besides ``stream`` and redis-py's own options
+_SINK_OPTIONS = ("maxlen", "per_change")
+
+
+def _split_stream(target: str, own: tuple[str, ...] = ()) -> tuple[str, str, dict[str, str]]:
+    """A redis URL's stream, the options named in ``own``, and the URL without them."""
     parts = urlsplit(target)
     query = parse_qsl(parts.query)
     streams = [value for key, value in query if key == "stream"]
     if not streams:
         raise click.BadParameter(f"{target}: add ?stream=NAME")
-    rest = urlencode([(key, value) for key, value in query if key != "stream"])
-    return urlunsplit(parts._replace(query=rest)), streams[0]
+    options = {key: value for key, value in query if key in own}
+    rest = urlencode([(key, value) for key, value in query if key != "stream" and key not in own])
+    return urlunsplit(parts._replace(query=rest)), streams[0], options
 
 
 @main.command("tail")
@@ -283,7 +337,7 @@ def tail_command(source: str, everything: bool, follow: bool, as_json: bool) -> 
     from .tail import follow_mirror, follow_stream
 
     if source.startswith(("redis://", "rediss://", "unix://")):
-        url, stream = _split_stream(source)
+        url, stream, _ = _split_stream(source)
         changesets = follow_stream(url, stream, everything=everything, follow=follow)
     else:
         if not Path(source).is_dir():  # a mirror not written yet still has its directory

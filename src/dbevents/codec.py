@@ -9,7 +9,10 @@ its type, so it is restored exactly without knowing the schema::
     timedelta {"$timedelta": [days, seconds, microseconds]}
     Decimal   {"$decimal": "12.50"}        UUID  {"$uuid": "..."}
     bytes     {"$bytes": "<base64>"}       Enum  {"$enum": ["module:Class", "NAME"]}
+    NaN, ±infinity                         {"$float": "NaN"}, {"$float": "-Infinity"}
     a dict that looks like a tag           {"$dict": {...}}
+
+so what is written is standard JSON, which every parser reads.
 
 A subclass of str, int or float (``markupsafe.Markup``, a ``class UserId(int)``)
 is written as its plain value, and read back as that.
@@ -25,6 +28,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import math
 import sys
 import uuid
 import zoneinfo
@@ -112,7 +116,8 @@ def decode_row(data: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value if type(value) in _PLAIN else decode(value) for key, value in data.items()}
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+# allow_nan=False: NaN and infinity are no JSON; met, they are tagged (see dumps)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _c_encoder() -> Callable[[Any, int], Any] | None:
@@ -125,7 +130,7 @@ def _c_encoder() -> Callable[[Any, int], Any] | None:
     arguments = (None, _ENCODER.default, json.encoder.encode_basestring)
     sample = {"a": [1, 2.5, None, True], "b": "é\n"}
     try:  # its arguments are the json module's own business: check them, else do without
-        encode = make(*arguments, None, ":", ",", False, False, True)
+        encode = make(*arguments, None, ":", ",", False, False, False)
         same = "".join(encode(sample, 0)) == _ENCODER.encode(sample)
     except (TypeError, ValueError):
         return None
@@ -136,10 +141,28 @@ _C_ENCODE = _c_encoder()
 
 
 def dumps(data: Any) -> str:
-    """Serialize already encoded data compactly, one line, keys in insertion order."""
-    if _C_ENCODE is not None and type(data) in (dict, list):
-        return "".join(_C_ENCODE(data, 0))
-    return _ENCODER.encode(data)
+    """Serialize already encoded data compactly, one line, keys in insertion order.
+
+    A float JSON has no number for (NaN, infinity) is written as a ``$float`` tag:
+    looked for only once the encoder has refused one, so other data pays nothing.
+    """
+    try:
+        if _C_ENCODE is not None and type(data) in (dict, list):
+            return "".join(_C_ENCODE(data, 0))
+        return _ENCODER.encode(data)
+    except ValueError:
+        return _ENCODER.encode(_tag_floats(data))
+
+
+def _tag_floats(data: Any) -> Any:
+    """``data`` with each NaN or infinite float as its ``$float`` tag."""
+    if type(data) is dict:
+        return {key: _tag_floats(value) for key, value in data.items()}
+    if type(data) is list:
+        return [_tag_floats(item) for item in data]
+    if isinstance(data, float) and not math.isfinite(data):
+        return {"$float": "NaN" if math.isnan(data) else ("Infinity" if data > 0 else "-Infinity")}
+    return data
 
 
 _DECODER = json.JSONDecoder()
@@ -230,4 +253,5 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "$bytes": base64.b64decode,
     "$enum": _decode_enum,
     "$dict": lambda p: {key: decode(value) for key, value in p.items()},
+    "$float": float,
 }

@@ -26,6 +26,7 @@ from .fileformat import (
     write_atomic,
 )
 from .progress import Progress
+from .urls import engine_from_url, require_sqlite_file
 
 __all__ = ["dump"]
 
@@ -80,9 +81,9 @@ def reading(bind: Bind, tables: Iterable[sa.Table]) -> Iterator[sa.Connection]:
         _require_tables(bind, tables)
         yield bind
         return
-    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+    engine = engine_from_url(bind) if isinstance(bind, str) else bind
     try:
-        _require_sqlite_file(engine.url)
+        require_sqlite_file(engine.url)
         with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
@@ -110,19 +111,6 @@ def driver_reason(error: sa.exc.DBAPIError) -> str:
     """The first line of what the driver said: the SQL and the traceback after it add nothing."""
     lines = str(error.orig or error).strip().splitlines()
     return lines[0] if lines else type(error.orig or error).__name__
-
-
-def _require_sqlite_file(url: sa.URL) -> None:
-    """Refuse a SQLite database file that does not exist: sqlite3 would create it, empty."""
-    database = url.database
-    if url.get_backend_name() != "sqlite" or url.query.get("uri"):
-        return  # a URI filename says itself whether it may create the file (mode=ro)
-    if database in (None, "", ":memory:") or Path(database).exists():
-        return
-    raise ConfigurationError(
-        f"there is no SQLite database {Path(database).absolute()}; check the database URL "
-        "(reading does not create the database)"
-    )
 
 
 def _require_tables(conn: sa.Connection, tables: Iterable[sa.Table]) -> None:

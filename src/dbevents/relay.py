@@ -1,11 +1,10 @@
 """The relay: outbox rows handed to other sinks at least once, in insertion order, then deleted.
 
-Each batch is one short transaction: take the oldest rows (PostgreSQL: ``FOR
-UPDATE SKIP LOCKED``, so relays side by side take disjoint batches; SQLite:
-``BEGIN IMMEDIATE``, so they take turns), give them to every sink, delete the
-rows every sink accepted, commit.  A relay killed before the commit leaves its
-rows in place, and the next one delivers them again: consumers drop duplicates
-by change set id.
+Each batch takes the oldest rows (PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so
+relays side by side take disjoint batches; SQLite: relays take turns), gives them
+to every sink, and deletes the rows every sink accepted (see :mod:`.relaybatch`).
+A relay killed before it deleted them leaves its rows in place, and the next one
+delivers them again: consumers drop duplicates by change set id.
 
 A sink that fails stops the batch at that row (the rows before it are
 acknowledged), and the relay backs off exponentially before it tries again.
@@ -31,8 +30,9 @@ import sqlalchemy as sa
 
 from .delivery import Sink
 from .exceptions import ConfigurationError, SinkError
-from .relaybatch import Batcher, Outcome
+from .relaybatch import Batcher, Outcome, describe
 from .sinks.outbox import DEFAULT_TABLE, notify_channel
+from .urls import engine_from_url
 from .wakeup import Listener
 
 __all__ = ["relay"]
@@ -40,6 +40,8 @@ __all__ = ["relay"]
 logger = logging.getLogger("dbevents")
 
 _REPORT_EVERY: Final = 10.0
+#: seconds between looks for a turn while another relay of a SQLite database has it
+_TURN_WAIT: Final = 0.05
 
 
 def relay(
@@ -48,6 +50,7 @@ def relay(
     *,
     once: bool = False,
     batch_size: int = 500,
+    max_batch_bytes: int = 16 * 2**20,
     poll_interval: float = 1.0,
     table_name: str = DEFAULT_TABLE,
     schema: str | None = None,
@@ -66,7 +69,9 @@ def relay(
     :param bind: the database holding the outbox: an engine, or a URL.
     :param sinks: where change sets go; a sink with ``publish_many(changesets)``
         gets a whole batch at once.
-    :param batch_size: rows per transaction.
+    :param batch_size: rows per batch at the most.
+    :param max_batch_bytes: a batch ends with the row whose payload takes it past this
+        size (16 MiB), so that huge change sets are handed on a few at a time.
     :param poll_interval: seconds between looks at an idle outbox (PostgreSQL
         wakes up at once on ``NOTIFY``; this is its safety net).
     :param table_name: the outbox table's name, as given to ``OutboxSink(table_name=...)``.
@@ -86,15 +91,24 @@ def relay(
         raise ConfigurationError("relay: table_name must name the outbox table")
     if schema == "":
         raise ConfigurationError("relay: schema must name a schema, or be None")
-    if batch_size < 1 or max_attempts < 1:
-        raise ConfigurationError("relay: batch_size and max_attempts must be at least 1")
+    if batch_size < 1 or max_attempts < 1 or max_batch_bytes < 1:
+        raise ConfigurationError(
+            "relay: batch_size, max_batch_bytes and max_attempts must be at least 1"
+        )
     if poll_interval <= 0 or backoff <= 0 or max_backoff < backoff:
         raise ConfigurationError(
             "relay: poll_interval and backoff must be > 0, max_backoff >= backoff"
         )
-    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+    engine = engine_from_url(bind) if isinstance(bind, str) else bind
+    if engine.dialect.is_async:
+        raise ConfigurationError(
+            f"relay runs synchronously: give it an engine of a synchronous driver, not "
+            f"{engine.dialect.driver}"
+        )
     stop = stop if stop is not None else threading.Event()
-    options = _Options(batch_size, max_attempts, poll_interval, backoff, max_backoff)
+    options = _Options(
+        batch_size, max_batch_bytes, max_attempts, poll_interval, backoff, max_backoff
+    )
     worker = _Relay(engine, list(sinks), table_name, schema, options, stop)
     try:
         with _stop_on_signals(stop):
@@ -133,6 +147,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 @dataclass(frozen=True, slots=True)
 class _Options:
     batch_size: int
+    max_batch_bytes: int
     max_attempts: int
     poll_interval: float
     backoff: float
@@ -154,11 +169,16 @@ class _Relay:
         self.engine = engine
         self.sinks = sinks
         self.batcher = Batcher(
-            engine, sinks, table_name, options.batch_size, options.max_attempts, schema
+            engine,
+            sinks,
+            table_name,
+            options.batch_size,
+            options.max_attempts,
+            schema,
+            options.max_batch_bytes,
         )
         self.channel = notify_channel(self.batcher.outbox)
         self.options = options
-        self.batch_size = options.batch_size
         self.max_attempts = options.max_attempts
         self.stop = stop
         self.delivered = self.parked = 0
@@ -184,6 +204,9 @@ class _Relay:
                     listener.close()  # it may be broken too
                     listener = Listener.open(self.engine, self.channel)
                     continue
+                if outcome.busy:  # another relay's turn (SQLite): it ends with its batch
+                    self.stop.wait(_TURN_WAIT)
+                    continue
                 self.delivered += outcome.delivered
                 self.parked += outcome.parked
                 if outcome.failed is not None:
@@ -193,7 +216,7 @@ class _Relay:
                 if time.monotonic() - reported >= _REPORT_EVERY:
                     reported = time.monotonic()
                     logger.info("relay: %d delivered, %d parked", self.delivered, self.parked)
-                if outcome.taken >= self.batch_size:
+                if outcome.full:
                     continue  # more may be waiting
                 if once:
                     break
@@ -231,17 +254,17 @@ class _Relay:
         if once and outcome.stuck:
             raise SinkError(
                 f"{sink!r} failed {row.attempts + 1} times on change set {row.id} "
-                f"(outbox seq {row.seq}): {cause!r}; it stays in the outbox",
+                f"(outbox seq {row.seq}): {describe(cause)}; it stays in the outbox",
                 sink=sink,
             ) from cause
         delay = self._delay()
         logger.warning(
-            "relay: %r failed on change set %s (attempt %d), retrying in %.1fs: %r",
+            "relay: %r failed on change set %s (attempt %d), retrying in %.1fs: %s",
             sink,
             row.id,
             row.attempts + 1,
             delay,
-            cause,
+            describe(cause),
         )
         self.stop.wait(delay)
 

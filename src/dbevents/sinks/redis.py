@@ -5,7 +5,8 @@ scale them out) drop the duplicates that at-least-once delivery through the
 relay can bring.  Entries hold the change set as JSON under ``changeset``;
 with ``per_change=True`` there is one entry per change, whose ``changeset``
 holds that change alone (and its table's key columns, where the change set
-tells them), with ``index`` and ``count`` telling its place.
+tells them), with ``index`` and ``count`` telling its place: duplicates are
+then the entries with the same ``id`` and ``index``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,59 @@
+"""Engines made from a database URL a user typed: refused with a clear message when they can't work.
+
+The commands and :func:`dbevents.relay` take URLs; what would otherwise surface
+as a traceback deep inside SQLAlchemy or the driver (a driver not installed, an
+asyncio driver where dbevents runs synchronously, a mistyped SQLite path that
+connecting would create, empty) is a :class:`ConfigurationError` saying what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from .exceptions import ConfigurationError
+
+__all__ = ["engine_from_url", "require_sqlite_file"]
+
+
+def engine_from_url(url: str, *, existing: bool = True, **options: Any) -> sa.Engine:
+    """An engine for ``url``, checked before it connects.
+
+    :param existing: refuse a SQLite database file that does not exist yet.
+    :raises ConfigurationError: the URL does not parse, names an asyncio driver or one
+        that is not installed, or (with ``existing``) a SQLite file that is not there.
+    """
+    try:
+        parsed = sa.make_url(url)
+        dialect = parsed.get_dialect()
+    except sa.exc.ArgumentError as error:  # (NoSuchModuleError: an unknown dialect)
+        raise ConfigurationError(f"database URL {url!r}: {error}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    if dialect.is_async:
+        raise ConfigurationError(
+            f"{shown}: {parsed.drivername} is an asyncio driver; give the URL of a synchronous "
+            "one (postgresql+psycopg://, sqlite://)"
+        )
+    if existing:
+        require_sqlite_file(parsed)
+    try:
+        return sa.create_engine(parsed, **options)
+    except ImportError as error:
+        raise ConfigurationError(
+            f"{shown}: the driver of {parsed.drivername} is not installed ({error})"
+        ) from None
+
+
+def require_sqlite_file(url: sa.URL) -> None:
+    """Refuse a SQLite database file that does not exist: sqlite3 would create it, empty."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or url.query.get("uri"):
+        return  # a URI filename says itself whether it may create the file (mode=ro)
+    if database in (None, "", ":memory:") or Path(database).exists():
+        return
+    raise ConfigurationError(
+        f"there is no SQLite database {Path(database).absolute()}; check the database URL "
+        "(reading does not create the database)"
+    )
