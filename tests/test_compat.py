@@ -277,3 +277,14 @@ def test_provisioning_connection_tells_the_sessions_own_savepoints(tables: sa.En
         finally:
             sa.event.remove(tables, "savepoint", savepoint)
     assert seen == [True, False]
+
+
+def test_transaction_connections_are_those_the_root_transaction_began(tables: sa.Engine) -> None:
+    with sa_orm.Session(tables) as session:
+        root = session.begin()
+        assert _compat.transaction_connections(root) == frozenset()
+        connection = session.connection()
+        session.begin_nested()  # a savepoint's statements run on the same connection
+        session.execute(sa.select(1))
+        assert _compat.transaction_connections(root) == {connection}
+        session.rollback()

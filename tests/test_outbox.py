@@ -179,6 +179,74 @@ def test_savepoint_rollback_leaves_only_the_net_changes(
     }
 
 
+def _late_write(session: sa_orm.Session, late: str) -> None:
+    """What a before_commit listener of the application's writes, as ``late`` says."""
+    if late in ("add", "first"):
+        session.add(Company(id=2, name="late"))
+    elif late == "change":
+        session.get_one(Company, 1).name = "renamed"
+    elif late == "statement":
+        session.execute(sa.update(Company).where(Company.id == 1).values(name="stated"))
+    elif late == "undo":
+        session.delete(session.get_one(Company, 1))
+
+
+@pytest.mark.parametrize("late", ["add", "first", "change", "statement", "undo"])
+def test_what_a_later_before_commit_listener_writes_is_in_the_outbox(
+    maker: sa_orm.sessionmaker[sa_orm.Session],
+    tables: sa.Engine,
+    outbox: OutboxSink,
+    memory: dbevents.MemorySink,
+    events: dbevents.Events,
+    late: str,
+) -> None:
+    """An application's before_commit listener registered after install runs after dbevents'
+    own, and SQLAlchemy flushes what it leaves after both: the outbox row must still be the
+    change set that commits, with before_commit callbacks for the rows it adds."""
+    called: list[tuple[Op, tuple[object, ...]]] = []
+    events.listens_for(Company, "before_commit")(
+        lambda model, op, change: called.append((op, change.pk))
+    )
+
+    def listener(session: sa_orm.Session) -> None:
+        _late_write(session, late)
+
+    sa.event.listen(maker.class_, "before_commit", listener)
+    try:
+        with maker() as session:
+            if late != "first":  # (first: the listener's rows are the transaction's only ones)
+                session.add(Company(id=1, name="Acme"))
+            session.commit()
+    finally:
+        sa.event.remove(maker.class_, "before_commit", listener)
+    stored = outbox_rows(tables, outbox)
+    assert stored == memory.changesets  # the same change set, however it was written
+    if late == "undo":
+        assert stored == [] and called == [(Op.INSERT, (1,))]
+        return
+    [changeset] = stored
+    new = {change.pk: change.new or {} for change in changeset.changes}
+    if late in ("add", "first"):
+        assert new[(2,)]["name"] == "late"
+        assert (Op.INSERT, (2,)) in called  # its before_commit callback ran too
+    else:
+        assert new[(1,)]["name"] == {"change": "renamed", "statement": "stated"}[late]
+
+
+def test_a_session_bound_per_class_writes_the_outbox_where_its_rows_go(
+    tables: sa.Engine, outbox: OutboxSink, memory: dbevents.MemorySink, events: dbevents.Events
+) -> None:
+    events.add_sink(outbox)
+    maker = events.install(sa_orm.sessionmaker(binds={Base: tables}))  # none for the outbox
+    try:
+        with maker() as session:
+            session.add(Company(id=1, name="Acme"))
+            session.commit()
+    finally:
+        events.uninstall(maker)
+    assert outbox_rows(tables, outbox) == memory.changesets != []
+
+
 def test_a_transaction_without_net_change_writes_nothing(
     maker: sa_orm.sessionmaker[sa_orm.Session], tables: sa.Engine, outbox: OutboxSink
 ) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "returns_rows_itself",
     "sa_version",
     "supplemental_returning",
+    "transaction_connections",
     "upsert_clause",
     "upsert_set_keys",
     "with_upsert_set",
@@ -128,6 +129,18 @@ def provisioning_connection(session: sa_orm.Session) -> bool:
 
 
 _PROVISIONING: Any = sa_orm.session.SessionTransactionState.PROVISIONING_CONNECTION
+
+
+def transaction_connections(transaction: sa_orm.SessionTransaction) -> frozenset[sa.Connection]:
+    """The connections a root session transaction has begun so far.
+
+    SQLAlchemy 2.1: ``SessionTransaction.connections``; 2.0 has no public way.
+    Private there: ``SessionTransaction._connections``.
+    """
+    public = getattr(transaction, "connections", None)
+    if public is not None:
+        return frozenset(public)
+    return frozenset(entry[0] for entry in transaction._connections.values())
 
 
 def in_greenlet() -> bool:

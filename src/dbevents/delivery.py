@@ -45,7 +45,10 @@ class TransactionalSink(Protocol):
     """A sink that also writes inside the transaction, just before COMMIT (the outbox).
 
     ``write`` may execute SQL on the session's connection; if it raises, the
-    commit fails and nothing is committed.
+    commit fails and nothing is committed.  When rows change after it ran (a
+    ``before_commit`` listener of the application's that runs after dbevents'),
+    it is called again with the change set as it is now, under the same ``id``:
+    it then replaces what it wrote (or removes it, when no change is left).
     """
 
     def publish(self, changeset: ChangeSet) -> None: ...

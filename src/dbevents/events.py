@@ -165,7 +165,9 @@ class Events:
         completion.after_flush(state_of(session, self), session)
 
     def _after_flush_postexec(self, session: sa_orm.Session, context: Any) -> None:
-        flush.after_flush_postexec(state_of(session, self), session)
+        st = state_of(session, self)
+        flush.after_flush_postexec(st, session)
+        st.changed_while_committing(session)
 
     def _before_commit(self, session: sa_orm.Session) -> None:
         state_of(session, self).before_commit(session)
@@ -177,7 +179,15 @@ class Events:
         state_of(session, self).after_transaction_end(session, transaction)
 
     def _do_orm_execute(self, orm_state: sa_orm.ORMExecuteState) -> Any:
-        return statement.do_orm_execute(state_of(orm_state.session, self), orm_state)
+        st = state_of(orm_state.session, self)
+        result = statement.do_orm_execute(st, orm_state)
+        if st.committing and (orm_state.is_insert or orm_state.is_update or orm_state.is_delete):
+            # a write by a before_commit listener of the application's: the change set the
+            # in-transaction sinks were given must take it in
+            if result is None:
+                result = orm_state.invoke_statement()
+            st.changed_while_committing(orm_state.session)
+        return result
 
     def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
         warn_unconfigured_sqlite(connection.engine)

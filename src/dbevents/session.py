@@ -49,7 +49,7 @@ Transaction = sa_orm.SessionTransaction
 class SessionState:
     """What one :class:`Events` tracks for one session."""
 
-    __slots__ = ("buffers", "events", "flush", "prepared", "savepoints")
+    __slots__ = ("buffers", "committing", "events", "flush", "prepared", "savepoints", "summoned")
 
     def __init__(self, events: Events) -> None:
         self.events = events
@@ -58,6 +58,11 @@ class SessionState:
         self.flush: FlushState | None = None
         #: (change set, buffer version) built in the root's before_commit
         self.prepared: tuple[ChangeSet, int] | None = None
+        #: the root's before_commit is over: rows changed now are changed by the application's
+        #: own before_commit listeners, or by SQLAlchemy's last flush before COMMIT
+        self.committing = False
+        #: the buffer keys whose before_commit callbacks ran in this commit
+        self.summoned: set[Any] = set()
         #: SAVEPOINTs the application began on the session's connection, outermost
         #: first: (name, the session transaction they were begun in, buffer)
         self.savepoints: list[tuple[str, Transaction, Buffer]] = []
@@ -125,18 +130,45 @@ class SessionState:
         if root is not None:
             self._end_savepoints_of(root, committed=True)  # COMMIT keeps what they hold
         buffer = self.buffers.get(root) if root is not None else None
-        if not buffer:
-            self.prepared = None
+        self.prepared = None
+        self.summoned = set()
+        if buffer:
+            self._run_before_commit(session, buffer, flush=True)
+            self._prepare(session, buffer)
+        self.committing = True
+
+    def changed_while_committing(self, session: sa_orm.Session) -> None:
+        """After each flush and statement: rows changed since the root's before_commit.
+
+        SQLAlchemy runs the application's ``before_commit`` listeners after
+        dbevents' own when they were registered later, then flushes what they
+        left: the rows they change get their before_commit callbacks (what those
+        change, that same last flush writes) and the in-transaction sinks (the
+        outbox) are given the change set again, so that the row it writes is the
+        change set that commits.
+        """
+        if not self.committing or session.in_nested_transaction():
             return
-        self._run_before_commit(session, buffer)
-        changeset = self._changeset(buffer)
+        root = session.get_transaction()
+        buffer = self.buffers.get(root) if root is not None else None
+        if buffer is None:
+            return
+        if (not buffer) if self.prepared is None else (self.prepared[1] == buffer.version):
+            return  # nothing to tell then or now, or no row changed since
+        self._run_before_commit(session, buffer, flush=False)
+        self._prepare(session, buffer)
+
+    def _prepare(self, session: sa_orm.Session, buffer: Buffer) -> None:
+        """Build the root's change set (the same id and time as one built before) and hand
+        it to the in-transaction sinks."""
+        changeset = self._changeset(buffer, self.prepared[0] if self.prepared else None)
         self.prepared = (changeset, buffer.version)
         for sink in self.events.transactional_sinks:
             sink.write(session, changeset)
 
-    def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer) -> None:
+    def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer, *, flush: bool) -> None:
         registry = self.events.registry
-        done: set[Any] = set()
+        done = self.summoned
         for _ in range(_MAX_COMMIT_ROUNDS):
             # models first: a commit of many rows of models without before_commit costs a set
             callbacks_of = {
@@ -161,6 +193,8 @@ class SessionState:
                     change = buffer.change(key)
                     if fn(model, change.op, change) is True:
                         vetoes_nothing(fn, "before_commit")
+            if not flush:
+                return  # (SQLAlchemy's own last flush writes what they changed)
             session.flush()  # what the callbacks changed joins this transaction
         raise RuntimeError("before_commit callbacks keep changing rows; gave up after 100 rounds")
 
@@ -184,6 +218,7 @@ class SessionState:
         buffer = self.buffers.pop(transaction, None)
         if transaction.parent is None:
             self.prepared = None
+            self.committing = False
             self.buffers.clear()
             self.savepoints.clear()
             end_flushes(session)  # a failed flush never reached after_flush_postexec

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import sqlalchemy as sa
 
+from .._compat import transaction_connections
 from ..changes import ChangeSet
 from ..dispatch.connection import SKIP_CAPTURE
 from ..exceptions import ConfigurationError
@@ -32,6 +33,8 @@ __all__ = ["DEFAULT_TABLE", "OutboxSink", "dead_table", "notify_channel", "outbo
 DEFAULT_TABLE: Final = "dbevents_outbox"
 
 _VALUES: Final = ("id", "created_at", "payload", "attempts")
+#: ``session.info`` key: the change set id each OutboxSink wrote last on the session
+_WRITTEN: Final = "dbevents.outbox_written"
 # dbevents' own bookkeeping: never captured, never a raw-SQL warning
 _OWN: Final = {SKIP_CAPTURE: True}
 
@@ -152,10 +155,23 @@ class OutboxSink:
         """Insert ``changeset`` into the outbox on the session's connection, before COMMIT.
 
         Runs in the root ``before_commit`` after the final flush; an error here
-        fails the commit, so no transaction commits without its outbox row.
+        fails the commit, so no transaction commits without its outbox row.  Called
+        again with the same change set id when rows changed since (a ``before_commit``
+        listener of the application's that runs after dbevents'), it replaces the row
+        (or deletes it, when nothing is left to tell).
         """
         table = self.table
-        connection = session.connection(bind_arguments={"clause": table})
+        connection = self._connection(session)
+        written: dict[OutboxSink, str] = session.info.setdefault(_WRITTEN, {})
+        if written.get(self) == changeset.id:
+            row = table.c.id == changeset.id
+            if changeset.changes:
+                payload = changeset.to_json().decode()
+                statement: Any = table.update().where(row).values(payload=payload)
+            else:
+                statement = table.delete().where(row)
+            connection.execute(statement, execution_options=_OWN)
+            return
         values = {
             "id": changeset.id,
             "created_at": changeset.committed_at,
@@ -167,6 +183,24 @@ class OutboxSink:
             self._notifying_insert if connection.dialect.name == "postgresql" else self._insert
         )
         connection.execute(statement, values, execution_options=_OWN)
+        written[self] = changeset.id
+
+    def _connection(self, session: sa_orm.Session) -> sa.Connection:
+        """The connection the outbox row goes on: the outbox table's bind, else, for a
+        session bound per class (``binds={Base: engine}``), the one database the
+        transaction writes to."""
+        try:
+            return session.connection(bind_arguments={"clause": self.table})
+        except sa.exc.UnboundExecutionError:
+            root = session.get_transaction()
+            connections = transaction_connections(root) if root is not None else frozenset()
+            if len(connections) == 1:
+                return next(iter(connections))
+            raise ConfigurationError(
+                f"{self!r}: the session has no bind for {self.table.fullname!r} and writes to "
+                f"{len(connections)} databases; bind the outbox table where its rows belong: "
+                "sessionmaker(binds={..., outbox.table: engine})"
+            ) from None
 
     def publish(self, changeset: ChangeSet) -> None:
         """Do nothing: the row is already committed, and the relay delivers it."""
