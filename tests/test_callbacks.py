@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -497,6 +498,24 @@ def test_async_callbacks_are_refused_in_a_class_body_and_as_callable_objects() -
             @before_save
             @classmethod
             async def stamp(cls, row: Any) -> None: ...
+
+
+def test_async_callbacks_behind_a_decorator_are_refused_too() -> None:
+    """A decorator that says what it wraps (functools.wraps) hides no ``async def``: its
+    coroutine would be dropped unawaited, and the row written as if no callback ran."""
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)
+
+        return wrapper
+
+    @logged
+    async def normalize(cls: Any, fields: dict[str, Any]) -> None: ...
+
+    with pytest.raises(dbevents.ConfigurationError, match="never be awaited"):
+        dbevents.Events().listens_for(Thing, "before_insert")(normalize)
 
 
 def test_async_after_commit_callbacks_are_accepted() -> None:

@@ -9,6 +9,7 @@ to every mapped subclass, base first.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,7 +115,10 @@ def qualname(fn: Any) -> str:
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn`` is an ``async def``, or an object whose ``__call__`` is one."""
+    """Whether ``fn`` is an ``async def``, or an object whose ``__call__`` is one, also
+    behind decorators that say what they wrap (``functools.wraps``)."""
+    with contextlib.suppress(ValueError):  # (a cycle of __wrapped__: taken as it is)
+        fn = inspect.unwrap(fn)
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 

@@ -1,14 +1,15 @@
-"""Handing a committed :class:`ChangeSet` to callbacks, listeners and sinks, each isolated."""
+"""Handing a committed :class:`ChangeSet` to callbacks, listeners and sinks, each isolated.
+
+In which order, and by which thread or task, is :mod:`.ordering`'s business.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-import threading
 from collections.abc import Callable, Sequence
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Protocol, final, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._compat import await_in_greenlet, in_greenlet
 from .callbacks import check_arguments, qualname
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from .events import Events
 
-__all__ = ["Receiver", "Sink", "TransactionalSink", "check_sink", "deliver_queued", "enqueue"]
+__all__ = ["Receiver", "Sink", "TransactionalSink", "check_sink", "deliver_one", "raise_failures"]
 
 logger = logging.getLogger("dbevents")
 
@@ -56,93 +57,18 @@ class TransactionalSink(Protocol):
     def write(self, session: sa_orm.Session, changeset: ChangeSet) -> None: ...
 
 
-@final
-class _Order:
-    """The change sets one thread or asyncio task committed and has not delivered yet, in
-    the order they were committed; whether it is delivering them now (further up its stack).
-
-    Each change set takes its place when its transaction commits, so that a commit made
-    while another is being delivered (an after_commit callback that writes and commits)
-    comes after it for every Events, even one whose turn to deliver the first has not
-    come yet.
-    """
-
-    __slots__ = ("delivering", "owner", "queue")
-
-    def __init__(self, owner: object) -> None:
-        self.owner = owner
-        self.queue: list[tuple[Events, ChangeSet, Sequence[type[Any] | None]]] = []
-        self.delivering = False
-
-
-#: kept in a context variable, which a task started meanwhile copies: each order knows
-#: its thread or task, and another one starts an order of its own
-_order: ContextVar[_Order | None] = ContextVar("dbevents.delivery_order", default=None)
-
-
-def _strand() -> object:
-    """The asyncio task running now, else the thread (AsyncSession's sync code runs in a
-    greenlet within its task)."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no event loop running in this thread
-        task = None
-    return task if task is not None else threading.get_ident()
-
-
-def _current_order() -> _Order:
-    order, strand = _order.get(), _strand()
-    if order is None or order.owner != strand:
-        order = _Order(strand)
-        _order.set(order)
-    return order
-
-
-def enqueue(events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]) -> None:
-    """Give a change set its place in the delivery order; called as its transaction commits.
-
-    ``models`` holds the mapped class of each change (``None`` for association and
-    Core-only tables).  :func:`deliver_queued` delivers it.
-    """
-    _current_order().queue.append((events, changeset, models))
-
-
-def deliver_queued() -> None:
-    """Deliver the change sets this thread or task queued, in the order they were committed.
-
-    Each runs its model after_commit callbacks, then its listeners and sinks in
-    registration order.  Every failure is logged on the ``dbevents`` logger and
-    passed to the ``on_error`` handlers; the others still run.  With
-    ``robust=False`` the failures are raised together as an :class:`ExceptionGroup`
-    at the end.  Called while delivering (a callback that commits), it leaves what
-    was queued meanwhile to the delivery already running, which gets to it after
-    the change set it is delivering: every receiver gets change sets in the order
-    they were committed, so a sink that keeps rows never applies a later change
-    before an earlier one.
-    """
-    order = _order.get()
-    if order is None or not order.queue or order.delivering or order.owner != _strand():
-        return  # (nothing queued here: the usual case, on every transaction's end)
-    queue = order.queue
-    order.delivering = True
-    errors: list[Exception] = []
-    try:
-        while queue:
-            events, changeset, models = queue.pop(0)
-            failed = _deliver_one(events, changeset, models)
-            if not events.robust:
-                errors += failed
-    finally:
-        order.delivering = False
-    if errors:
-        raise ExceptionGroup(f"{len(errors)} change set receiver(s) failed", errors)
-
-
-def _deliver_one(
+def deliver_one(
     events: Events, changeset: ChangeSet, models: Sequence[type[Any] | None]
-) -> list[Exception]:
-    """Deliver one change set (see :func:`deliver`); return the failures."""
-    errors: list[Exception] = []
+) -> list[BaseException]:
+    """Deliver one change set: its model after_commit callbacks, then its listeners and
+    sinks, in registration order; return the failures.
+
+    Every failure is logged on the ``dbevents`` logger and passed to the ``on_error``
+    handlers, and the other receivers still run.  A receiver cancelled (an asyncio
+    timeout, a task cancelled) is logged and returned among the failures too, for the
+    caller to raise once every receiver had the change set.
+    """
+    errors: list[BaseException] = []
     registry = events.registry
     callbacks_of = {
         model: callbacks
@@ -161,11 +87,22 @@ def _deliver_one(
     return errors
 
 
+def raise_failures(failures: Sequence[BaseException], robust: bool, what: str) -> None:
+    """Re-raise a cancellation among the receivers' ``failures``; unless ``robust``, raise
+    the errors together as an :class:`ExceptionGroup` of ``what`` failed."""
+    for failure in failures:
+        if not isinstance(failure, Exception):
+            raise failure
+    if failures and not robust:
+        errors = [failure for failure in failures if isinstance(failure, Exception)]
+        raise ExceptionGroup(f"{len(errors)} {what} failed", errors)
+
+
 def _call(
     events: Events,
     fn: Callable[..., Any],
     changeset: ChangeSet,
-    errors: list[Exception],
+    errors: list[BaseException],
     *args: Any,
 ) -> None:
     try:
@@ -174,6 +111,13 @@ def _call(
             result = _await(result, events, fn, args)
         if result is True and isinstance(args[0], type):  # a model callback, given its class
             vetoes_nothing(fn, "after_commit")
+    except asyncio.CancelledError as cancelled:
+        errors.append(cancelled)
+        logger.warning(
+            "dbevents: %r was cancelled on change set %s; the other receivers still get it",
+            fn,
+            changeset.id,
+        )
     except Exception as error:
         errors.append(error)
         logger.exception("dbevents: %r failed on change set %s", fn, changeset.id)

@@ -36,6 +36,17 @@ ErrorHandler = Callable[[Exception, Callable[..., Any], ChangeSet], Any]
 
 
 @final
+class _Mute:
+    """One :meth:`Events.muted` block: running until it ends, for every task started in it."""
+
+    __slots__ = ("active", "outer")
+
+    def __init__(self, outer: _Mute | None) -> None:
+        self.active = True
+        self.outer = outer
+
+
+@final
 class Events:
     """Model callbacks and committed change sets for the sessions it is installed on.
 
@@ -104,7 +115,9 @@ class Events:
         self.error_handlers: list[ErrorHandler] = []
         self._installed: list[Any] = []
         self._plans = Plans(self)
-        self._muted: ContextVar[bool] = ContextVar(f"dbevents.muted.{id(self)}", default=False)
+        self._muted: ContextVar[_Mute | None] = ContextVar(
+            f"dbevents.muted.{id(self)}", default=None
+        )
         for model, level in (capture or {}).items():
             self.set_capture_level(model, level)
         for sink in sinks:
@@ -307,19 +320,27 @@ class Events:
     def muted(self) -> Iterator[None]:
         """Turn callbacks and capture off for writes made inside the block.
 
-        Only the current thread or asyncio task is affected.  Change sets of work
-        done before the block are still delivered when it commits.
+        Only the current thread or asyncio task is affected, and the tasks it starts
+        inside the block, until the block ends.  Change sets of work done before the
+        block are still delivered when it commits.
         """
-        token = self._muted.set(True)
+        block = _Mute(self._muted.get())
+        token = self._muted.set(block)
         try:
             yield
         finally:
+            block.active = False  # (for the tasks started inside: they copied the variable)
             self._muted.reset(token)
 
     @property
     def is_muted(self) -> bool:
         """Whether the current context is inside :meth:`muted`."""
-        return self._muted.get()
+        block = self._muted.get()
+        while block is not None:
+            if block.active:
+                return True
+            block = block.outer  # a block nested in one still running
+        return False
 
     def current_actor(self) -> str | None:
         """The actor for a change set: :func:`acting_as`, else the ``actor`` callable."""

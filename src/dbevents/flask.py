@@ -57,7 +57,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from . import sqlite
 from .changes import ChangeSet
-from .delivery import Sink, TransactionalSink, _call
+from .delivery import Sink, TransactionalSink, _call, raise_failures
 from .events import Events
 from .exceptions import ConfigurationError, DbEventsError
 
@@ -193,11 +193,10 @@ class _AppSinks:
         state = self.ext._current()
         if state is None:
             return
-        errors: list[Exception] = []
+        failures: list[BaseException] = []
         for sink in state.transactional or state.sinks:
-            _call(self.ext.events, sink.publish, changeset, errors, changeset)
-        if errors and not self.ext.events.robust:
-            raise ExceptionGroup(f"{len(errors)} sink(s) of the app failed", errors)
+            _call(self.ext.events, sink.publish, changeset, failures, changeset)
+        raise_failures(failures, self.ext.events.robust, "sink(s) of the app")
 
 
 def _state(app: flask.Flask | None) -> _AppState:

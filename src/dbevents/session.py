@@ -25,9 +25,9 @@ import sqlalchemy.orm as sa_orm
 
 from .capture import Buffer
 from .changes import ChangeSet
-from .delivery import deliver_queued, enqueue
 from .dispatch.flush import end_flushes
 from .ids import new_id
+from .ordering import deliver_queued, enqueue
 from .registry import vetoes_nothing
 
 if TYPE_CHECKING:

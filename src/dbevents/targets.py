@@ -8,6 +8,7 @@ first BEGIN) is checked for :func:`dbevents.sqlite.configure`.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -20,9 +21,15 @@ from .warn import warn
 __all__ = ["known_bind", "session_target_of", "warn_unconfigured_sqlite"]
 
 
+def _is_async_scoped(target: Any) -> bool:
+    """Whether ``target`` is an ``async_scoped_session`` (looked up only when loaded)."""
+    module = sys.modules.get("sqlalchemy.ext.asyncio")
+    return module is not None and isinstance(target, module.async_scoped_session)
+
+
 def session_target_of(target: Any) -> Any:
     """The Session class (or instance) whose events to listen to."""
-    if isinstance(target, sa_orm.scoped_session):
+    if isinstance(target, sa_orm.scoped_session) or _is_async_scoped(target):
         target = target.session_factory
     if isinstance(target, sa_orm.sessionmaker):
         return target.class_
@@ -57,7 +64,7 @@ def session_target_of(target: Any) -> Any:
 
 def known_bind(target: Any) -> Any:
     """The engine ``target`` makes sessions bound to, when it says (None otherwise)."""
-    if isinstance(target, sa_orm.scoped_session):
+    if isinstance(target, sa_orm.scoped_session) or _is_async_scoped(target):
         target = target.session_factory
     kw = getattr(target, "kw", None)
     bind = kw.get("bind") if isinstance(kw, dict) else getattr(target, "bind", None)
