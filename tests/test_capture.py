@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 from typing import Any
 
 import pytest
@@ -62,6 +63,35 @@ def test_delete_then_insert_of_the_same_key_is_an_update() -> None:
         (Op.DELETE, {"id": 1, "a": 1, "b": 1}, None), (Op.INSERT, None, {"id": 1, "a": 1, "b": 2})
     )
     assert change.op is Op.UPDATE and change.old == {"b": 1} and change.new == {"b": 2}
+
+
+def test_delete_then_insert_of_fewer_columns_compares_those_only() -> None:
+    """A Core DELETE knows the whole row, an ORM insert of a mapper that leaves a column
+    out does not: the update tells the columns both know."""
+    (change,) = net(
+        (Op.DELETE, {"id": 1, "a": 1, "b": 1}, None), (Op.INSERT, None, {"id": 1, "b": 2})
+    )
+    assert change.op is Op.UPDATE and change.old == {"b": 1} and change.new == {"b": 2}
+
+
+def test_equal_values_of_other_objects_are_no_change() -> None:
+    """Values compare by equality, not identity: Decimal("1.10") read back twice."""
+    first, second = decimal.Decimal("1.10"), decimal.Decimal("1.10")
+    assert first is not second
+    assert net((Op.UPDATE, {"a": first}, {"a": 2}), (Op.UPDATE, {"a": 2}, {"a": second})) == []
+
+
+def test_a_value_read_back_that_is_unchanged_leaves_the_update() -> None:
+    """An onupdate column's new value is read back after the flush: equal to the old one,
+    it is no change, and an update of nothing else is dropped."""
+    unknown = object()
+    buffer = Buffer()
+    buffer.add("t", (1,), Op.UPDATE, Model, {"a": 1, "v": 5}, {"a": 2, "v": unknown})
+    buffer.add("t", (2,), Op.UPDATE, Model, {"v": 5}, {"v": unknown})
+    buffer.complete(("t", 1), {"a": 2, "v": decimal.Decimal(5)}, unknown)
+    buffer.complete(("t", 2), {"v": decimal.Decimal(5)}, unknown)
+    (change,) = buffer.changes()
+    assert change.pk == (1,) and change.old == {"a": 1} and change.new == {"a": 2}
 
 
 def test_delete_then_insert_as_another_class_is_an_update_of_that_class() -> None:

@@ -321,6 +321,26 @@ def test_delete_orphan_and_cascade_are_captured(Session: Any, changesets: list[C
     assert sorted(c.table for c in changesets[2].deleted) == ["addresses", "contacts"]
 
 
+def test_a_row_changed_then_deleted_is_delivered_as_it_was_stored(
+    Session: Any, changesets: list[ChangeSet]
+) -> None:
+    """The change not flushed before the delete never reached the database: the deleted
+    row's old values are what it held."""
+    with Session() as session:
+        session.add(Contact(id=1, email="a@x", name="orig"))
+        session.commit()
+        contact = session.get_one(Contact, 1)
+        session.refresh(contact, ["addresses", "subgroups", "company"])
+        # (loaded now: delete() cascades without loading them, so without an autoflush)
+        contact.name = "edited"
+        with session.no_autoflush:
+            session.delete(contact)
+        session.commit()
+    [deleted] = changesets[1].changes
+    assert deleted.op is Op.DELETE
+    assert deleted.old == {"id": 1, "email": "a@x", "name": "orig", "company_id": None}
+
+
 def test_joined_inheritance_yields_a_change_per_table(
     Session: Any, changesets: list[ChangeSet]
 ) -> None:
@@ -533,6 +553,27 @@ def test_a_commit_made_while_delivering_is_delivered_after_in_commit_order(
     ]
     assert isinstance(memory, dbevents.MemorySink)
     assert memory.get("contacts", 1) == table_rows(tables, "contacts")[(1,)]
+
+
+def test_commits_made_while_delivering_come_in_the_order_they_were_made(
+    tables: sa.Engine,
+) -> None:
+    events = dbevents.Events()
+    received: list[list[int]] = []
+    maker = events.install(sa_orm.sessionmaker(tables))
+    with maker() as session:
+
+        @events.on_commit
+        def two_more(changeset: ChangeSet) -> None:
+            received.append([int(c.pk[0]) for c in changeset.changes])
+            if len(received) == 1:
+                for key in (2, 3):
+                    session.add(Contact(id=key, email=f"{key}@x"))
+                    session.commit()
+
+        session.add(Contact(id=1, email="1@x"))
+        session.commit()
+    assert received == [[1], [2], [3]]
 
 
 def test_commit_order_holds_for_every_events_on_the_session(tables: sa.Engine) -> None:

@@ -98,6 +98,22 @@ def test_a_rolled_back_savepoint_inside_a_session_savepoint(committed: Committed
     assert {pk for _, pk in committed(transaction)} == {(1,), (2,), (10,), (12,)}
 
 
+@WRITES
+def test_a_rolled_back_savepoint_inside_another_on_the_connection(
+    committed: Committed, write: Write
+) -> None:
+    def transaction(session: sa_orm.Session) -> None:
+        outer = session.connection().begin_nested()
+        write(session, 10)
+        inner = session.connection().begin_nested()
+        write(session, 11)
+        inner.rollback()  # its rows only: the outer one's stay
+        outer.commit()
+
+    diff = committed(transaction)  # (delivered exactly as the table changed)
+    assert ("contacts", (10,)) in diff and ("contacts", (11,)) not in diff
+
+
 @pytest.mark.parametrize("end", ["rollback", "commit"])
 def test_a_session_savepoint_inside_one_on_the_connection(committed: Committed, end: str) -> None:
     def transaction(session: sa_orm.Session) -> None:

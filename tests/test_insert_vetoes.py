@@ -49,6 +49,22 @@ class Line(Blockable, IBase):
     order: Mapped[Order | None] = relationship(back_populates="lines")
 
 
+class Folder(Blockable, IBase):
+    __tablename__ = "folders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+class File(Blockable, IBase):
+    """Points to its folder, which knows nothing of it: no backref, no cascade from it."""
+
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("folders.id"))
+    folder: Mapped[Folder | None] = relationship()
+
+
 @pytest.fixture
 def Session(  # noqa: N802
     events: dbevents.Events, engine: sa.Engine
@@ -89,3 +105,17 @@ def test_vetoed_inserts_that_leave_together_are_skipped(
         session.commit()
         assert order not in session
     assert counts(engine) == (1, 0)
+
+
+def test_a_vetoed_insert_a_pending_row_refers_to_aborts(
+    Session: sa_orm.sessionmaker[sa_orm.Session], engine: sa.Engine
+) -> None:
+    """Skipped, the folder would leave the file pointing at nothing (written with a NULL
+    key, SQLAlchemy only warning): the commit refuses."""
+    with Session() as session:
+        session.add(File(id=1, status="ok", folder=Folder(id=1, status="blocked")))
+        with pytest.raises(dbevents.AbortError, match="is pending and refers to it"):
+            session.commit()
+    with engine.connect() as conn:
+        assert conn.scalar(sa.text("select count(*) from files")) == 0
+        assert conn.scalar(sa.text("select count(*) from folders")) == 0

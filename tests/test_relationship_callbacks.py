@@ -122,3 +122,55 @@ def test_an_orphan_is_delivered_as_deleted(
         (1,),
         {"id": 1, "parent_id": 1},
     )
+
+
+def test_a_many_to_one_set_back_to_its_target_is_no_update(
+    Session: sa_orm.sessionmaker[sa_orm.Session], events: dbevents.Events, engine: sa.Engine
+) -> None:
+    calls = recorded(events)
+    delivered: list[dbevents.ChangeSet] = []
+    events.on_commit(delivered.append)
+    with Session() as session:
+        kid = session.get_one(Kid, 1)
+        first = kid.parent
+        kid.parent = session.get_one(Parent, 2)
+        kid.parent = first  # the same parent again: nothing to write
+        session.commit()
+    assert calls == [] and delivered == []
+
+
+def test_a_before_save_veto_holds_when_before_update_lets_the_row_go(
+    Session: sa_orm.sessionmaker[sa_orm.Session], events: dbevents.Events, engine: sa.Engine
+) -> None:
+    events.listens_for(Kid, "before_save")(lambda cls, kid: kid.parent_id == 2)
+    events.listens_for(Kid, "before_update")(lambda cls, rows, fields: False)
+    before = table_rows(engine, "kids")
+    with Session() as session:
+        session.get_one(Kid, 1).parent_id = 2
+        session.commit()
+    assert table_rows(engine, "kids") == before
+
+
+def test_an_orphan_whose_columns_a_later_listener_expired_is_delivered_whole(
+    Session: sa_orm.sessionmaker[sa_orm.Session], events: dbevents.Events, engine: sa.Engine
+) -> None:
+    """A before_flush listener of the application's runs after dbevents' own: the orphan it
+    makes, with columns it expired, is found by the flush itself, which reads them."""
+    delivered: list[dbevents.ChangeSet] = []
+    events.on_commit(delivered.append)
+    before = table_rows(engine, "kids")
+
+    def let_go(session: sa_orm.Session, context: Any, instances: Any) -> None:
+        for parent in [o for o in session.dirty if isinstance(o, Parent)]:
+            kid = parent.kids[0]
+            session.expire(kid, ["parent_id"])
+            parent.kids.remove(kid)
+
+    with Session() as session:
+        sa.event.listen(session, "before_flush", let_go)
+        parent = session.get_one(Parent, 1, options=[sa_orm.selectinload(Parent.kids)])
+        sa_orm.attributes.flag_modified(parent, "kids")
+        session.commit()
+    [changeset] = delivered
+    [change] = changeset.changes
+    assert change.op is dbevents.Op.DELETE and change.old == before[(1,)]

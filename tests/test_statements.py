@@ -833,6 +833,19 @@ def test_row_level_callbacks_on_statements_see_objects(
     assert sorted(seen) == [("after_destroy", 1), ("after_destroy", 2)]
 
 
+def test_a_row_vetoed_in_a_delete_statement_gets_no_after_destroy(
+    events: dbevents.Events, Session: Any, changesets: list[ChangeSet], db: sa.Engine
+) -> None:
+    destroyed: list[int] = []
+    events.listens_for(Item, "before_destroy")(lambda cls, row: row.name == "n2")
+    events.listens_for(Item, "after_destroy")(lambda cls, row: destroyed.append(row.id))
+
+    check_delivered(db, Session, changesets, lambda s: s.execute(sa.delete(Item)))
+
+    assert sorted(destroyed) == [1, 3]
+    assert list(table_rows(db, "items")) == [(2,)]  # the vetoed row stays
+
+
 def test_a_session_on_an_engine_made_by_execution_options_is_captured_once(
     events: dbevents.Events, db: sa.Engine, changesets: list[ChangeSet]
 ) -> None:
