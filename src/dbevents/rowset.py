@@ -41,18 +41,6 @@ class RowSet(Generic[M]):
         self._pks = tuple(pks) if pks is not None else None
         self._objects = tuple(objects) if objects is not None else None
 
-    @classmethod
-    def _flushed(
-        cls, model: type[M], session: sa_orm.Session, obj: M, pk: tuple[Any, ...] | None = None
-    ) -> RowSet[M]:
-        """The RowSet of one object the unit of work writes (``pk``: its identity, if it is
-        being deleted); made for each such row, so without the keyword handling of
-        ``__init__``."""
-        rows = object.__new__(cls)
-        rows.model, rows.session, rows._where = model, session, None
-        rows._objects, rows._pks = (obj,), None if pk is None else (pk,)
-        return rows
-
     @property
     def pks(self) -> tuple[tuple[Any, ...], ...] | None:
         """Primary keys of the rows, as tuples, when known.

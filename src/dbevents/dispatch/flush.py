@@ -13,7 +13,6 @@ states (never ``inspect(obj)``) and on per-mapper :class:`~.plan.ModelPlan`\ s.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -171,11 +170,13 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
     if op == "insert":
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_insert:
-            spec, values = plan.spec, state.dict
-            fields = {k: values[k] for k in spec.columns_of_key if k in values}
-            if spec.scalar_defaults:  # shown as the INSERT will write them
-                defaults = spec.scalar_defaults.items()
-                fields.update([(k, v) for k, v in defaults if k not in values])
+            values, defaults = state.dict, plan.spec.scalar_defaults
+            # in column order; scalar defaults shown as the INSERT will write them
+            fields = {
+                k: values[k] if k in values else defaults[k]
+                for k in plan.spec.columns_of_key
+                if k in values or k in defaults
+            }
             vetoer = _with_fields(plan.before_insert, plan, obj, fields, (fields,))
         return vetoer
     if op == "update":
@@ -186,12 +187,12 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
             return None
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_update:
-            rows = RowSet._flushed(model, fs.session, obj)
+            rows = RowSet(model, fs.session, objects=(obj,))
             vetoer = _with_fields(plan.before_update, plan, obj, fields, (rows, fields))
         return vetoer
     vetoer = first_veto(plan.before_destroy, model, obj) if plan.before_destroy else None
     if vetoer is None and plan.before_delete:
-        vetoer = first_veto(plan.before_delete, model, RowSet._flushed(model, fs.session, obj))
+        vetoer = first_veto(plan.before_delete, model, RowSet(model, fs.session, objects=(obj,)))
     return vetoer
 
 
@@ -205,7 +206,7 @@ def _with_fields(
     """Run before_insert / before_update with ``fields``; write back what they changed."""
     original = dict(fields)
     vetoer = first_veto(callbacks, plan.model, *args)
-    if vetoer is None and not _unchanged(fields, original):
+    if vetoer is None:
         column_keys = plan.spec.column_keys
         for key, value in fields.items():
             if value is original.get(key, _UNSET):
@@ -222,16 +223,6 @@ def _with_fields(
 
 
 _UNSET: Any = object()
-
-
-def _unchanged(fields: dict[str, Any], original: dict[str, Any]) -> bool:
-    """Whether ``fields`` still holds the very values of ``original``, under the same keys
-    (the usual case: checked without a Python loop)."""
-    return (
-        len(fields) == len(original)
-        and all(map(operator.is_, fields.values(), original.values()))
-        and fields.keys() == original.keys()
-    )
 
 
 def changed_fields(spec: MapperSpec, state: State) -> tuple[dict[str, Any], bool]:
@@ -335,7 +326,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
                     vetoes_nothing(fn, "after_save")
         elif op is Op.UPDATE:
             if plan.after_update:
-                rows = RowSet._flushed(model, session, obj)
+                rows = RowSet(model, session, objects=(obj,))
                 for fn, _ in plan.after_update:
                     if fn(model, rows, fields) is True:
                         vetoes_nothing(fn, "after_update")
@@ -344,7 +335,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
                     vetoes_nothing(fn, "after_save")
         else:
             if plan.after_delete:
-                rows = RowSet._flushed(model, session, obj, state.identity or ())
+                rows = RowSet(model, session, objects=(obj,), pks=(state.identity or (),))
                 for fn, _ in plan.after_delete:
                     if fn(model, rows) is True:
                         vetoes_nothing(fn, "after_delete")
