@@ -6,9 +6,9 @@ has ended (:func:`deliver_queued`), so that receivers may use the session
 again.  A commit made while a change set is being delivered (an after_commit
 callback or a listener that writes and commits) is delivered after it, by the
 delivery already running, for every :class:`Events`: a sink that keeps rows never
-applies a later change before an earlier one.  Commits made by tasks or threads a
-receiver starts, SQLAlchemy's own included (``async with maker.begin()``
-commits in a task of its own), join that delivery while it runs.
+applies a later change before an earlier one.  Commits made by asyncio tasks a
+receiver starts (which copy its context), SQLAlchemy's own included (``async with
+maker.begin()`` commits in a task of its own), join that delivery while it runs.
 
 Two ways a change set could be left in a queue are closed: a receiver
 cancelled (an asyncio timeout) lets the others run and the queue drain before
