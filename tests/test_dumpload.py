@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import enum
 import json
@@ -314,3 +315,28 @@ def test_progress_on_request_and_quiet_off_a_terminal(
 
     assert "load tags: 2/2 rows 100%" in shown
     assert capsys.readouterr().err == ""
+
+
+def test_the_outbox_is_left_out_unless_named(engine: sa.Engine, tmp_path: Path) -> None:
+    """A restore that brought pending outbox rows back would have the relay deliver their
+    change sets a second time."""
+    app = sa.MetaData()
+    notes = sa.Table("notes", app, sa.Column("id", sa.Integer, primary_key=True))
+    outbox = dbevents.OutboxSink(app)  # its tables on the application's metadata
+    app.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(notes.insert(), [{"id": 1}])
+        row = {"id": "0" * 26, "created_at": dt.datetime.now(dt.UTC), "payload": "{}"}
+        conn.execute(outbox.table.insert(), row)
+
+    manifest = dbevents.dump(engine, app, tmp_path / "all")
+    assert [entry.name for entry in manifest.tables] == ["notes"]
+    named = dbevents.dump(engine, app, tmp_path / "named", tables=["dbevents_outbox"])
+    assert [(entry.name, entry.rows) for entry in named.tables] == [("dbevents_outbox", 1)]
+    # a directory that holds the outbox anyway: loaded only when it is named
+    with engine.begin() as conn:
+        conn.execute(outbox.table.delete())
+    assert dbevents.load(engine, app, tmp_path / "named", mode="upsert") == {}
+    assert dbevents.load(engine, app, tmp_path / "named", tables=["dbevents_outbox"]) == {
+        "dbevents_outbox": 1
+    }

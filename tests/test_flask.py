@@ -137,14 +137,18 @@ def test_sinks_by_import_name(make_app: MakeApp, db_url: str) -> None:
         assert isinstance(sink, dbevents.MemorySink) and len(sink.changesets) == 1
 
 
-def test_sqlite_immediate_begins_write_transactions_at_once(
-    make_app: MakeApp, tmp_path: Path
+@pytest.mark.parametrize(("mode", "begin"), [(None, "BEGIN IMMEDIATE"), ("DEFERRED", "BEGIN")])
+def test_sqlite_begins_write_transactions_at_once_by_default(
+    make_app: MakeApp, tmp_path: Path, mode: str | None, begin: str
 ) -> None:
-    app = make_app(f"sqlite:///{tmp_path / 'i.db'}", DBEVENTS_SQLITE_CONFIGURE="IMMEDIATE")
+    """Flask serves requests in threads: with SQLite's deferred BEGIN, one that reads then
+    writes while another writes fails at once with "database is locked"."""
+    config = {} if mode is None else {"DBEVENTS_SQLITE_CONFIGURE": mode}
+    app = make_app(f"sqlite:///{tmp_path / 'i.db'}", **config)
     with app.app_context():
         sent = recorded_sql(db.engine)
         _add_memo("x")
-    assert "BEGIN IMMEDIATE" in sent
+    assert begin in sent and ("BEGIN IMMEDIATE" in sent) is (mode is None)
 
 
 def test_a_bad_sqlite_configure_value_fails_at_init(make_app: MakeApp, tmp_path: Path) -> None:
@@ -213,6 +217,42 @@ def test_init_app_needs_the_db_set_up_first(ext: DBEvents, tmp_path: Path) -> No
     app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'x.db'}"
     with pytest.raises(dbevents.ConfigurationError, match="db.init_app"):
         ext.init_app(app)
+
+
+def test_the_outbox_sink_class_is_made_on_the_apps_metadata(make_app: MakeApp, db_url: str) -> None:
+    """As a class (or its "dbevents:OutboxSink" name), its tables join db.metadata, so
+    db.create_all() makes them: writes no longer fail for want of them."""
+    memory = dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=["dbevents:OutboxSink", memory])
+    with app.app_context():
+        _add_memo("one")
+        assert db.session.scalar(sa.text("SELECT count(*) FROM dbevents_outbox")) == 1
+    result = app.test_cli_runner().invoke(args=["dbevents", "relay", "--once"])
+    assert result.output == "relayed 1 change sets\n" and len(memory.changesets) == 1
+
+
+def test_no_mirror_when_dbevents_data_dir_says_none(make_app: MakeApp, tmp_path: Path) -> None:
+    uploads = tmp_path / "uploads"
+    app = make_app(f"sqlite:///{tmp_path / 'u.db'}", DATA_DIR=str(uploads), DBEVENTS_DATA_DIR=None)
+    with app.app_context():
+        _add_memo("one")
+    assert app.extensions["dbevents"].sinks == () and not uploads.exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"DBEVENTS_SINKS": ["dbevents:MirrorSink"]}, "can't be made without arguments"),
+        ({"DBEVENTS_SINKS": ["mirror:data"]}, "is a target of the relay command"),
+        ({"DBEVENTS_SINKS": ["redis://127.0.0.1/0?stream=s"]}, "is a target of the relay"),
+        ({"DBEVENTS_DATA_DIR": True}, "DBEVENTS_DATA_DIR must be a directory path"),
+    ],
+)
+def test_misconfigured_sinks_say_what_to_write(
+    make_app: MakeApp, tmp_path: Path, config: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(dbevents.ConfigurationError, match=message):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", **config)
 
 
 def test_sqlite_engines_get_the_savepoint_recipe(make_app: MakeApp, tmp_path: Path) -> None:
@@ -385,6 +425,27 @@ def test_relay_drains_the_apps_outbox_in_a_schema(
 
     assert result.output == "relayed 1 change sets\n"
     assert len(memory.changesets) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_relay_of_a_renamed_outbox_in_a_schema_by_its_name(
+    make_app: MakeApp, db_url: str, app_schema: str
+) -> None:
+    outbox = dbevents.OutboxSink(table_name="app_outbox", schema=app_schema)
+    memory = dbevents.MemorySink()
+    app = make_app(db_url, DBEVENTS_SINKS=[outbox, memory], DBEVENTS_OUTBOX_TABLE="app_outbox")
+    with app.app_context():
+        outbox.create_table(db.engine)
+        _add_memo("one")
+
+    runner = app.test_cli_runner()
+    once = ["dbevents", "relay", "--once"]
+    assert runner.invoke(args=once).output == "relayed 1 change sets\n"  # the schema: the app's
+    with app.app_context():
+        _add_memo("three")
+    result = runner.invoke(args=[*once, "--table-name", "app_outbox", "--schema", app_schema])
+    assert result.output == "relayed 1 change sets\n"
+    assert len(memory.changesets) == 2
 
 
 def test_relay_errors_are_reported_without_a_traceback(make_app: MakeApp, db_url: str) -> None:

@@ -89,7 +89,7 @@ def fk_order(
     those the order cannot satisfy.  Unknown names raise :class:`ConfigurationError`.
     """
     if names is None:
-        chosen = list(metadata.tables.values())
+        chosen = [table for table in metadata.tables.values() if not bookkeeping(table)]
     else:
         wanted = list(dict.fromkeys(names))
         unknown = [name for name in wanted if name not in metadata.tables]
@@ -97,6 +97,16 @@ def fk_order(
             raise ConfigurationError(f"unknown table(s) {', '.join(unknown)} in the metadata")
         chosen = [metadata.tables[name] for name in wanted]
     return fk_sorted(chosen)
+
+
+#: ``Table.info`` key marking dbevents' own tables (the outbox and its dead letters)
+BOOKKEEPING = "dbevents.bookkeeping"
+
+
+def bookkeeping(table: sa.Table) -> bool:
+    """Whether ``table`` is dbevents' own: left out of dumps and loads unless named (a
+    restore that brought back outbox rows would deliver their change sets again)."""
+    return bool(table.info.get(BOOKKEEPING))
 
 
 def fk_sorted(

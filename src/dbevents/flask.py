@@ -15,15 +15,15 @@
 Configuration, read per app:
 
 - ``DBEVENTS_DATA_DIR`` (else ``DATA_DIR``): a :class:`~dbevents.sinks.mirror.MirrorSink` keeps
-  a mirror of the database in that directory.
+  a mirror of the database in that directory (``DBEVENTS_DATA_DIR = None``: none).
 - ``DBEVENTS_SINKS``: more sinks, as objects or ``"module:attr"`` strings (an attribute that is
   not a sink is called to make one).
 - ``DBEVENTS_ACTOR``: a callable (or ``"module:attr"``) returning the actor; by default the
   logged-in user's ``get_id()`` when Flask-Login is installed and a request is active.
-- ``DBEVENTS_SQLITE_CONFIGURE`` (default ``True``): apply :func:`dbevents.sqlite.configure`;
-  ``"IMMEDIATE"`` applies it with ``begin="IMMEDIATE"``, for apps serving requests in
-  several threads or processes (a request then waits for another's write to end rather
-  than fail with "database is locked").
+- ``DBEVENTS_SQLITE_CONFIGURE`` (default ``"IMMEDIATE"``): apply :func:`dbevents.sqlite.configure`
+  with ``begin="IMMEDIATE"``, so that a request that reads, then writes, waits for another's
+  write to end rather than fail with "database is locked"; ``"DEFERRED"`` keeps SQLite's
+  deferred ``BEGIN`` (one writer at a time only); ``False`` leaves the engines alone.
 - ``DBEVENTS_OUTBOX_TABLE``: the outbox table ``flask dbevents relay`` drains; by default that of
   the app's :class:`~dbevents.sinks.outbox.OutboxSink`, else ``dbevents_outbox``.
 
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,17 +124,23 @@ class DBEvents:
         if self.db is None:
             self.db = db
         config = app.config
-        data_dir = config.get("DBEVENTS_DATA_DIR") or config.get("DATA_DIR")
+        # DBEVENTS_DATA_DIR set to None, False or "" keeps no mirror, whatever DATA_DIR says
+        key = "DBEVENTS_DATA_DIR" if "DBEVENTS_DATA_DIR" in config else "DATA_DIR"
+        data_dir = config.get(key)
+        if data_dir and not isinstance(data_dir, str | os.PathLike):
+            raise ConfigurationError(
+                f"{key} must be a directory path, or None for no mirror, not {data_dir!r}"
+            )
         configured = config.get("DBEVENTS_SINKS", ())
         if isinstance(configured, str | Sink) or not isinstance(configured, Iterable):
             raise ConfigurationError(
                 f"DBEVENTS_SINKS takes a list of sinks, not {configured!r}: write "
                 "DBEVENTS_SINKS = [sink]"
             )
-        sinks = [_sink(item) for item in configured]
+        sinks = [_sink(item, db) for item in configured]
         if data_dir:  # imported here: only apps that keep a mirror need it
             mirror = importlib.import_module("dbevents.sinks.mirror")
-            sinks.insert(0, mirror.MirrorSink(data_dir))
+            sinks.insert(0, mirror.MirrorSink(data_dir, metadata=db.metadata))
         actor = _actor(config.get("DBEVENTS_ACTOR"))
         app.extensions[EXTENSION] = _AppState(
             ext=self,
@@ -144,13 +151,16 @@ class DBEvents:
             actor=actor,
             outbox_table=config.get("DBEVENTS_OUTBOX_TABLE") or None,
         )
-        sqlite_mode = config.get("DBEVENTS_SQLITE_CONFIGURE", True)
+        # IMMEDIATE by default: Flask serves requests in threads, and with SQLite's deferred
+        # BEGIN a request that reads, then writes, while another writes fails at once
+        sqlite_mode = config.get("DBEVENTS_SQLITE_CONFIGURE", "IMMEDIATE")
         if sqlite_mode not in (True, False, "IMMEDIATE", "DEFERRED"):
             raise ConfigurationError(
-                f"DBEVENTS_SQLITE_CONFIGURE must be True, False or 'IMMEDIATE', not {sqlite_mode!r}"
+                "DBEVENTS_SQLITE_CONFIGURE must be 'IMMEDIATE' (or True), 'DEFERRED' or False, "
+                f"not {sqlite_mode!r}"
             )
         if sqlite_mode:
-            _configure_sqlite(app, db, "IMMEDIATE" if sqlite_mode == "IMMEDIATE" else "DEFERRED")
+            _configure_sqlite(app, db, "DEFERRED" if sqlite_mode == "DEFERRED" else "IMMEDIATE")
         self.events.install(db.session)
         for command in (_dumpdata, _loaddata, _group):
             app.cli.add_command(command)
@@ -220,12 +230,29 @@ def _resolve(name: str) -> Any:
     return value
 
 
-def _sink(item: Any) -> Sink:
+def _sink(item: Any, db: SQLAlchemy) -> Sink:
+    if isinstance(item, str) and ("://" in item or item.startswith("mirror:")):
+        raise ConfigurationError(
+            f"DBEVENTS_SINKS: {item!r} is a target of the relay command; the app's sinks are "
+            "objects or 'module:attr' names: set DBEVENTS_DATA_DIR for a mirror, or give "
+            "RedisStreamSink(url, stream)"
+        )
     value = _resolve(item) if isinstance(item, str) else item
-    if isinstance(value, type) and isinstance(value, Sink):
-        value = value()  # a sink class
-    elif not isinstance(value, type | Sink) and callable(value):
-        value = value()  # a factory
+    outbox = importlib.import_module("dbevents.sinks.outbox")
+    if value is outbox.OutboxSink:  # on the app's metadata, so db.create_all() makes its tables
+        value = outbox.OutboxSink(db.metadata)
+    elif (
+        isinstance(value, type)
+        and isinstance(value, Sink)
+        or (not isinstance(value, type | Sink) and callable(value))
+    ):
+        try:
+            value = value()  # a sink class, or a factory
+        except TypeError as error:
+            raise ConfigurationError(
+                f"DBEVENTS_SINKS: {item!r} can't be made without arguments ({error}); give "
+                "the sink itself, made with its arguments"
+            ) from error
     if isinstance(value, type) or not isinstance(value, Sink):
         raise ConfigurationError(f"DBEVENTS_SINKS: {item!r} is not a sink (no publish method)")
     return value
@@ -362,39 +389,46 @@ def _verify(directory: Path, tables: str | None) -> None:
     "--table-name",
     help="The outbox table [default: DBEVENTS_OUTBOX_TABLE, else the app's OutboxSink's].",
 )
+@click.option("--schema", help="The outbox table's schema [default: that of the app's OutboxSink].")
 @with_appcontext
-def _relay(once: bool, table_name: str | None) -> None:
+def _relay(once: bool, table_name: str | None, schema: str | None) -> None:
     """Deliver the outbox's change sets to the app's other sinks."""
     relay = importlib.import_module("dbevents.relay").relay
     state = _state(None)
     sinks = [sink for sink in state.sinks if not isinstance(sink, TransactionalSink)]
     if not sinks:
         raise click.UsageError("no sink to relay to: set DBEVENTS_SINKS or DBEVENTS_DATA_DIR")
-    schema = None
-    if table_name is None and state.outbox_table:
+    own = _outboxes_of(state)
+    if table_name is None:
         table_name = state.outbox_table
-    elif table_name is None:
-        table_name, schema = _outbox_of(state)
+    if table_name is None:
+        if len(own) > 1:
+            names = sorted(name if not where else f"{where}.{name}" for name, where in own)
+            raise click.UsageError(
+                f"the app has several outboxes ({', '.join(names)}): choose with --table-name"
+            )
+        table_name, in_schema = own.pop() if own else (_default_outbox(), None)
+        schema = schema if schema is not None else in_schema
+    elif schema is None:  # the app's outbox of that name says its schema
+        schema = next((where for name, where in own if name == table_name), None)
     with _reported():
         count = relay(state.db.engine, sinks, once=once, table_name=table_name, schema=schema)
     click.echo(f"relayed {count} change sets")
 
 
-def _outbox_of(state: _AppState) -> tuple[str, str | None]:
-    """The table and schema of the app's own OutboxSink, so a renamed outbox, or one in
+def _outboxes_of(state: _AppState) -> set[tuple[str, str | None]]:
+    """The tables and schemas of the app's own OutboxSinks, so a renamed outbox, or one in
     a schema, needs no second setting."""
     outbox = importlib.import_module("dbevents.sinks.outbox")
-    tables = {
+    return {
         (sink.table.name, sink.table.schema)
         for sink in state.transactional
         if isinstance(sink, outbox.OutboxSink)
     }
-    if len(tables) > 1:
-        names = sorted(name if not schema else f"{schema}.{name}" for name, schema in tables)
-        raise click.UsageError(
-            f"the app has several outboxes ({', '.join(names)}): choose with --table-name"
-        )
-    return tables.pop() if tables else (str(outbox.DEFAULT_TABLE), None)
+
+
+def _default_outbox() -> str:
+    return str(importlib.import_module("dbevents.sinks.outbox").DEFAULT_TABLE)
 
 
 @_group.command("handlers")

@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from .columns import ColumnRule
 from .diagnose import diagnose, skip
 from .exceptions import ConfigurationError, LoadError
-from .fileformat import MANIFEST, Source, TableEntry, fingerprint, fk_order, key_of
+from .fileformat import MANIFEST, Source, TableEntry, bookkeeping, fingerprint, fk_order, key_of
 from .fileformat import resolve_metadata as _resolve_metadata
 from .loadwriter import TableWriter
 from .progress import Progress
@@ -135,7 +135,11 @@ def plan(
                 "check_schema=False (--no-check-schema)",
                 path=manifest_path,
             )
-    names = [entry.name for entry in manifest.tables] if tables is None else list(tables)
+    names = (
+        [entry.name for entry in manifest.tables if not bookkeeping(metadata.tables[entry.name])]
+        if tables is None
+        else list(tables)
+    )
     for name in names:
         if manifest.entry(name) is None:
             raise LoadError(

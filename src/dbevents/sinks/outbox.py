@@ -22,7 +22,7 @@ from .._compat import transaction_connections
 from ..changes import ChangeSet
 from ..dispatch.connection import SKIP_CAPTURE
 from ..exceptions import ConfigurationError
-from ..fileformat import resolve_metadata
+from ..fileformat import BOOKKEEPING, resolve_metadata
 
 if TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
@@ -64,6 +64,7 @@ def outbox_table(
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("last_error", sa.Text, nullable=True),
         schema=schema,
+        info={BOOKKEEPING: True},
     )
 
 
@@ -82,6 +83,7 @@ def dead_table(
         sa.Column("error", sa.Text, nullable=False),
         sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False),
         schema=schema,
+        info={BOOKKEEPING: True},
     )
 
 
