@@ -13,12 +13,14 @@ import flask_login
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+import werkzeug.local
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents.fields import UID, Authorship, Timestamps
 from dbevents.flask import DBEvents
+from dbevents.testing import capture
 from tests.fixtures import recorded_sql
 from tests.servers import PostgresServer
 
@@ -319,6 +321,28 @@ def test_an_actor_that_is_not_callable_fails_at_init(
 ) -> None:
     with pytest.raises(dbevents.ConfigurationError, match="DBEVENTS_ACTOR"):
         make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_ACTOR=bad)
+
+
+def test_an_actor_that_is_a_proxy_fails_at_init(make_app: MakeApp, tmp_path: Path) -> None:
+    """flask_login.current_user is a werkzeug proxy: callable to Python, but calling it calls
+    the user object."""
+    user = werkzeug.local.LocalProxy(lambda: User("ada"))
+    with pytest.raises(dbevents.ConfigurationError, match="stands for an object"):
+        make_app(f"sqlite:///{tmp_path / 'x.db'}", DBEVENTS_ACTOR=user)
+
+
+def test_one_dbevents_per_app(ext: DBEvents, make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'x.db'}")
+    ext.init_app(app)  # again, the same one: fine
+    with pytest.raises(dbevents.ConfigurationError, match="another DBEvents already"):
+        DBEvents().init_app(app, db)
+
+
+def test_capture_takes_the_extension(ext: DBEvents, make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(f"sqlite:///{tmp_path / 'x.db'}")
+    with app.app_context(), capture(ext) as received:
+        _add_memo("one")
+    assert [len(cs.changes) for cs in received] == [1]
 
 
 # -- commands --------------------------------------------------------------------------------

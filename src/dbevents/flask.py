@@ -38,6 +38,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -121,6 +122,12 @@ class DBEvents:
         db = db if db is not None else self.db
         if db is None:
             raise ConfigurationError("DBEvents.init_app needs the Flask-SQLAlchemy db")
+        other = app.extensions.get(EXTENSION)
+        if isinstance(other, _AppState) and other.ext is not self:
+            raise ConfigurationError(
+                f"{app!r} is set up by another DBEvents already: one per app (its sinks "
+                "would get nothing more)"
+            )
         if self.db is None:
             self.db = db
         config = app.config
@@ -264,12 +271,24 @@ def _actor(configured: Any) -> Callable[[], Any] | None:
         actor = _resolve(configured) if isinstance(configured, str) else configured
     except ConfigurationError as error:
         raise ConfigurationError(f"DBEVENTS_ACTOR: {error}") from error
+    if _is_proxy(actor):  # callable to Python, but calling it calls the object it stands for
+        raise ConfigurationError(
+            f"DBEVENTS_ACTOR: {configured!r} stands for an object (a Flask or werkzeug proxy), "
+            "not a function returning the actor: give one, such as "
+            "lambda: current_user.get_id()"
+        )
     if actor is not None and not callable(actor):
         raise ConfigurationError(
             f"DBEVENTS_ACTOR: {configured!r} is not callable (a {type(actor).__name__}); "
             "give a function that returns the actor, or its 'module:function' name"
         )
     return actor  # type: ignore[no-any-return]
+
+
+def _is_proxy(value: Any) -> bool:
+    """Whether ``value`` is a werkzeug ``LocalProxy`` (``flask_login.current_user``)."""
+    local = sys.modules.get("werkzeug.local")
+    return local is not None and isinstance(value, local.LocalProxy)
 
 
 def _app_actor() -> Any:

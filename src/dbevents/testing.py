@@ -27,12 +27,16 @@ __all__ = ["capture", "changesets"]
 
 
 @contextmanager
-def capture(events: Events) -> Iterator[list[ChangeSet]]:
+def capture(events: Events | Any) -> Iterator[list[ChangeSet]]:
     """Collect every change set ``events`` delivers while the block runs.
 
     The list fills as transactions commit, so it can be inspected inside the
     block too.  The listener is removed on exit.
+
+    :param events: an :class:`~dbevents.Events`, or the Flask extension (its ``events``).
     """
+    if not isinstance(events, Events) and isinstance(getattr(events, "events", None), Events):
+        events = events.events  # the Flask extension's
     received: list[ChangeSet] = []
     events.on_commit(received.append)
     try:
