@@ -132,6 +132,6 @@ def _left_behind(order: _Order, task: asyncio.Task[Any]) -> None:
     AsyncSession delivers (async receivers are awaited there)."""
     if not order.queue or order.delivering:
         return
-    from sqlalchemy.util import greenlet_spawn
+    from sqlalchemy.util import greenlet_spawn  # (greenlet is there: a task committed)
 
     task.get_loop().create_task(greenlet_spawn(_drain, order))

@@ -49,7 +49,15 @@ Transaction = sa_orm.SessionTransaction
 class SessionState:
     """What one :class:`Events` tracks for one session."""
 
-    __slots__ = ("buffers", "committing", "events", "flush", "prepared", "savepoints", "summoned")
+    __slots__ = (
+        "buffers",
+        "committing",
+        "events",
+        "flush",
+        "prepared",
+        "ran_before_commit",
+        "savepoints",
+    )
 
     def __init__(self, events: Events) -> None:
         self.events = events
@@ -62,7 +70,7 @@ class SessionState:
         #: own before_commit listeners, or by SQLAlchemy's last flush before COMMIT
         self.committing = False
         #: the buffer keys whose before_commit callbacks ran in this commit
-        self.summoned: set[Any] = set()
+        self.ran_before_commit: set[Any] = set()
         #: SAVEPOINTs the application began on the session's connection, outermost
         #: first: (name, the session transaction they were begun in, buffer)
         self.savepoints: list[tuple[str, Transaction, Buffer]] = []
@@ -131,7 +139,7 @@ class SessionState:
             self._end_savepoints_of(root, committed=True)  # COMMIT keeps what they hold
         buffer = self.buffers.get(root) if root is not None else None
         self.prepared = None
-        self.summoned = set()
+        self.ran_before_commit = set()
         if buffer:
             self._run_before_commit(session, buffer, flush=True)
             self._prepare(session, buffer)
@@ -153,8 +161,9 @@ class SessionState:
         buffer = self.buffers.get(root) if root is not None else None
         if buffer is None:
             return
-        if (not buffer) if self.prepared is None else (self.prepared[1] == buffer.version):
-            return  # nothing to tell then or now, or no row changed since
+        prepared = self.prepared
+        if (prepared[1] == buffer.version) if prepared is not None else not buffer:
+            return  # no row changed since, or nothing to tell then or now
         self._run_before_commit(session, buffer, flush=False)
         self._prepare(session, buffer)
 
@@ -168,7 +177,7 @@ class SessionState:
 
     def _run_before_commit(self, session: sa_orm.Session, buffer: Buffer, *, flush: bool) -> None:
         registry = self.events.registry
-        done = self.summoned
+        done = self.ran_before_commit
         for _ in range(_MAX_COMMIT_ROUNDS):
             # models first: a commit of many rows of models without before_commit costs a set
             callbacks_of = {
