@@ -303,9 +303,12 @@ def make_sink(target: str) -> Sink:
             maxlen = int(options["maxlen"]) if "maxlen" in options else None
             per_change = options.get("per_change", "0").lower() in ("1", "true", "yes")
             sink = RedisStreamSink(url, stream, maxlen=maxlen, per_change=per_change)
-            # the client's options are checked when it first connects: check them now
+        except ValueError as error:
+            raise click.BadParameter(f"{target}: {error}", param_hint="--to") from None
+        try:  # the client's options are checked when it first connects: check them now
             sink.client.connection_pool.make_connection().disconnect()
         except (ValueError, TypeError) as error:
+            sink.close()
             raise click.BadParameter(f"{target}: {error}", param_hint="--to") from None
         return sink  # type: ignore[no-any-return, unused-ignore]
     raise click.BadParameter(f"unknown sink {target!r}: use mirror:DIR or redis://...?stream=NAME")

@@ -246,13 +246,11 @@ def _sink(item: Any, db: SQLAlchemy) -> Sink:
         )
     value = _resolve(item) if isinstance(item, str) else item
     outbox = importlib.import_module("dbevents.sinks.outbox")
+    sink_class = isinstance(value, type) and isinstance(value, Sink)
+    factory = callable(value) and not isinstance(value, type | Sink)
     if value is outbox.OutboxSink:  # on the app's metadata, so db.create_all() makes its tables
         value = outbox.OutboxSink(db.metadata)
-    elif (
-        isinstance(value, type)
-        and isinstance(value, Sink)
-        or (not isinstance(value, type | Sink) and callable(value))
-    ):
+    elif sink_class or factory:
         try:
             value = value()  # a sink class, or a factory
         except TypeError as error:

@@ -57,7 +57,6 @@ class Row:
 class Outcome:
     """What one batch did."""
 
-    taken: int = 0
     delivered: int = 0
     parked: int = 0
     #: the row that failed, the sink and the error, when a sink failed
@@ -98,9 +97,8 @@ class Batcher:
         #: (seq, id) -> indexes of the sinks that accepted a row not yet acknowledged
         self.accepted: dict[tuple[int, str], set[int]] = {}
         self.dead_ready = False
-        # acknowledging a batch: one array parameter on PostgreSQL, the driver's executemany
-        # on SQLite; an IN list of hundreds of parameters, rendered and parsed each time,
-        # only where neither is known to work
+        # acknowledging a batch: one array parameter on PostgreSQL, else an executemany
+        # (never an IN list of hundreds of parameters, rendered and parsed each time)
         self._by_array = engine.dialect.name == "postgresql"
         seqs = sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger))
         self._delete_any = self.outbox.delete().where(self.outbox.c.seq == sa.any_(seqs))
@@ -128,7 +126,6 @@ class Batcher:
                         if rows:
                             self._deliver(rows, outcome)
                             self._settle(connection, rows, outcome)
-        outcome.taken = len(rows)
         # forget what sinks accepted of rows no longer pending
         pending = set(outcome.pending)
         self.accepted = {key: v for key, v in self.accepted.items() if key in pending}
@@ -269,10 +266,8 @@ class Batcher:
         """Delete the outbox rows every sink accepted."""
         if self._by_array:
             connection.execute(self._delete_any, {"seqs": seqs})
-        elif self.sqlite:  # (through SQLAlchemy, which applies a schema_translate_map)
+        else:  # (through SQLAlchemy, which applies a schema_translate_map)
             connection.execute(self._delete_each, [{"acked": seq} for seq in seqs])
-        else:
-            connection.execute(self.outbox.delete().where(self.outbox.c.seq.in_(seqs)))
 
     def _park(self, connection: sa.Connection, row: Row, reason: str) -> None:
         if not self.dead_ready:
