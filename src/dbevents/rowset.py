@@ -41,6 +41,22 @@ class RowSet(Generic[M]):
         self._pks = tuple(pks) if pks is not None else None
         self._objects = tuple(objects) if objects is not None else None
 
+    @classmethod
+    def _flushed(
+        cls, model: type[M], session: sa_orm.Session, obj: M, pk: tuple[Any, ...] | None = None
+    ) -> RowSet[M]:
+        """The RowSet of one object the unit of work writes, and its key if known.
+
+        A flush makes one or two per row: built without the keyword arguments and
+        copies of the constructor, which cost as much as a no-op callback does.
+        """
+        rows = object.__new__(cls)
+        rows.model, rows.session = model, session
+        rows._where = None
+        rows._pks = None if pk is None else (pk,)
+        rows._objects = (obj,)
+        return rows
+
     @property
     def pks(self) -> tuple[tuple[Any, ...], ...] | None:
         """Primary keys of the rows, as tuples, when known.

@@ -187,12 +187,12 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
             return None
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_update:
-            rows = RowSet(model, fs.session, objects=(obj,))
+            rows = RowSet._flushed(model, fs.session, obj)
             vetoer = _with_fields(plan.before_update, plan, obj, fields, (rows, fields))
         return vetoer
     vetoer = first_veto(plan.before_destroy, model, obj) if plan.before_destroy else None
     if vetoer is None and plan.before_delete:
-        vetoer = first_veto(plan.before_delete, model, RowSet(model, fs.session, objects=(obj,)))
+        vetoer = first_veto(plan.before_delete, model, RowSet._flushed(model, fs.session, obj))
     return vetoer
 
 
@@ -308,11 +308,9 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
         op, plan, state, obj, size = written[at : at + 5]
         keys = at + 5
         at = keys + 2 * size
-        fields = (
-            dict(zip(written[keys : keys + size], written[keys + size : at], strict=True))
-            if size
-            else {}
-        )
+        fields: dict[str, Any] = {}
+        for key in range(keys, keys + size):  # (a comprehension costs more, per row)
+            fields[written[key]] = written[key + size]
         model = plan.model
         # (a callback returning True vetoes nothing here: vetoes_nothing says so)
         if op is Op.INSERT:
@@ -326,7 +324,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
                     vetoes_nothing(fn, "after_save")
         elif op is Op.UPDATE:
             if plan.after_update:
-                rows = RowSet(model, session, objects=(obj,))
+                rows = RowSet._flushed(model, session, obj)
                 for fn, _ in plan.after_update:
                     if fn(model, rows, fields) is True:
                         vetoes_nothing(fn, "after_update")
@@ -335,7 +333,7 @@ def after_flush_postexec(st: SessionState, session: sa_orm.Session) -> None:
                     vetoes_nothing(fn, "after_save")
         else:
             if plan.after_delete:
-                rows = RowSet(model, session, objects=(obj,), pks=(state.identity or (),))
+                rows = RowSet._flushed(model, session, obj, state.identity or ())
                 for fn, _ in plan.after_delete:
                     if fn(model, rows) is True:
                         vetoes_nothing(fn, "after_delete")
