@@ -228,13 +228,27 @@ class SessionState:
         if transaction.parent is None:
             self.prepared = None
             self.committing = False
-            self.buffers.clear()
-            self.savepoints.clear()
+            self._forget_all_but(session.get_transaction())
             end_flushes(session)  # a failed flush never reached after_flush_postexec
             deliver_queued()  # (what after_commit queued, for this Events and any other)
             return
         if buffer is not None and buffer.committed and buffer and transaction.nested:
             buffer.merge_into(self._enclosing_buffer(transaction))
+
+    def _forget_all_but(self, live: Transaction | None) -> None:
+        """The root transaction ended: drop the buffers and SAVEPOINTs of its transactions.
+
+        Those of ``live``, the session's transaction now, stay: it is None, unless a
+        receiver wrote through the session while the change set of another
+        :class:`Events` installed on it was delivered, which ran before this one heard
+        of the end, and began the session's next transaction.
+        """
+        if live is None:
+            self.buffers.clear()
+            self.savepoints.clear()
+            return
+        self.buffers = {t: b for t, b in self.buffers.items() if _root_of(t) is live}
+        self.savepoints = [entry for entry in self.savepoints if _root_of(entry[1]) is live]
 
     def _committed_changeset(self, buffer: Buffer) -> ChangeSet:
         """The change set of the root's buffer: the one built in before_commit, unless rows
@@ -264,6 +278,12 @@ class SessionState:
             # (Change values made when first looked at: the type says what they become)
             changes=cast(Any, buffer.snapshot()),
         )
+
+
+def _root_of(transaction: Transaction) -> Transaction:
+    while transaction.parent is not None:
+        transaction = transaction.parent
+    return transaction
 
 
 def state_of(session: sa_orm.Session, events: Events) -> SessionState:
