@@ -3,14 +3,56 @@ session they are told of, flushes that fail part-way, cascades the database runs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 import dbevents
 from dbevents import ChangeSet
+from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
+from tests.fixtures import delivered, installed, snapshot, table_diff
 from tests.models import Contact
+
+
+class PBase(sa_orm.DeclarativeBase):
+    pass
+
+
+class Folder(PBase):
+    __tablename__ = "folders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: the children not loaded are left to the database's ON DELETE CASCADE
+    files: Mapped[list[File]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+    #: no ON DELETE on this one's key: the database refuses, never deletes
+    links: Mapped[list[Link]] = relationship(passive_deletes=True)
+
+
+class File(PBase):
+    __tablename__ = "files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int] = mapped_column(sa.ForeignKey("folders.id", ondelete="CASCADE"))
+
+
+class Link(PBase):
+    __tablename__ = "links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    folder_id: Mapped[int | None] = mapped_column(sa.ForeignKey("folders.id"))
+
+
+@pytest.fixture
+def FolderSession(  # noqa: N802
+    events: dbevents.Events, engine: sa.Engine
+) -> Iterator[sa_orm.sessionmaker[sa_orm.Session]]:
+    if engine.dialect.name == "sqlite":  # (SQLite enforces foreign keys only when told to)
+        sa.event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))
+    yield from installed(events, engine, PBase.metadata)
 
 
 def emails(changesets: list[ChangeSet]) -> list[list[str]]:
@@ -68,3 +110,84 @@ def test_a_receiver_that_begins_a_savepoint_keeps_it_for_every_events(tables: sa
         savepoints[0].commit()
         session.commit()
     assert emails(to_second) == [["first@x"], ["in-savepoint@x"]]
+
+
+def _two_folders(maker: sa_orm.sessionmaker[sa_orm.Session]) -> None:
+    with maker() as session:
+        session.add_all([Folder(id=1, files=[File(id=1), File(id=2)]), Folder(id=2)])
+        session.add(Link(id=1))
+        session.commit()
+
+
+def test_children_a_passive_delete_leaves_to_the_database_are_told_of(
+    FolderSession: Any, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    _two_folders(FolderSession)
+    before = snapshot(engine, ("folders", "files"))
+    with FolderSession() as session:
+        session.delete(session.get_one(Folder, 1))  # its files are not loaded
+        with pytest.warns(DbEventsWarning, match=r"deletes the File rows of Folder\.files"):
+            session.commit()
+    after = snapshot(engine, ("folders", "files"))
+    assert after["files"] == {}  # the database deleted them
+    assert delivered(changesets[-1]) != table_diff(before, after)
+    assert [c.table for c in changesets[-1].changes] == ["folders"]
+
+
+def test_children_loaded_before_a_passive_delete_are_captured_without_a_word(
+    FolderSession: Any, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    _two_folders(FolderSession)
+    before = snapshot(engine, ("folders", "files"))
+    with FolderSession() as session:
+        folder = session.get_one(Folder, 1)
+        assert len(folder.files) == 2
+        session.delete(folder)
+        empty = session.get_one(Folder, 2)
+        assert empty.files == []  # (its links are not loaded, but have no ON DELETE)
+        session.delete(empty)
+        session.commit()
+    assert delivered(changesets[-1]) == table_diff(before, snapshot(engine, ("folders", "files")))
+
+
+def test_a_passive_delete_under_raw_sql_raise_writes_nothing(engine: sa.Engine) -> None:
+    events = dbevents.Events(raw_sql="raise")
+    maker = next(installed(events, engine, PBase.metadata))
+    _two_folders(maker)
+    with maker() as session:
+        session.delete(session.get_one(Folder, 1))
+        with pytest.raises(UncapturedWriteError, match="passive_deletes and ON DELETE CASCADE"):
+            session.flush()
+    with maker() as session:
+        assert session.get(Folder, 1) is not None
+
+
+def test_expire_on_commit_false_delivers_old_values_as_loaded(
+    events: dbevents.Events, tables: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """The documented limit: an object kept loaded across commits has no fresh old value."""
+    maker = events.install(sa_orm.sessionmaker(tables, expire_on_commit=False))
+    with maker() as session:
+        contact = Contact(id=1, email="a@x", name="first")
+        session.add(contact)
+        session.commit()
+        with maker() as other:
+            other.get_one(Contact, 1).name = "second"
+            other.commit()
+        contact.name = "third"
+        session.commit()
+        session.refresh(contact)
+        session.commit()  # (ends the read: SQLite lets the other session write then)
+        with maker() as other:
+            other.get_one(Contact, 1).name = "fourth"
+            other.commit()
+        session.get_one(Contact, 1, populate_existing=True)
+        contact.name = "fifth"
+        session.commit()
+    updates = [(dict(c.old or {}), dict(c.new or {})) for cs in changesets[1:] for c in cs.changes]
+    assert updates == [
+        ({"name": "first"}, {"name": "second"}),
+        ({"name": "first"}, {"name": "third"}),  # (the row held "second")
+        ({"name": "third"}, {"name": "fourth"}),
+        ({"name": "fourth"}, {"name": "fifth"}),
+    ]

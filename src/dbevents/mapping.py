@@ -148,6 +148,7 @@ class MapperSpec:
         "name",
         "one_to_many",
         "parts",
+        "passive_deletes",
         "pk_keys",
         "python_onupdate_keys",
         "scalar_defaults",
@@ -225,6 +226,18 @@ class MapperSpec:
             for rel in mapper.relationships
             if rel.direction is sa_orm.ONETOMANY and rel.secondary is None and not rel.viewonly
         )
+
+        #: relationships whose rows the database itself deletes or updates along with a
+        #: deleted row, by the ON DELETE of their foreign key, when the flush leaves them to
+        #: it (``passive_deletes``): relationship -> that ON DELETE action
+        self.passive_deletes = {
+            rel: action
+            for rel in mapper.relationships
+            if rel.passive_deletes
+            and not rel.viewonly
+            and rel.direction is not sa_orm.MANYTOONE
+            and (action := _on_delete(rel, mapper))
+        }
 
     def rows_of(self, values: dict[str, Any]) -> list[dict[str, Any]]:
         """Split attribute values into one column-name row per table (missing: skipped)."""
@@ -305,6 +318,20 @@ def attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> 
         return mapper.get_property_by_column(column).key
     except sa_orm.exc.UnmappedColumnError:
         return None
+
+
+_DATABASE_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
+
+
+def _on_delete(rel: sa_orm.RelationshipProperty[Any], mapper: sa_orm.Mapper[Any]) -> str | None:
+    """The ON DELETE action the foreign key of ``rel``'s rows (or of its ``secondary``
+    rows) to ``mapper``'s table takes when a row of it is deleted, if it changes them."""
+    for column in rel.remote_side:
+        for fk in getattr(column, "foreign_keys", ()):
+            action = (fk.ondelete or "").upper()
+            if action in _DATABASE_ACTIONS and fk.column.table in mapper.tables:
+                return action
+    return None
 
 
 def _base_first(tables: list[sa.Table]) -> list[sa.Table]:
