@@ -15,7 +15,7 @@ import dbevents
 from dbevents import ChangeSet
 from dbevents.exceptions import DbEventsWarning, UncapturedWriteError
 from tests.fixtures import delivered, installed, snapshot, table_diff
-from tests.models import Contact
+from tests.models import Contact, Tag
 
 
 class PBase(sa_orm.DeclarativeBase):
@@ -191,3 +191,26 @@ def test_expire_on_commit_false_delivers_old_values_as_loaded(
         ({"name": "third"}, {"name": "fourth"}),
         ({"name": "fourth"}, {"name": "fifth"}),
     ]
+
+
+def test_a_statement_that_fails_part_way_on_sqlite_leaves_rows_uncaptured(
+    Session: Any, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    """The documented limit, and its way out: a savepoint around the statement."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL fails the whole transaction")
+    with Session() as session:
+        session.add(Tag(namespace="n", name="taken"))
+        session.commit()
+    rows = [{"namespace": "n", "name": "first"}, {"namespace": "n", "name": "taken"}]
+    with Session() as session:
+        with pytest.raises(sa.exc.IntegrityError):
+            session.execute(sa.insert(Tag), rows)
+        with pytest.raises(sa.exc.IntegrityError), session.begin_nested():
+            session.execute(sa.insert(Tag), [{"namespace": "n", "name": "second"}, rows[1]])
+        session.execute(sa.insert(Tag), [{"namespace": "n", "name": "last"}])
+        session.commit()
+    with engine.connect() as conn:
+        stored = {tuple(row) for row in conn.execute(sa.select(Tag.namespace, Tag.name))}
+    assert stored == {("n", "taken"), ("n", "first"), ("n", "last")}
+    assert [c.pk for c in changesets[-1].changes] == [("n", "last")]  # ("n", "first") is not
