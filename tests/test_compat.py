@@ -164,6 +164,13 @@ def test_dml_values_round_trip() -> None:
     ]
 
 
+def test_type_on_is_the_variant_a_dialect_uses() -> None:
+    kind = sa.String(20).with_variant(sa.Text(), "sqlite")
+    assert isinstance(_compat.type_on(kind, "sqlite"), sa.Text)
+    assert _compat.type_on(kind, "postgresql") is kind
+    assert _compat.type_on(sa.Integer(), "sqlite").__class__ is sa.Integer
+
+
 def test_dml_table_is_the_table_each_bulk_statement_writes(tables: sa.Engine) -> None:
     written: list[str] = []
 

@@ -38,6 +38,7 @@ __all__ = [
     "sa_version",
     "supplemental_returning",
     "transaction_connections",
+    "type_on",
     "upsert_clause",
     "upsert_set_keys",
     "with_upsert_set",
@@ -388,3 +389,10 @@ def multi_values(statement: Any) -> list[Any] | None:
 def where_criteria(statement: Any) -> tuple[Any, ...]:
     """The WHERE criteria of a statement, one per ``.where()`` (private: ``_where_criteria``)."""
     return tuple(getattr(statement, "_where_criteria", ()))
+
+
+def type_on(kind: sa.types.TypeEngine[Any], dialect_name: str) -> sa.types.TypeEngine[Any]:
+    """The type a column of type ``kind`` has on the dialect called ``dialect_name``: the one
+    ``kind.with_variant(...)`` gave for it, else ``kind`` itself."""
+    variant: sa.types.TypeEngine[Any] = kind._variant_mapping.get(dialect_name, kind)
+    return variant

@@ -265,7 +265,7 @@ def plan_statement(
                 connection, columns, statement.whereclause, parameters[0], keys_change=keys_change
             )
             names = [name for name in map(column_name, columns) if name not in spec.pk]
-            literals = set_literals(table, statement, parameters[0], names)
+            literals = set_literals(table, statement, parameters[0], names, dialect.name)
             if literals is not None:  # plain values: the rows read tell what it writes
                 set_to, returns = literals, Returns.SET_OF_READ
             else:

@@ -21,6 +21,7 @@ from .._compat import (
     explicit_returning,
     prefixes,
     returns_defaults,
+    type_on,
     upsert_clause,
     upsert_set_keys,
 )
@@ -126,11 +127,16 @@ _STORED_AS_SENT: Final[dict[type[Any], type[Any]]] = {
 
 
 def set_literals(
-    table: sa.Table, statement: Any, parameters: Mapping[str, Any], names: Sequence[str]
+    table: sa.Table,
+    statement: Any,
+    parameters: Mapping[str, Any],
+    names: Sequence[str],
+    dialect_name: str,
 ) -> tuple[Any, ...] | None:
     """The value an UPDATE SETs each of the columns ``names`` to, when it is a plain value
     stored exactly as sent; None when any of them is not (an expression, a default the
-    statement computes, a value the column's type converts): only RETURNING tells those.
+    statement computes, a value the column's type converts, on this dialect: a type's
+    variant may be one that converts it): only RETURNING tells those.
 
     Then the UPDATE need not return its rows: the rows read before it, with these
     values, are the rows it wrote.
@@ -151,7 +157,8 @@ def set_literals(
         ):
             return None
         literal = value.value
-        if literal is not None and type(literal) is not _STORED_AS_SENT.get(type(column.type)):
+        kind = type_on(column.type, dialect_name)
+        if literal is not None and type(literal) is not _STORED_AS_SENT.get(type(kind)):
             return None
         values[column.name] = literal
     if any(name not in values for name in names):
