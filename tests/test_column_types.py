@@ -419,6 +419,51 @@ def test_postgresql_jsonb_and_arrays(
             assert got == {}
 
 
+# -- the old values of deleted rows ------------------------------------------------------------
+
+
+def test_a_row_changed_in_place_then_deleted_is_delivered_as_stored(
+    Session: Maker, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    seed(Session, data={"a": 1}, items=[1], kind="a", secret="s")
+
+    def delete(session: sa_orm.Session) -> None:
+        doc = session.get_one(Doc, 1)
+        doc.data["a"] = 2  # type: ignore[index]
+        doc.items.append(5)  # type: ignore[union-attr]
+        session.expire(doc, ["kind"])
+        doc.kind = "b"  # set while expired
+        doc.secret = "t"  # deferred, set without being loaded
+        session.delete(doc)
+
+    got, expected = committed(Session, engine, changesets, delete)
+    assert got == expected
+    old = got[(1,)][1]
+    assert old is not None
+    assert (old["data"], old["items"], old["kind"], old["secret"]) == ({"a": 1}, [1], "a", "s")
+
+
+def test_an_orphan_changed_in_place_is_delivered_as_stored(
+    Session: Maker, changesets: list[ChangeSet]
+) -> None:
+    with Session() as session:
+        session.add(Owner(id=1, notes=[Note(id=1, meta={"a": 1}, text="t")]))
+        session.commit()
+    changesets.clear()
+    with Session() as session:
+        owner = session.get_one(Owner, 1)
+        note = owner.notes[0]
+        note.meta["a"] = 2
+        session.expire(note, ["text"])
+        note.text = "u"
+        owner.notes.remove(note)  # deleted by the flush itself
+        session.commit()
+
+    [change] = changesets[0].changes
+    assert change.op is dbevents.Op.DELETE
+    assert change.old == {"id": 1, "owner_id": 1, "meta": {"a": 1}, "text": "t"}
+
+
 # -- composites, synonyms and hybrids -----------------------------------------------------------
 
 

@@ -1,10 +1,11 @@
 """Old values a change needs that the session has not loaded.
 
-A dirty attribute that was expired when it was set has no old value, a deleted
-object may have expired columns, and the flush sets some columns itself (onupdate,
-the version counter, many-to-one foreign keys).  Before the flush writes, those
-are read with one SELECT per mapper and put where SQLAlchemy keeps them, so its
-own history (and no-op detection) has them like any other.
+A dirty attribute that was expired when it was set (or changed in place) has no
+old value, a deleted object may have expired columns, and the flush sets some
+columns itself (onupdate, the version counter, many-to-one foreign keys).  Before
+the flush writes, those are read with one SELECT per mapper and put where
+SQLAlchemy keeps them, so its own history (and no-op detection) has them like any
+other.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .writelock import take_write_lock
 __all__ = [
     "load_old_values",
     "select_by_identity",
+    "unknown_old_values",
     "unloaded_columns",
     "unloaded_moved_children",
     "unloaded_set_by_flush",
@@ -39,8 +41,9 @@ def load_old_values(
 ) -> None:
     """Fetch the unknown old values of changed rows: one SELECT per mapper.
 
-    A dirty attribute that was expired when it was set has no old value; a deleted
-    object may have expired columns, and an updated one expired columns that the
+    A dirty attribute that was expired when it was set (or changed in place) has no old
+    value, on an updated object as on a deleted one; a deleted object may have expired
+    columns, and an updated one expired columns that the
     UPDATE itself will set (onupdate, the version counter).  The values are put
     where SQLAlchemy itself keeps them, so its own no-op detection benefits as well:
     an old value of a dirty attribute in its history, any other as loaded.
@@ -61,8 +64,7 @@ def load_old_values(
         if plan.keep_old and not plan.spec.pk_keys.isdisjoint(committed):
             # a new primary key: delivered as the old key's row deleted, which is the whole
             # row, and the new key's inserted (see rows.record_update)
-            column_keys = plan.spec.column_keys
-            keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+            keys = unknown_old_values(plan, state)
             unloaded = unloaded_columns(plan, state)
             if keys or unloaded:
                 missing.setdefault(mapper, []).append((state, keys, unloaded))
@@ -78,8 +80,7 @@ def load_old_values(
             continue
         if not plan.wants_old:
             continue
-        column_keys = plan.spec.column_keys
-        keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+        keys = unknown_old_values(plan, state)
         unloaded = unloaded_set_by_flush(plan, state) if plan.flush_sets else []
         if keys or unloaded:
             missing.setdefault(mapper, []).append((state, keys, unloaded))
@@ -87,9 +88,12 @@ def load_old_values(
         plan = plan_of(state.mapper)
         if not plan.wants_old or state.key is None:
             continue
+        # a column set while expired, or changed in place (a mutable JSON value), holds
+        # its new value in the object: the row deleted had the old one
+        expired = unknown_old_values(plan, state)
         keys = unloaded_columns(plan, state)
-        if keys:
-            missing.setdefault(state.mapper, []).append((state, [], keys))
+        if keys or expired:
+            missing.setdefault(state.mapper, []).append((state, expired, keys))
     for mapper, items in missing.items():
         keys = sorted({key for _, expired, unloaded in items for key in (*expired, *unloaded)})
         found = select_by_identity(session, mapper, keys, [st.identity for st, _, _ in items])
@@ -157,6 +161,16 @@ def unloaded_set_by_flush(plan: ModelPlan, state: State) -> list[str]:
                 if local not in values and local not in committed and local not in keys
             )
     return keys
+
+
+def unknown_old_values(plan: ModelPlan, state: State) -> list[str]:
+    """The column attributes of ``state`` changed without their old value known: set while
+    expired or deferred, or flagged modified (``flag_modified``, a ``Mutable`` value
+    changed in place), which SQLAlchemy records as no old value at all."""
+    column_keys = plan.spec.column_keys
+    return [
+        key for key, old in state.committed_state.items() if old is NO_VALUE and key in column_keys
+    ]
 
 
 def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:

@@ -27,7 +27,7 @@ from ..changes import Op
 from ..exceptions import AbortError
 from ..mapping import MapperSpec, TablePart
 from .flush import FlushState, State, active_flushes, remember, run_before, same
-from .oldvalues import select_by_identity, unloaded_columns
+from .oldvalues import select_by_identity, unknown_old_values, unloaded_columns
 from .plan import ModelPlan
 
 __all__ = ["NO_FIELDS", "listen_mappers", "record_update"]
@@ -75,13 +75,12 @@ def _read_unknown_old(
     before_flush did so for the rows it saw, with one SELECT per mapper; a row
     the flush found itself, whose columns were expired, takes a SELECT of its own.
     """
-    column_keys = plan.spec.column_keys
-    committed = state.committed_state
-    keys = [key for key, old in committed.items() if old is NO_VALUE and key in column_keys]
+    keys = unknown_old_values(plan, state)
     if keys:
         identity = state.identity or ()
         row = select_by_identity(connection, mapper, keys, [identity]).get(identity)
         if row is not None:
+            committed = state.committed_state
             for key in keys:
                 committed[key] = row[key]
 
@@ -92,19 +91,29 @@ def _on_before_delete(mapper: sa_orm.Mapper[Any], connection: sa.Connection, sta
         return
     for fs in flushes:
         plan = fs.plan_of(mapper)
-        keys = (
-            unloaded_columns(plan, state)
-            if plan.wants_old and state not in fs.deleting  # before_flush read the others
-            else None
-        )
-        if keys:  # an orphan found by the flush itself, with columns not loaded
-            identity = state.identity or ()
-            row = select_by_identity(connection, mapper, keys, [identity]).get(identity)
-            for key, value in (row or {}).items():
-                if key in keys:
-                    sa_orm.attributes.set_committed_value(state.obj(), key, value)
+        if plan.wants_old and state not in fs.deleting:  # before_flush read the others
+            _read_deleted_old(connection, mapper, plan, state)
         if plan.before and state not in fs.seen:
             late_before(fs, plan, "delete", state)
+
+
+def _read_deleted_old(
+    connection: sa.Connection, mapper: sa_orm.Mapper[Any], plan: ModelPlan, state: State
+) -> None:
+    """Read what the row of an orphan the flush found itself held, where the object does
+    not tell: columns not loaded, and columns changed without their old value known."""
+    unloaded = unloaded_columns(plan, state)
+    expired = unknown_old_values(plan, state)
+    if not (unloaded or expired):
+        return
+    identity = state.identity or ()
+    row = select_by_identity(connection, mapper, [*unloaded, *expired], [identity]).get(identity)
+    if row is None:
+        return
+    for key in unloaded:
+        sa_orm.attributes.set_committed_value(state.obj(), key, row[key])
+    for key in expired:
+        state.committed_state[key] = row[key]
 
 
 def late_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> None:
