@@ -464,6 +464,66 @@ def test_an_orphan_changed_in_place_is_delivered_as_stored(
     assert change.old == {"id": 1, "owner_id": 1, "meta": {"a": 1}, "text": "t"}
 
 
+# -- attributes set to SQL expressions ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [Doc.x + 1, sa.null(), sa.literal(7), sa.func.abs(-7)],
+    ids=["expression", "null", "literal", "function"],
+)
+def test_an_attribute_set_to_sql_is_delivered_as_stored(
+    Session: Maker, engine: sa.Engine, changesets: list[ChangeSet], value: Any
+) -> None:
+    seed(Session, x=1, kind="a")
+
+    def update(session: sa_orm.Session) -> None:
+        session.get_one(Doc, 1).x = value
+
+    got, expected = committed(Session, engine, changesets, update)
+    assert got == expected and got
+
+
+@pytest.mark.parametrize(
+    "value", [sa.null(), sa.literal(7), sa.func.abs(-7)], ids=["null", "literal", "function"]
+)
+def test_an_attribute_inserted_as_sql_is_delivered_as_stored(
+    Session: Maker, engine: sa.Engine, changesets: list[ChangeSet], value: Any
+) -> None:
+    got, expected = committed(Session, engine, changesets, lambda s: s.add(Doc(id=1, x=value)))
+    assert got == expected
+
+
+def test_sql_set_alongside_values_keeps_both(
+    Session: Maker, engine: sa.Engine, changesets: list[ChangeSet]
+) -> None:
+    seed(Session, x=1, kind="a")
+
+    def write(session: sa_orm.Session) -> None:
+        doc = session.get_one(Doc, 1)
+        doc.x = Doc.x + 0  # the same value: no change
+        doc.kind = "b"
+
+    got, expected = committed(Session, engine, changesets, write)
+    assert got == expected == {(1,): ("update", {"kind": "a"}, {"kind": "b"})}
+
+
+@pytest.mark.parametrize("path", ["unit of work", "insert"])
+def test_json_null_by_name_is_delivered_as_none(
+    Session: Maker, engine: sa.Engine, changesets: list[ChangeSet], path: str
+) -> None:
+    seed(Session, plain={"a": 1})
+
+    def write(session: sa_orm.Session) -> None:
+        if path == "unit of work":
+            session.get_one(Doc, 1).plain = sa.JSON.NULL
+        else:
+            session.execute(sa.insert(Doc), [{"id": 2, "plain": sa.JSON.NULL}])
+
+    got, expected = committed(Session, engine, changesets, write)
+    assert got == expected and got
+
+
 # -- composites, synonyms and hybrids -----------------------------------------------------------
 
 

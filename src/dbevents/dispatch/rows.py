@@ -46,15 +46,6 @@ def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         return
     for fs in flushes:
         plan = fs.plan_of(mapper)
-        generated = plan.spec.generated_keys
-        if generated and state.key is not None and (plan.capture or plan.after):
-            values, committed = state.dict, state.committed_state
-            old = {key: values.get(key, NO_VALUE) for key in generated}
-            assigned = generated.intersection(committed)
-            if assigned:  # set by the application (a version it counts itself): old in history
-                old.update((key, committed[key]) for key in assigned)
-                fs.assigned[state] = assigned
-            fs.generated_old[state] = old
         if (
             state.key is not None
             and plan.keep_old
@@ -63,8 +54,33 @@ def _on_before_write(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             # a row the flush found itself (a child whose key a one-to-many relationship
             # set), or one a listener of the application's changed since before_flush
             _read_unknown_old(connection, mapper, plan, state)
+        if state.key is not None and (plan.capture or plan.after):
+            _keep_generated_old(fs, plan, state)
         if plan.before and state not in fs.seen:
             late_before(fs, plan, "update" if state.key is not None else "insert", state)
+
+
+def _keep_generated_old(fs: FlushState, plan: ModelPlan, state: State) -> None:
+    """Keep the old values of the columns the UPDATE of ``state`` sets that its history
+    loses as it is written: onupdate and version columns, and columns the application set
+    to a SQL expression (``obj.count = Model.count + 1``, ``sa.null()``), which SQLAlchemy
+    expires, history and all, once the UPDATE ran."""
+    spec = plan.spec
+    generated = spec.generated_keys
+    values, committed = state.dict, state.committed_state
+    as_sql = [
+        key
+        for key in committed
+        if key in spec.column_keys and type(values.get(key)) not in _PLAIN and _is_sql(values[key])
+    ]
+    if not (generated or as_sql):
+        return
+    old = {key: values.get(key, NO_VALUE) for key in generated}
+    assigned = generated.intersection(committed).union(as_sql)
+    if assigned:  # set by the application (a version it counts, SQL): old in history
+        old.update((key, committed[key]) for key in assigned)
+        fs.assigned[state] = assigned
+    fs.generated_old[state] = old
 
 
 def _read_unknown_old(
@@ -173,7 +189,7 @@ def _on_after_update(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
         if not (plan.capture or plan.after):
             continue
         spec = plan.spec
-        generated_old = fs.generated_old.pop(state, None) if spec.generated_keys else None
+        generated_old = fs.generated_old.pop(state, None) if fs.generated_old else None
         assigned = fs.assigned.pop(state, None) if generated_old else None
         fields = _written_fields(spec, state, generated_old, assigned)
         if not fields:
@@ -227,6 +243,8 @@ def _written_fields(
     for key, old in changed.items():
         if key in columns_of_key:
             new = values.get(key, NO_VALUE)
+            if type(new) not in _PLAIN and _is_sql(new):
+                new = NO_VALUE  # (a bound literal, which SQLAlchemy leaves in the object)
             if old is NO_VALUE or new is NO_VALUE or not same(old, new):
                 fields[key] = new
     if generated_old and (fields or assigned):
@@ -348,9 +366,11 @@ def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -
     for name, key in part.columns:
         if key is None:
             continue
-        if key in values:
-            value = values[key]
-            row[name] = value if type(value) in _PLAIN else _plain(value)
+        value = values.get(key, NO_VALUE)
+        if value is not NO_VALUE and type(value) not in _PLAIN:
+            value = _plain(value)
+        if value is not NO_VALUE:
+            row[name] = value
         else:
             complete = False
             if not known_only:
@@ -359,10 +379,27 @@ def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -
 
 
 def _plain(value: Any) -> Any:
-    """A value safe to keep: mutable containers are copied, so later changes don't leak in."""
+    """A value safe to keep: mutable containers are copied, so later changes don't leak in.
+
+    ``JSON.NULL`` (JSON's null, asked for by name) is stored as what reads back as None;
+    a SQL expression is NO_VALUE, its value known once the row is read back.
+    """
     if isinstance(value, dict | list | set):
         return copy.deepcopy(value)
+    if value is _JSON_NULL:
+        return None
+    if _is_sql(value):
+        return NO_VALUE
     return value
+
+
+_JSON_NULL: Final = sa.JSON.NULL
+
+
+def _is_sql(value: Any) -> bool:
+    """Whether an attribute holds a SQL expression for the flush to write rather than a
+    value (``Model.count + 1``, ``sa.null()``, ``sa.literal(7)``, another attribute)."""
+    return isinstance(value, sa.ClauseElement) or hasattr(value, "__clause_element__")
 
 
 _listening = False
