@@ -120,6 +120,7 @@ def insert(
 
 def _veto_insert(spec: MapperSpec, callbacks: Table, veto: Veto, fields: Row) -> bool:
     before_save, before_insert = callbacks.get("before_save"), callbacks.get("before_insert")
+    given = set(fields)  # (a composite or a synonym the row names is SQLAlchemy's to resolve)
     for key, value in spec.scalar_defaults.items():  # shown as on the unit of work
         fields.setdefault(key, value)
     if before_save:
@@ -131,7 +132,7 @@ def _veto_insert(spec: MapperSpec, callbacks: Table, veto: Veto, fields: Row) ->
         state = sa.inspect(obj)
         fields.update((key, state.dict[key]) for key in spec.column_keys if key in state.dict)
     vetoed = veto(before_insert, fields)
-    check_keys(spec, fields)
+    check_keys(spec, fields, given)
     return vetoed
 
 

@@ -10,7 +10,7 @@ take theirs from the parameters too, in the rows the callbacks get.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, final
 
 import sqlalchemy as sa
@@ -107,7 +107,7 @@ class SetValues:
 
     def applied(self, statement: Any) -> tuple[Any, Any]:
         """The statement and parameters that write :attr:`fields` as they are now."""
-        check_keys(self._spec, self.fields)
+        check_keys(self._spec, self.fields, self.original)
         params = self._given_params
         if self.given:  # values of the one parameter set
             params = dict(self._params)
@@ -122,9 +122,14 @@ class SetValues:
 _UNSET: Any = object()
 
 
-def check_keys(spec: MapperSpec, fields: Row) -> None:
-    """Refuse fields a callback set that are not column attributes of the model."""
-    unknown = [key for key in fields if key not in spec.column_keys]
+def check_keys(spec: MapperSpec, fields: Row, given: Collection[str] = ()) -> None:
+    """Refuse fields a callback set that are not column attributes of the model.
+
+    :param given: the keys the statement itself gave, which SQLAlchemy resolves as it
+        writes (a composite, a synonym): a callback that kept them set nothing new.
+    """
+    column_keys = spec.column_keys
+    unknown = [key for key in fields if key not in column_keys and key not in given]
     if unknown:
         raise ConfigurationError(
             f"{spec.name}: a callback set fields {unknown!r}, which are not column attributes",

@@ -170,7 +170,7 @@ def _update_by_key(
             continue
         if veto(before_update, RowSet(model, session, pks=[pk]), fields):
             continue
-        check_keys(spec, fields)
+        check_keys(spec, fields, row)
         kept.append({**fields, **dict(zip(pk_keys, pk, strict=True))})
     if not kept:
         return nothing(orm_state)
