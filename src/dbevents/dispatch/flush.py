@@ -176,9 +176,12 @@ def _tell_rows_left_to_the_database(fs: FlushState, deleted: list[State]) -> Non
     the delete cascades to them): no statement of the flush writes them, so no
     change tells of them and no callback runs.  Told once per relationship.
     """
+    plan_of = fs.plan_of
+    if not any(plan_of(mapper).spec.passive_deletes for mapper in {s.mapper for s in deleted}):
+        return  # the common case, told once per mapper rather than per row
     told: set[Any] = set()
     for state in deleted:
-        for rel, action in fs.plan_of(state.mapper).spec.passive_deletes.items():
+        for rel, action in plan_of(state.mapper).spec.passive_deletes.items():
             if rel in told or not _left_to_the_database(rel, state) or not _watched(fs, rel):
                 continue
             told.add(rel)

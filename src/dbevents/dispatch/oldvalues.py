@@ -90,7 +90,7 @@ def load_old_values(
             continue
         # a column set while expired, or changed in place (a mutable JSON value), holds
         # its new value in the object: the row deleted had the old one
-        expired = unknown_old_values(plan, state)
+        expired = unknown_old_values(plan, state) if state.committed_state else []
         keys = unloaded_columns(plan, state)
         if keys or expired:
             missing.setdefault(state.mapper, []).append((state, expired, keys))

@@ -68,11 +68,11 @@ def _keep_generated_old(fs: FlushState, plan: ModelPlan, state: State) -> None:
     spec = plan.spec
     generated = spec.generated_keys
     values, committed = state.dict, state.committed_state
-    as_sql = [
-        key
-        for key in committed
-        if key in spec.column_keys and type(values.get(key)) not in _PLAIN and _is_sql(values[key])
-    ]
+    as_sql: list[str] = []
+    for key in committed:  # (a loop: a comprehension costs a frame, for every updated row)
+        value = values.get(key)
+        if type(value) not in _PLAIN and key in spec.column_keys and _is_sql(value):
+            as_sql.append(key)
     if not (generated or as_sql):
         return
     old = {key: values.get(key, NO_VALUE) for key in generated}
