@@ -1,0 +1,120 @@
+"""An async service as a new user writes it from the docs: a session per request, concurrent
+requests, statements, savepoints, the outbox and its relay, and the mistakes made on the way."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+import pytest
+import sqlalchemy as sa
+import sqlalchemy.orm as sa_orm
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+import dbevents
+from dbevents import ChangeSet
+from tests.fixtures import installed_async
+from tests.models import Base, Company
+
+
+async def create_tables(engine: AsyncEngine, outbox: dbevents.OutboxSink | None = None) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        if outbox is not None:
+            await conn.run_sync(outbox.create_table)
+
+
+def names_of(changeset: ChangeSet) -> list[str]:
+    return [str((c.new or {}).get("name")) for c in changeset.changes]
+
+
+def count_companies(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(sa.select(sa.func.count()).select_from(Company)) or 0
+
+
+# -- the service -------------------------------------------------------------------------------
+
+
+def test_a_service_gets_each_committed_request_once_in_its_sinks_and_through_the_relay(
+    async_engine: AsyncEngine, engine: sa.Engine
+) -> None:
+    """Requests in parallel, each with its own session that commits or rolls back: every
+    committed one reaches the async listener, the MemorySink and (through the outbox and
+    the relay) a second sink exactly once; the rolled-back ones reach none."""
+    outbox = dbevents.OutboxSink()
+    memory = dbevents.MemorySink()
+    events = dbevents.Events(sinks=[outbox, memory])
+    heard: Counter[str] = Counter()
+
+    @events.on_commit
+    async def broadcast(changeset: ChangeSet) -> None:
+        await asyncio.sleep(0.001)  # e.g. a broker
+        heard[changeset.id] += 1
+
+    maker = installed_async(events, async_engine)
+    maker.configure(expire_on_commit=False)
+
+    async def session_per_request() -> AsyncGenerator[AsyncSession, None]:
+        async with maker() as session:
+            try:
+                yield session
+                await session.commit()
+            except Exception:
+                await session.rollback()
+                raise
+
+    async def handle(work: Callable[[AsyncSession], Awaitable[None]]) -> None:
+        dependency = session_per_request()
+        session = await anext(dependency)
+        try:
+            await work(session)
+        except Exception as error:
+            with pytest.raises(type(error)):
+                await dependency.athrow(error)
+            return
+        with pytest.raises(StopAsyncIteration):
+            await anext(dependency)
+
+    async def create(session: AsyncSession, name: str) -> None:
+        session.add(Company(name=name))
+        await session.execute(sa.insert(Company), [{"name": f"{name} bulk"}])
+        async with session.begin_nested():
+            await session.execute(sa.update(Company).where(Company.name == name).values(rating=5))
+        with pytest.raises(ValueError):
+            async with session.begin_nested():
+                session.add(Company(name=f"{name} scratch"))
+                await session.flush()
+                raise ValueError("dropped with its savepoint")
+
+    async def fail(session: AsyncSession) -> None:
+        session.add(Company(name="never"))
+        await session.flush()
+        raise LookupError("the request failed")
+
+    async def in_sync_code(session: AsyncSession) -> None:
+        def write(sync_session: sa_orm.Session) -> None:
+            sync_session.add(Company(name="sync"))
+
+        await session.run_sync(write)
+
+    async def main() -> None:
+        await create_tables(async_engine, outbox)
+        requests = [lambda s, i=i: create(s, f"c{i}") for i in range(4)]
+        await asyncio.gather(*(handle(r) for r in [*requests, fail, in_sync_code]))
+
+    asyncio.run(main())
+    committed = memory.changesets
+    assert len(committed) == 5
+    assert sorted(heard) == sorted(cs.id for cs in committed)
+    assert set(heard.values()) == {1}
+    assert sorted(name for cs in committed for name in names_of(cs)) == sorted(
+        ["sync", *(n for i in range(4) for n in (f"c{i}", f"c{i} bulk"))]
+    )
+    relayed = dbevents.MemorySink()
+    assert dbevents.relay(engine, [relayed], once=True) == 5
+    assert sorted(cs.id for cs in relayed.changesets) == sorted(heard)
+    assert relayed.rows("companies") == memory.rows("companies")
+    assert count_companies(engine) == 9
+    assert dbevents.relay(engine, [relayed], once=True) == 0  # nothing delivered twice
