@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import dbevents
 from dbevents import ChangeSet
@@ -118,3 +118,86 @@ def test_a_service_gets_each_committed_request_once_in_its_sinks_and_through_the
     assert relayed.rows("companies") == memory.rows("companies")
     assert count_companies(engine) == 9
     assert dbevents.relay(engine, [relayed], once=True) == 0  # nothing delivered twice
+
+
+# -- installing --------------------------------------------------------------------------------
+
+
+def test_installing_on_one_async_session_listens_on_that_session_alone(
+    async_engine: AsyncEngine,
+) -> None:
+    events = dbevents.Events()
+    received: list[list[str]] = []
+    events.on_commit(lambda changeset: received.append(names_of(changeset)))
+
+    class Shared(sa_orm.Session):
+        pass
+
+    async def main() -> None:
+        await create_tables(async_engine)
+        async with (
+            AsyncSession(async_engine) as plain,
+            AsyncSession(async_engine, sync_session_class=Shared) as own_class,
+        ):
+            assert events.install(plain) is plain
+            events.install(own_class)
+            for session, name, rating in [(plain, "plain", 1), (own_class, "own class", 2)]:
+                session.add(Company(name=name))
+                await session.execute(sa.update(Company).values(rating=rating))
+                await session.commit()
+        async with (
+            AsyncSession(async_engine) as other,
+            AsyncSession(async_engine, sync_session_class=Shared) as same_class,
+        ):
+            for session in (other, same_class):
+                session.add(Company(name="not listened to"))
+                await session.commit()
+
+    asyncio.run(main())
+    assert received == [["plain"], ["own class", "None"]]  # (an update: no name in new)
+
+
+def test_an_async_sessionmaker_of_an_async_session_class_naming_its_sync_class(
+    async_engine: AsyncEngine,
+) -> None:
+    """SQLAlchemy lets an AsyncSession subclass name its sync_session_class as a class
+    attribute: a maker of that class is installed on as one given sync_session_class."""
+    events = dbevents.Events()
+    received: list[list[str]] = []
+    events.on_commit(lambda changeset: received.append(names_of(changeset)))
+
+    class Sync(sa_orm.Session):
+        pass
+
+    class AppSession(AsyncSession):
+        sync_session_class = Sync
+
+    maker = events.install(async_sessionmaker(async_engine, class_=AppSession))
+
+    async def main() -> None:
+        await create_tables(async_engine)
+        async with maker() as session:
+            session.add(Company(name="app"))
+            await session.commit()
+
+    asyncio.run(main())
+    assert received == [["app"]]
+
+
+def test_a_plain_async_sessionmaker_is_still_refused() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(dbevents.ConfigurationError, match="sync_session_class=MySession"):
+        dbevents.Events().install(async_sessionmaker(engine))
+    asyncio.run(engine.dispose())
+
+
+def test_installing_on_an_engine_says_to_install_on_the_session_factory(
+    async_engine: AsyncEngine, engine: sa.Engine
+) -> None:
+    for wrong in (async_engine, engine):
+        with pytest.raises(dbevents.ConfigurationError, match="listens on sessions") as info:
+            dbevents.Events().install(wrong)
+        assert type(wrong).__name__ in str(info.value)
+        assert "async_sessionmaker" in str(info.value)

@@ -133,8 +133,9 @@ class Events:
 
         :param target: a :class:`~sqlalchemy.orm.Session` subclass or instance, a
             :class:`~sqlalchemy.orm.sessionmaker`, a :class:`~sqlalchemy.orm.scoped_session`
-            (such as Flask-SQLAlchemy's ``db.session``), or an ``async_sessionmaker`` made
-            with its own ``sync_session_class``.  Sessions of other classes are never touched.
+            (such as Flask-SQLAlchemy's ``db.session``), an ``async_sessionmaker`` made
+            with its own ``sync_session_class``, or one ``AsyncSession`` (its sync session
+            alone).  Sessions of other classes are never touched.
         :returns: ``target``, so it can be used as a decorator or inline.
         """
         session_target = session_target_of(target)

@@ -27,16 +27,28 @@ def _is_async_scoped(target: Any) -> bool:
     return module is not None and isinstance(target, module.async_scoped_session)
 
 
+def _is_async_session(target: Any) -> bool:
+    """Whether ``target`` is an ``AsyncSession`` instance (looked up only when loaded)."""
+    module = sys.modules.get("sqlalchemy.ext.asyncio")
+    return module is not None and isinstance(target, module.AsyncSession)
+
+
 def session_target_of(target: Any) -> Any:
     """The Session class (or instance) whose events to listen to."""
     if isinstance(target, sa_orm.scoped_session) or _is_async_scoped(target):
         target = target.session_factory
+    if _is_async_session(target):
+        # its own sync session, as for a Session instance: its sync_session_class would
+        # reach every other session of that class
+        return target.sync_session
     if isinstance(target, sa_orm.sessionmaker):
         return target.class_
     sync_class = getattr(target, "sync_session_class", None)
     if sync_class is None and hasattr(target, "kw") and hasattr(target, "class_"):
-        sync_class = target.kw.get("sync_session_class")  # an async_sessionmaker
-        if sync_class is None:
+        # an async_sessionmaker: its own sync_session_class, else that of its class_ (an
+        # AsyncSession subclass may name one as a class attribute)
+        sync_class = target.kw.get("sync_session_class") or target.class_.sync_session_class
+        if sync_class is sa_orm.Session:
             raise ConfigurationError(
                 "an async_sessionmaker shares the plain Session class with every other "
                 "session; make it with async_sessionmaker(..., sync_session_class=MySession) "
@@ -56,9 +68,15 @@ def session_target_of(target: Any) -> Any:
         return target
     if isinstance(target, sa_orm.Session):
         return target
+    if hasattr(target, "dialect"):  # an Engine or Connection, sync or async
+        raise ConfigurationError(
+            f"cannot install on {type(target).__name__}: dbevents listens on sessions, not on "
+            "engines or connections; install on the sessionmaker (or async_sessionmaker, "
+            "with a sync_session_class of your own) that makes your sessions"
+        )
     raise ConfigurationError(
         f"cannot install on {target!r}: expected a Session subclass or instance, "
-        "a sessionmaker, a scoped_session or an async_sessionmaker"
+        "a sessionmaker, a scoped_session, an async_sessionmaker or an AsyncSession"
     )
 
 
