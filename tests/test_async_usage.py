@@ -201,3 +201,64 @@ def test_installing_on_an_engine_says_to_install_on_the_session_factory(
             dbevents.Events().install(wrong)
         assert type(wrong).__name__ in str(info.value)
         assert "async_sessionmaker" in str(info.value)
+
+
+# -- what runs synchronously -------------------------------------------------------------------
+
+
+class AsyncBroker:
+    """A sink whose publish is a coroutine, as a user of AsyncSession may write one."""
+
+    def __init__(self) -> None:
+        self.published: list[ChangeSet] = []
+
+    async def publish(self, changeset: ChangeSet) -> None:
+        await asyncio.sleep(0)
+        self.published.append(changeset)
+
+
+def test_a_sink_with_an_async_publish_is_awaited_by_async_sessions(
+    async_engine: AsyncEngine,
+) -> None:
+    broker = AsyncBroker()
+    maker = installed_async(dbevents.Events(sinks=[broker]), async_engine)
+
+    async def main() -> None:
+        await create_tables(async_engine)
+        async with maker() as session:
+            session.add(Company(name="awaited"))
+            await session.commit()
+
+    asyncio.run(main())
+    assert [names_of(cs) for cs in broker.published] == [["awaited"]]
+
+
+def test_the_relay_refuses_a_sink_with_an_async_publish_and_keeps_the_rows(
+    async_engine: AsyncEngine, engine: sa.Engine
+) -> None:
+    """The relay calls publish synchronously: a coroutine it never awaited would have been
+    taken as delivered, and its outbox row deleted."""
+    outbox = dbevents.OutboxSink()
+    maker = installed_async(dbevents.Events(sinks=[outbox]), async_engine)
+
+    async def main() -> None:
+        await create_tables(async_engine, outbox)
+        async with maker() as session:
+            session.add(Company(name="kept"))
+            await session.commit()
+
+    asyncio.run(main())
+    broker = AsyncBroker()
+    with pytest.raises(dbevents.ConfigurationError, match="async publish.*plain def"):
+        dbevents.relay(engine, [broker], once=True)
+
+    class AsyncBatches:
+        def publish(self, changeset: ChangeSet) -> None: ...
+
+        async def publish_many(self, changesets: list[ChangeSet]) -> None: ...
+
+    with pytest.raises(dbevents.ConfigurationError, match="async publish_many"):
+        dbevents.relay(engine, [AsyncBatches()], once=True)
+    relayed = dbevents.MemorySink()
+    assert dbevents.relay(engine, [relayed], once=True) == 1
+    assert [names_of(cs) for cs in relayed.changesets] == [["kept"]]

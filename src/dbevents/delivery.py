@@ -38,7 +38,8 @@ class Sink(Protocol):
     sink may also define ``close()``.  Inheriting from this class is not needed.
     """
 
-    def publish(self, changeset: ChangeSet) -> None: ...
+    # (object: under AsyncSession, an async def publish is awaited)
+    def publish(self, changeset: ChangeSet) -> object: ...
 
 
 @runtime_checkable

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from .callbacks import is_async
 from .delivery import Sink
 from .exceptions import ConfigurationError, SinkError
 from .relaybatch import Batcher, Outcome, describe
@@ -87,6 +88,7 @@ def relay(
         raise ConfigurationError(
             f"relay needs sinks with a publish(changeset) method, got {sinks!r}"
         )
+    _refuse_async_sinks(sinks)
     if not table_name:
         raise ConfigurationError("relay: table_name must name the outbox table")
     if schema == "":
@@ -116,6 +118,21 @@ def relay(
     finally:
         if isinstance(bind, str):
             engine.dispose()
+
+
+def _refuse_async_sinks(sinks: Sequence[Sink]) -> None:
+    """Raise :class:`ConfigurationError` for a sink whose publish is an ``async def``: the
+    relay calls it synchronously, so the change set would be acknowledged, deleted from the
+    outbox, and never published."""
+    for sink in sinks:
+        for name in ("publish", "publish_many"):
+            method = getattr(sink, name, None)
+            if method is not None and is_async(method):
+                raise ConfigurationError(
+                    f"relay: {sink!r} has an async {name}, which the relay, running "
+                    "synchronously, would never await; give the relay a sink whose "
+                    f"{name} is a plain def"
+                )
 
 
 @contextmanager
