@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -262,3 +264,69 @@ def test_the_relay_refuses_a_sink_with_an_async_publish_and_keeps_the_rows(
     relayed = dbevents.MemorySink()
     assert dbevents.relay(engine, [relayed], once=True) == 1
     assert [names_of(cs) for cs in relayed.changesets] == [["kept"]]
+
+
+@pytest.mark.parametrize(
+    ("call", "shown"),
+    [
+        (lambda bind, path: dbevents.dump(bind, Base, path), "dbevents.dump"),
+        (lambda bind, path: dbevents.load(bind, Base, path), "dbevents.load"),
+        (lambda bind, path: dbevents.verify(bind, Base, path), "dbevents.verify"),
+        (lambda bind, path: dbevents.OutboxSink().create_table(bind), "create_table"),
+    ],
+    ids=["dump", "load", "verify", "create_table"],
+)
+def test_a_synchronous_function_given_an_async_engine_says_to_use_run_sync(
+    async_engine: AsyncEngine,
+    tmp_path: Path,
+    call: Callable[[Any, Path], object],
+    shown: str,
+) -> None:
+    async def connection_too() -> None:
+        async with async_engine.connect() as conn:
+            with pytest.raises(dbevents.ConfigurationError, match="AsyncConnection"):
+                call(conn, tmp_path / "data")
+
+    with pytest.raises(dbevents.ConfigurationError, match=f"{shown}.*run_sync") as info:
+        call(async_engine, tmp_path / "data")
+    assert "AsyncEngine" in str(info.value)
+    asyncio.run(connection_too())
+    assert not (tmp_path / "data").exists()
+
+
+def test_load_given_the_url_of_an_asyncio_driver_says_so(tmp_path: Path) -> None:
+    """As dump and verify do: SQLAlchemy would fail it with MissingGreenlet."""
+    source = sa.create_engine(f"sqlite:///{tmp_path}/source.db")
+    Base.metadata.create_all(source)
+    dbevents.dump(source, Base, tmp_path / "data")
+    source.dispose()
+    with pytest.raises(dbevents.ConfigurationError, match="aiosqlite is an asyncio driver"):
+        dbevents.load(f"sqlite+aiosqlite:///{tmp_path}/app.db", Base, tmp_path / "data")
+
+
+def test_dump_load_verify_and_create_table_work_through_run_sync(
+    async_engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """What the refusal suggests works: an AsyncConnection's run_sync() passes a
+    synchronous connection, in its transaction."""
+    outbox = dbevents.OutboxSink()
+    data = tmp_path / "data"
+
+    async def main() -> tuple[dict[str, int], list[Any]]:
+        async with async_engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(outbox.create_table)
+            await conn.execute(sa.insert(Company), [{"name": "a"}, {"name": "b"}])
+            await conn.run_sync(lambda sync_conn: dbevents.dump(sync_conn, Base, data))
+            await conn.execute(sa.delete(Company))
+            loaded = await conn.run_sync(lambda sync_conn: dbevents.load(sync_conn, Base, data))
+            differences = await conn.run_sync(
+                lambda sync_conn: dbevents.verify(sync_conn, Base, data)
+            )
+            outbox_rows = await conn.scalar(sa.select(sa.func.count()).select_from(outbox.table))
+            assert outbox_rows == 0
+        return loaded, differences
+
+    loaded, differences = asyncio.run(main())
+    assert loaded["companies"] == 2
+    assert differences == []

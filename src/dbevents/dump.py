@@ -26,7 +26,7 @@ from .fileformat import (
     write_atomic,
 )
 from .progress import Progress
-from .urls import engine_from_url, require_sqlite_file
+from .urls import engine_from_url, refuse_async, require_sqlite_file
 
 __all__ = ["dump"]
 
@@ -54,9 +54,11 @@ def dump(
     :param tables: full table names to dump instead of all.
     :param progress: show progress on stderr; by default only when it is a terminal.
     :returns: the manifest written.
-    :raises ConfigurationError: the directory holds something else, the database
-        lacks a table (or its SQLite file does not exist), or it refused to read one.
+    :raises ConfigurationError: ``bind`` is an asyncio engine, the directory holds something
+        else, the database lacks a table (or its SQLite file does not exist), or it refused
+        to read one.
     """
+    refuse_async(bind, "dbevents.dump", "lambda sync_conn: dbevents.dump(sync_conn, ...)")
     meta = resolve_metadata(metadata)
     ordered, _ = fk_order(meta, tables)
     directory = Path(path)

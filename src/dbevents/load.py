@@ -26,6 +26,7 @@ from .fileformat import MANIFEST, Source, TableEntry, bookkeeping, fingerprint, 
 from .fileformat import resolve_metadata as _resolve_metadata
 from .loadwriter import TableWriter
 from .progress import Progress
+from .urls import engine_from_url, refuse_async
 
 __all__ = ["MODES", "load"]
 
@@ -71,7 +72,9 @@ def load(
     :param check_schema: refuse a directory whose schema fingerprint differs from ``metadata``.
     :returns: rows loaded per table, in load order.
     :raises LoadError: bad input; nothing was written.
+    :raises ConfigurationError: ``bind`` is an asyncio engine.
     """
+    refuse_async(bind, "dbevents.load", "lambda sync_conn: dbevents.load(sync_conn, ...)")
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if batch_size < 1:
@@ -178,7 +181,8 @@ def _transaction(bind: Bind) -> Iterator[sa.Connection]:
             with bind.begin():
                 yield bind
         return
-    engine = sa.create_engine(bind) if isinstance(bind, str) else bind
+    # (a URL of an asyncio driver is refused with a message, as by dump and verify)
+    engine = engine_from_url(bind, existing=False) if isinstance(bind, str) else bind
     try:
         with engine.begin() as conn:
             yield conn

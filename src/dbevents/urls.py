@@ -4,6 +4,7 @@ The commands and :func:`dbevents.relay` take URLs; what would otherwise surface
 as a traceback deep inside SQLAlchemy or the driver (a driver not installed, an
 asyncio driver where dbevents runs synchronously, a mistyped SQLite path that
 connecting would create, empty) is a :class:`ConfigurationError` saying what to do.
+So is an ``AsyncEngine`` given where dbevents runs synchronously (:func:`refuse_async`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 
 from .exceptions import ConfigurationError
 
-__all__ = ["engine_from_url", "require_sqlite_file"]
+__all__ = ["engine_from_url", "refuse_async", "require_sqlite_file"]
 
 
 def engine_from_url(url: str, *, existing: bool = True, **options: Any) -> sa.Engine:
@@ -44,6 +45,19 @@ def engine_from_url(url: str, *, existing: bool = True, **options: Any) -> sa.En
         raise ConfigurationError(
             f"{shown}: the driver of {parsed.drivername} is not installed ({error})"
         ) from None
+
+
+def refuse_async(bind: object, call: str, run_sync_arg: str) -> None:
+    """Raise :class:`ConfigurationError` when ``bind`` is an ``AsyncEngine`` or
+    ``AsyncConnection``, which ``call`` (run synchronously) would fail on with a ``TypeError``
+    from deep inside; show how to reach it from async code: ``conn.run_sync(run_sync_arg)``."""
+    if not hasattr(bind, "sync_engine"):  # (duck-typed: the asyncio extension is optional)
+        return
+    raise ConfigurationError(
+        f"{call} runs synchronously and can't use an {type(bind).__name__}; from async code, "
+        f"run it on the connection run_sync() passes: async with engine.begin() as conn: "
+        f"await conn.run_sync({run_sync_arg})"
+    )
 
 
 def require_sqlite_file(url: sa.URL) -> None:

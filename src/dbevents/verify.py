@@ -18,6 +18,7 @@ from .diagnose import skip
 from .dump import naming_refusals, reading
 from .fileformat import Source, resolve_metadata
 from .load import TablePlan, plan
+from .urls import refuse_async
 
 __all__ = ["Difference", "verify"]
 
@@ -70,9 +71,10 @@ def verify(
     grows with the number of keys, not with the rows.
 
     :raises LoadError: the directory is unreadable or does not fit ``metadata``.
-    :raises ConfigurationError: the database lacks a table (or its SQLite file does
-        not exist), or it refused to read one.
+    :raises ConfigurationError: ``bind`` is an asyncio engine, the database lacks a table
+        (or its SQLite file does not exist), or it refused to read one.
     """
+    refuse_async(bind, "dbevents.verify", "lambda sync_conn: dbevents.verify(sync_conn, ...)")
     source = Source(path)
     plans = plan(source, resolve_metadata(metadata), tables, check_schema=check_schema)
     differences: list[Difference] = []

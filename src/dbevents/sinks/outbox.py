@@ -23,6 +23,7 @@ from ..changes import ChangeSet
 from ..dispatch.connection import SKIP_CAPTURE
 from ..exceptions import ConfigurationError
 from ..fileformat import BOOKKEEPING, resolve_metadata
+from ..urls import refuse_async
 
 if TYPE_CHECKING:
     import sqlalchemy.orm as sa_orm
@@ -146,6 +147,7 @@ class OutboxSink:
 
     def create_table(self, bind: sa.Engine | sa.Connection) -> None:
         """Create the outbox and dead-letter tables unless they exist (idempotent)."""
+        refuse_async(bind, "OutboxSink.create_table", "outbox.create_table")
         if isinstance(bind, sa.Engine):
             with bind.begin() as connection:
                 self.create_table(connection)
