@@ -1,7 +1,7 @@
 """Property: every commit delivers exactly the net difference it made to the database.
 
 A hypothesis state machine drives one session through random sequences of
-unit-of-work writes, statements, many-to-many links, flushes, savepoints
+unit-of-work writes (values, SQL expressions), statements, many-to-many links, flushes, savepoints
 (released, rolled back, or broken by a flush error), commits, rollbacks and
 closes.  After each commit the delivered change set must equal the difference
 between the tables before and after that transaction, read with plain SQL; a
@@ -157,6 +157,12 @@ def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: i
             nodes = self.nodes()
             if nodes:
                 pick(data, nodes).n = n
+
+        @rule(data=st.data())
+        def increment_in_sql(self, data: Any) -> None:
+            nodes = self.nodes()
+            if nodes:  # the flush writes n = n + 1: the change has the value read back
+                pick(data, nodes).n = Node.n + 1
 
         def deletable(self) -> list[Node]:
             """The nodes that may be deleted: persistent, and nobody's buddy."""
