@@ -224,12 +224,14 @@ def run_before(fs: FlushState, plan: ModelPlan, op: str, state: State) -> Callab
         vetoer = first_veto(plan.before_save, model, obj) if plan.before_save else None
         if vetoer is None and plan.before_insert:
             values, defaults = state.dict, plan.spec.scalar_defaults
-            # in column order; scalar defaults shown as the INSERT will write them
-            fields = {
-                k: values[k] if k in values else defaults[k]
-                for k in plan.spec.columns_of_key
-                if k in values or k in defaults
-            }
+            # in column order; scalar defaults shown as the INSERT will write them (a loop:
+            # a comprehension costs a frame, for every row)
+            fields: dict[str, Any] = {}
+            for key in plan.spec.columns_of_key:
+                if key in values:
+                    fields[key] = values[key]
+                elif key in defaults:
+                    fields[key] = defaults[key]
             vetoer = _with_fields(plan.before_insert, plan, obj, fields, (fields,))
         return vetoer
     if op == "update":

@@ -169,11 +169,12 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
                 if not complete and plan.keep_new:
                     fs.incomplete.append((spec, state, part, (part.spec.name, *pk)))
         if plan.after:
-            fields = (
-                {key: values[key] for key in plan.spec.columns_of_key if key in values}
-                if plan.after_insert
-                else NO_FIELDS
-            )
+            fields = NO_FIELDS
+            if plan.after_insert:
+                fields = {}
+                for key in plan.spec.columns_of_key:  # (a comprehension costs a frame, per row)
+                    if key in values:
+                        fields[key] = values[key]
             remember(fs, Op.INSERT, plan, state, fields)
 
 
