@@ -106,6 +106,18 @@ def _reported() -> Iterator[None]:
         raise click.ClickException(f"database error: {driver_reason(error)}") from None
     except sa.exc.ArgumentError as error:  # a database URL SQLAlchemy cannot parse
         raise click.ClickException(f"--db: {error}") from None
+    except OSError as error:  # a data directory that is a file, or that can't be written
+        raise click.ClickException(_file_error(error)) from None
+
+
+def _file_error(error: OSError) -> str:
+    """Which path the file system refused, why, and what to check."""
+    where = error.filename if error.filename is not None else "a file"
+    if isinstance(error, FileExistsError | NotADirectoryError):
+        why = "a file is in the way of a directory"
+    else:
+        why = error.strerror or str(error)
+    return f"{where}: {why}; check the path and its permissions"
 
 
 @click.group()
@@ -203,7 +215,12 @@ def handlers_command(spec: str) -> None:
 
 
 @main.command("relay")
-@click.option("--db", envvar="DBEVENTS_DB", required=True, help="Database URL with the outbox.")
+@click.option(
+    "--db",
+    envvar="DBEVENTS_DB",
+    required=True,
+    help="Database URL with the outbox [env DBEVENTS_DB].",
+)
 @click.option(
     "--to",
     "targets",
@@ -244,7 +261,7 @@ def relay_command(
     from .relay import relay  # type: ignore[import-not-found, unused-ignore]
 
     level = logging.WARNING if quiet else logging.INFO
-    with _logged_to_stderr(level), opened_sinks(targets) as sinks, _reported():
+    with _reported(), _logged_to_stderr(level), opened_sinks(targets) as sinks:
         count = relay(
             db, sinks, once=once, batch_size=batch_size, table_name=table_name, schema=schema
         )
@@ -339,9 +356,11 @@ def tail_command(source: str, everything: bool, follow: bool, as_json: bool) -> 
     """Print changes as they arrive in a mirror DIRECTORY or a redis://...?stream=NAME."""
     from .tail import follow_mirror, follow_stream
 
+    stream_errors: tuple[type[Exception], ...] = ()
     if source.startswith(("redis://", "rediss://", "unix://")):
         url, stream, _ = _split_stream(source)
         changesets = follow_stream(url, stream, everything=everything, follow=follow)
+        stream_errors = _redis_errors()
     else:
         if not Path(source).is_dir():  # a mirror not written yet still has its directory
             raise click.BadParameter(f"{source} is no directory", param_hint="SOURCE")
@@ -351,6 +370,20 @@ def tail_command(source: str, everything: bool, follow: bool, as_json: bool) -> 
             _print(changeset, as_json)
     except KeyboardInterrupt:
         pass
+    except stream_errors as error:  # a server that is away or refuses the client
+        reason = str(error).rstrip(".")
+        raise click.ClickException(
+            f"{source}: {reason}; check the Redis URL and that the server is running"
+        ) from None
+
+
+def _redis_errors() -> tuple[type[Exception], ...]:
+    """What redis-py raises, when it is installed (else following the stream says what to do)."""
+    try:
+        import redis
+    except ImportError:
+        return ()
+    return (redis.RedisError,)
 
 
 def _print(changeset: ChangeSet, as_json: bool) -> None:

@@ -1,0 +1,92 @@
+"""What a new user meets running the sinks and the command end to end: bad paths, servers
+that are away, a database without the tables, and a large table's progress and memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+import dbevents
+from dbevents.cli import main
+from tests.datamodels import fill
+from tests.servers import HOST, free_port
+
+METADATA = "tests.datamodels:metadata"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def filled(engine: sa.Engine) -> sa.Engine:
+    fill(engine)
+    return engine
+
+
+def db_of(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def assert_one_error_line(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [line] = result.output.splitlines()
+    assert line.startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in line
+
+
+# --- paths that can't be a data directory ---------------------------------------------------
+
+
+def test_dump_under_a_file_is_one_error_line(filled: sa.Engine, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("a file")
+
+    result = run(
+        "dump",
+        str(tmp_path / "notes.txt" / "backup"),
+        "--db",
+        db_of(filled),
+        "--metadata",
+        METADATA,
+    )
+
+    assert_one_error_line(result, "notes.txt", "a file is in the way of a directory")
+
+
+def test_relay_to_a_mirror_that_is_a_file_is_one_error_line(tmp_path: Path) -> None:
+    database = tmp_path / "shop.db"
+    outbox = dbevents.OutboxSink()
+    engine = sa.create_engine(f"sqlite:///{database}")
+    outbox.create_table(engine)
+    engine.dispose()
+
+    result = run("relay", "--db", f"sqlite:///{database}", "--once", "--to", f"mirror:{database}")
+
+    assert_one_error_line(result, "shop.db", "a file is in the way of a directory")
+
+
+@pytest.mark.parametrize("command", ["dump", "load", "verify", "relay"])
+def test_every_db_option_names_its_environment_variable(command: str) -> None:
+    assert "[env DBEVENTS_DB]" in run(command, "--help").output
+
+
+# --- servers that are away ------------------------------------------------------------------
+
+
+def test_tail_of_a_redis_server_that_is_away_is_one_error_line() -> None:
+    source = f"redis://{HOST}:{free_port()}/0?stream=changes"
+
+    result = run("tail", source, "--all", "--no-follow")
+
+    assert_one_error_line(result, source, "check the Redis URL and that the server is running")
+
+
+# --- a database without the tables ----------------------------------------------------------
+
+
+# --- a large table: progress, and memory that does not grow with the rows -------------------
