@@ -3,6 +3,7 @@ that are away, a database without the tables, and a large table's progress and m
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from click.testing import CliRunner, Result
 
 import dbevents
 from dbevents.cli import main
+from dbevents.urls import engine_from_url
 from tests.datamodels import fill
 from tests.servers import HOST, free_port
 
@@ -84,6 +86,16 @@ def test_tail_of_a_redis_server_that_is_away_is_one_error_line() -> None:
     result = run("tail", source, "--all", "--no-follow")
 
     assert_one_error_line(result, source, "check the Redis URL and that the server is running")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("psycopg2") is not None, reason="psycopg2 is installed"
+)
+def test_a_missing_postgresql_driver_names_the_one_the_extra_installs() -> None:
+    with pytest.raises(dbevents.ConfigurationError) as caught:
+        engine_from_url("postgresql+psycopg2://app@127.0.0.1/app")
+
+    assert "name psycopg in the URL (postgresql+psycopg://...)" in str(caught.value)
 
 
 # --- a database without the tables ----------------------------------------------------------

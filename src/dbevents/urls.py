@@ -43,7 +43,8 @@ def engine_from_url(url: str, *, existing: bool = True, **options: Any) -> sa.En
         return sa.create_engine(parsed, **options)
     except ImportError as error:
         raise ConfigurationError(
-            f"{shown}: the driver of {parsed.drivername} is not installed ({error})"
+            f"{shown}: the driver of {parsed.drivername} is not installed ({error}); "
+            f"{_driver_advice(parsed)}"
         ) from None
 
 
@@ -58,6 +59,17 @@ def refuse_async(bind: object, call: str, run_sync_arg: str) -> None:
         f"run it on the connection run_sync() passes: async with engine.begin() as conn: "
         f"await conn.run_sync({run_sync_arg})"
     )
+
+
+def _driver_advice(url: sa.URL) -> str:
+    """What to do about a missing driver.  ``dbevents[postgresql]`` installs psycopg (3),
+    which a plain ``postgresql://`` URL names on SQLAlchemy 2.1 but not on 2.0 (psycopg2)."""
+    if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+        return (
+            "install it, or name psycopg in the URL (postgresql+psycopg://...), "
+            "which pip install 'dbevents[postgresql]' installs"
+        )
+    return "install it, or name a driver that is installed in the URL"
 
 
 def require_sqlite_file(url: sa.URL) -> None:
