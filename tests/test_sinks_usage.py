@@ -4,6 +4,8 @@ that are away, a database without the tables, and a large table's progress and m
 from __future__ import annotations
 
 import importlib.util
+import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import dbevents
 from dbevents.cli import main
 from dbevents.urls import engine_from_url
 from tests.datamodels import fill
-from tests.servers import HOST, free_port
+from tests.servers import HOST, PostgresServer, free_port
 
 METADATA = "tests.datamodels:metadata"
 
@@ -86,6 +88,49 @@ def test_tail_of_a_redis_server_that_is_away_is_one_error_line() -> None:
     result = run("tail", source, "--all", "--no-follow")
 
     assert_one_error_line(result, source, "check the Redis URL and that the server is running")
+
+
+@pytest.fixture
+def missing_database(postgres: PostgresServer) -> str:
+    """A URL of the test server naming a database that does not exist."""
+    return postgres.url(database="no_such_database")
+
+
+def test_relay_once_opens_no_listen_connection(
+    missing_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="dbevents"), pytest.raises(sa.exc.OperationalError):
+        dbevents.relay(
+            missing_database, [dbevents.MemorySink()], once=True, max_attempts=2, backoff=0.01
+        )
+
+    assert not [record for record in caplog.records if "LISTEN" in record.getMessage()]
+    [retry] = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert retry.startswith("relay: database error, retrying in ")
+    assert "no_such_database" in retry and "\n" not in retry
+
+
+def test_a_relay_waiting_for_its_database_warns_once_a_retry(
+    missing_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    with caplog.at_level(logging.WARNING, logger="dbevents"):
+        dbevents.relay(
+            missing_database,
+            [dbevents.MemorySink()],
+            stop=stop,
+            backoff=0.02,
+            max_backoff=0.05,
+        )
+    timer.join()
+
+    messages = [record.getMessage() for record in caplog.records]
+    retries = [message for message in messages if "database error" in message]
+    assert len(retries) >= 3
+    assert len([message for message in messages if "LISTEN" in message]) == 1  # at the start
+    assert all("\n" not in message for message in messages)
 
 
 @pytest.mark.skipif(

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 
 from .callbacks import is_async
 from .delivery import Sink
+from .dump import driver_reason
 from .exceptions import ConfigurationError, SinkError
 from .relaybatch import Batcher, Outcome, describe
 from .sinks.outbox import DEFAULT_TABLE, notify_channel
@@ -204,7 +205,7 @@ class _Relay:
 
     def run(self, once: bool) -> int:
         """Deliver batches until stopped (or, with ``once``, until nothing is left)."""
-        listener = Listener.open(self.engine, self.channel)
+        listener = self._listener(once, warn=True)
         logger.info(
             "relay: delivering %s on %s to %d sink(s)",
             self.channel,
@@ -219,7 +220,7 @@ class _Relay:
                 except sa.exc.DBAPIError as error:
                     self._database_failed(error, once)
                     listener.close()  # it may be broken too
-                    listener = Listener.open(self.engine, self.channel)
+                    listener = self._listener(once, warn=False)  # the error is logged already
                     continue
                 if outcome.busy:  # another relay's turn (SQLite): it ends with its batch
                     self.stop.wait(_TURN_WAIT)
@@ -243,6 +244,10 @@ class _Relay:
         logger.info("relay: stopped; %d delivered, %d parked", self.delivered, self.parked)
         return self.delivered
 
+    def _listener(self, once: bool, *, warn: bool) -> Listener:
+        """What waits for new rows; ``once`` never waits, so it needs no connection of its own."""
+        return Listener() if once else Listener.open(self.engine, self.channel, warn=warn)
+
     def _database_failed(self, error: sa.exc.DBAPIError, once: bool) -> None:
         """Back off after a database error (a restart, a lock timeout); ``once`` gives up.
 
@@ -260,7 +265,7 @@ class _Relay:
         if once and self.failures >= self.max_attempts:
             raise error
         delay = self._delay()
-        logger.warning("relay: database error, retrying in %.1fs: %s", delay, error)
+        logger.warning("relay: database error, retrying in %.1fs: %s", delay, driver_reason(error))
         self.stop.wait(delay)
 
     def _sink_failed(self, outcome: Outcome, once: bool) -> None:

@@ -16,6 +16,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 
+from .dump import driver_reason
+
 __all__ = ["Listener"]
 
 logger = logging.getLogger("dbevents")
@@ -28,8 +30,11 @@ class Listener:
     """Waits up to a timeout, or until ``stop`` is set; :meth:`open` picks the best kind."""
 
     @staticmethod
-    def open(engine: sa.Engine, channel: str) -> Listener:
-        """A listener on ``channel`` for PostgreSQL through psycopg or psycopg2, else a timer."""
+    def open(engine: sa.Engine, channel: str, *, warn: bool = True) -> Listener:
+        """A listener on ``channel`` for PostgreSQL through psycopg or psycopg2, else a timer.
+
+        :param warn: log a failure to LISTEN as a warning (else at debug level).
+        """
         if engine.dialect.name != "postgresql" or engine.dialect.driver not in (
             "psycopg",
             "psycopg2",
@@ -38,7 +43,12 @@ class Listener:
         try:
             return _PgListener(engine, channel)
         except sa.exc.DBAPIError as error:
-            logger.warning("relay: LISTEN %s failed, polling instead: %s", channel, error)
+            logger.log(
+                logging.WARNING if warn else logging.DEBUG,
+                "relay: LISTEN %s failed, polling instead: %s",
+                channel,
+                driver_reason(error),
+            )
             return Listener()
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
