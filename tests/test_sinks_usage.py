@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 import dbevents
 from dbevents.cli import main
 from dbevents.urls import engine_from_url
-from tests.datamodels import fill
+from tests.datamodels import fill, fresh_database, metadata
 from tests.servers import HOST, PostgresServer, free_port
 
 METADATA = "tests.datamodels:metadata"
@@ -144,6 +144,31 @@ def test_a_missing_postgresql_driver_names_the_one_the_extra_installs() -> None:
 
 
 # --- a database without the tables ----------------------------------------------------------
+
+
+def test_load_refuses_a_database_without_the_tables_before_writing(
+    filled: sa.Engine, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    dbevents.dump(filled, metadata, tmp_path / "backup")
+    with fresh_database(request, backend, tmp_path) as url:
+        target = dbevents.sqlite.configure(sa.create_engine(url))
+        first = next(iter(metadata.sorted_tables))
+        first.create(target)  # one table there, the others not
+        try:
+            with pytest.raises(dbevents.ConfigurationError) as caught:
+                dbevents.load(target, metadata, tmp_path / "backup")
+            with target.connect() as conn:
+                rows = conn.scalar(sa.select(sa.func.count()).select_from(first))
+        finally:
+            target.dispose()
+
+    message = str(caught.value)
+    assert "create the tables first" in message
+    assert all(
+        repr(table.fullname) in message for table in metadata.sorted_tables if table is not first
+    )
+    assert repr(first.fullname) not in message
+    assert rows == 0
 
 
 # --- a large table: progress, and memory that does not grow with the rows -------------------

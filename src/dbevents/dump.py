@@ -80,7 +80,7 @@ def reading(bind: Bind, tables: Iterable[sa.Table]) -> Iterator[sa.Connection]:
         (connecting would create it, empty), or the database lacks some of ``tables``.
     """
     if isinstance(bind, sa.Connection):
-        _require_tables(bind, tables)
+        require_tables(bind, tables)
         yield bind
         return
     engine = engine_from_url(bind) if isinstance(bind, str) else bind
@@ -90,7 +90,7 @@ def reading(bind: Bind, tables: Iterable[sa.Table]) -> Iterator[sa.Connection]:
             if conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             with conn.begin():
-                _require_tables(conn, tables)
+                require_tables(conn, tables)
                 yield conn
     finally:
         if isinstance(bind, str):
@@ -115,7 +115,7 @@ def driver_reason(error: sa.exc.DBAPIError) -> str:
     return lines[0] if lines else type(error.orig or error).__name__
 
 
-def _require_tables(conn: sa.Connection, tables: Iterable[sa.Table]) -> None:
+def require_tables(conn: sa.Connection, tables: Iterable[sa.Table]) -> None:
     """Refuse, before reading any, tables the database does not hold, naming them all."""
     inspector = sa.inspect(conn)
     missing = [

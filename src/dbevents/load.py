@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql
 
 from .columns import ColumnRule
 from .diagnose import diagnose, skip
+from .dump import require_tables
 from .exceptions import ConfigurationError, LoadError
 from .fileformat import MANIFEST, Source, TableEntry, bookkeeping, fingerprint, fk_order, key_of
 from .fileformat import resolve_metadata as _resolve_metadata
@@ -83,6 +84,8 @@ def load(
     plans = plan(source, _resolve_metadata(metadata), tables, check_schema=check_schema)
     bar = Progress("load", progress)
     with _transaction(bind) as conn:
+        # before a row is written: "no such table" from the first INSERT names one table only
+        require_tables(conn, [item.table for item in plans])
         counts: dict[str, int] = {}
         if conn.dialect.name == "sqlite":
             skip(conn, "PRAGMA defer_foreign_keys = ON")
