@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -172,3 +173,37 @@ def test_load_refuses_a_database_without_the_tables_before_writing(
 
 
 # --- a large table: progress, and memory that does not grow with the rows -------------------
+
+
+def test_verify_shows_progress_per_table(
+    filled: sa.Engine, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = dbevents.dump(filled, metadata, tmp_path / "backup", progress=False)
+    capsys.readouterr()
+
+    assert dbevents.verify(filled, metadata, tmp_path / "backup", progress=True) == []
+
+    shown = capsys.readouterr().err
+    for entry in manifest.tables:
+        assert f"verify {entry.name}: {entry.rows:,}/{entry.rows:,} rows 100%" in shown
+
+
+def test_verify_streams_the_tables_it_reads_whole(filled: sa.Engine, tmp_path: Path) -> None:
+    """The look for rows only the database has reads every row: the driver must not buffer
+    the whole table (a PostgreSQL client cursor would), only the keys are kept."""
+    dbevents.dump(filled, metadata, tmp_path / "backup")
+    whole_reads: list[dict[str, Any]] = []
+
+    @sa.event.listens_for(filled, "before_cursor_execute")
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        words = statement.split()
+        if words[0].upper() == "SELECT" and "WHERE" not in words:
+            whole_reads.append(dict(args[-2].execution_options))  # the execution context
+
+    try:
+        assert dbevents.verify(filled, metadata, tmp_path / "backup") == []
+    finally:
+        sa.event.remove(filled, "before_cursor_execute", record)
+
+    assert whole_reads
+    assert all(options.get("stream_results") for options in whole_reads), whole_reads

@@ -18,11 +18,14 @@ from .diagnose import skip
 from .dump import naming_refusals, reading
 from .fileformat import Source, resolve_metadata
 from .load import TablePlan, plan
+from .progress import Progress
 from .urls import refuse_async
 
 __all__ = ["Difference", "verify"]
 
 _LOOKUP = 500
+#: rows fetched at a time when scanning a whole table, so that the driver never holds it all
+_STREAM = 5000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +66,15 @@ def verify(
     *,
     tables: Iterable[str] | None = None,
     check_schema: bool = True,
+    progress: bool | None = None,
 ) -> list[Difference]:
     """Return every difference between the directory ``path`` and the database, by table.
 
     Values are compared through each column's type, so a datetime that SQLite
     returns without its zone, or a REAL with fewer digits, still matches.  Memory
     grows with the number of keys, not with the rows.
+
+    :param progress: show progress on stderr; by default only when it is a terminal.
 
     :raises LoadError: the directory is unreadable or does not fit ``metadata``.
     :raises ConfigurationError: ``bind`` is an asyncio engine, the database lacks a table
@@ -78,20 +84,27 @@ def verify(
     source = Source(path)
     plans = plan(source, resolve_metadata(metadata), tables, check_schema=check_schema)
     differences: list[Difference] = []
+    bar = Progress("verify", progress)
     with reading(bind, [item.table for item in plans]) as conn:
         for item in plans:
+            bar.start(item.table.fullname, item.entry.rows)
             with naming_refusals(item.table):
-                differences.extend(_compare(conn, source, item))
+                differences.extend(_compare(conn, source, item, bar))
+            bar.finish()
     return differences
 
 
-def _compare(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Difference]:
+def _compare(
+    conn: sa.Connection, source: Source, item: TablePlan, bar: Progress
+) -> Iterator[Difference]:
     if item.table.primary_key.columns:
-        return _by_key(conn, source, item)
-    return _as_multiset(conn, source, item)
+        return _by_key(conn, source, item, bar)
+    return _as_multiset(conn, source, item, bar)
 
 
-def _by_key(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Difference]:
+def _by_key(
+    conn: sa.Connection, source: Source, item: TablePlan, bar: Progress
+) -> Iterator[Difference]:
     table, key = item.table, item.key
     rules = [ColumnRule(table.c[name]) for name in item.columns]
     seen: set[tuple[Any, ...]] = set()
@@ -110,6 +123,7 @@ def _by_key(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Di
             )
             if changed:
                 yield Difference(table.fullname, "changed", pk, changed, expected, actual)
+        bar.advance(len(batch))
 
     for _, _, row in source.records(item.entry):
         seen.add(tuple(row[name] for name in key))
@@ -120,7 +134,8 @@ def _by_key(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Di
     if batch:
         yield from compare()
     columns = [table.c[name] for name in key]
-    for found in skip(conn, sa.select(table).order_by(*columns)).mappings():
+    every_row = sa.select(table).order_by(*columns).execution_options(yield_per=_STREAM)
+    for found in skip(conn, every_row).mappings():
         pk = tuple(found[name] for name in key)
         if pk not in seen:
             yield Difference(table.fullname, "extra", pk, actual=dict(found))
@@ -140,7 +155,9 @@ def _rows_by_key(
     }
 
 
-def _as_multiset(conn: sa.Connection, source: Source, item: TablePlan) -> Iterator[Difference]:
+def _as_multiset(
+    conn: sa.Connection, source: Source, item: TablePlan, bar: Progress
+) -> Iterator[Difference]:
     """A table without a primary key: compare the rows as multisets of whole rows."""
     table, names = item.table, item.columns
     rules = [ColumnRule(table.c[name]) for name in names]
@@ -152,7 +169,9 @@ def _as_multiset(conn: sa.Connection, source: Source, item: TablePlan) -> Iterat
         return tuple(_hashable(row[rule.name], wall_time) for rule in rules)
 
     expected = Counter(normal(row) for _, _, row in source.records(item.entry))
-    actual = Counter(normal(row) for row in skip(conn, sa.select(table)).mappings())
+    bar.advance(expected.total())
+    every_row = sa.select(table).execution_options(yield_per=_STREAM)
+    actual = Counter(normal(row) for row in skip(conn, every_row).mappings())
     for row, count in (expected - actual).items():
         for _ in range(count):
             yield Difference(
