@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 import dbevents
 from dbevents.cli import main
 from dbevents.urls import engine_from_url
-from tests.datamodels import fill, fresh_database, metadata
+from tests.datamodels import fill, fresh_database, metadata, table_rows
 from tests.servers import HOST, PostgresServer, free_port
 
 METADATA = "tests.datamodels:metadata"
@@ -170,6 +170,38 @@ def test_load_refuses_a_database_without_the_tables_before_writing(
     )
     assert repr(first.fullname) not in message
     assert rows == 0
+
+
+def test_part_of_a_directory_loads_into_a_schema_without_the_rest(
+    filled: sa.Engine, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """A service that owns only some of the tables loads its part of a full dump."""
+    dbevents.dump(filled, metadata, tmp_path / "backup")
+    only_tags = sa.MetaData()
+    metadata.tables["tags"].to_metadata(only_tags)
+
+    with fresh_database(request, backend, tmp_path) as url:
+        target = sa.create_engine(url)
+        only_tags.create_all(target)
+        try:
+            with pytest.raises(dbevents.LoadError) as whole:
+                dbevents.load(target, only_tags, tmp_path / "backup")
+            with pytest.raises(dbevents.LoadError) as checked:
+                dbevents.load(target, only_tags, tmp_path / "backup", tables=["tags"])
+            loaded = dbevents.load(
+                target, only_tags, tmp_path / "backup", tables=["tags"], check_schema=False
+            )
+            found = dbevents.verify(
+                target, only_tags, tmp_path / "backup", tables=["tags"], check_schema=False
+            )
+        finally:
+            target.dispose()
+
+    assert "name them with tables=[...] (--tables)" in str(whole.value)
+    assert "with tables the metadata lacks" in str(checked.value)
+    assert "check_schema=False (--no-check-schema)" in str(checked.value)
+    assert loaded == {"tags": len(table_rows(filled)["tags"])}
+    assert found == []
 
 
 # --- a large table: progress, and memory that does not grow with the rows -------------------

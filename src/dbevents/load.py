@@ -109,48 +109,23 @@ def load(
 def plan(
     source: Source, metadata: sa.MetaData, tables: Iterable[str] | None, *, check_schema: bool
 ) -> list[TablePlan]:
-    """Match the manifest against ``metadata``: the tables to load, in foreign-key order."""
+    """Match the manifest against ``metadata``: the tables to load, in foreign-key order.
+
+    Only the tables to load must be in ``metadata``, so that part of a directory loads
+    into a schema that lacks the rest (the schema check then needs them all).
+    """
     manifest = source.manifest
     manifest_path = source.directory / MANIFEST
-    for entry in manifest.tables:
-        table = metadata.tables.get(entry.name)
-        if table is None:
-            raise LoadError(
-                f"{manifest_path}: table {entry.name!r} is not in the metadata",
-                path=manifest_path,
-            )
-        for column in entry.columns:
-            if column not in table.columns:
-                raise LoadError(
-                    f"{manifest_path}: column {entry.name}.{column} is not in the metadata",
-                    path=manifest_path,
-                    column=column,
-                )
-        if entry.key != key_of(table):
-            raise LoadError(
-                f"{manifest_path}: {entry.name} is keyed by {', '.join(entry.key)} "
-                f"in the manifest but by {', '.join(key_of(table))} in the metadata",
-                path=manifest_path,
-            )
+    entries = _entries_to_load(source, tables)
+    for entry in entries:
+        _check_entry(manifest_path, entry, metadata)
     if check_schema and manifest.fingerprint is not None:
-        current = fingerprint(metadata.tables[entry.name] for entry in manifest.tables)
-        if current != manifest.fingerprint:
-            raise LoadError(
-                f"{manifest_path}: the data was written from another schema (fingerprint "
-                f"{manifest.fingerprint}, metadata {current}); migrate it, or load with "
-                "check_schema=False (--no-check-schema)",
-                path=manifest_path,
-            )
-    names = (
-        [entry.name for entry in manifest.tables if not bookkeeping(metadata.tables[entry.name])]
-        if tables is None
-        else list(tables)
-    )
-    for name in names:
-        if manifest.entry(name) is None:
-            raise LoadError(
-                f"{manifest_path}: no table {name!r} in the directory", path=manifest_path
-            )
+        _check_fingerprint(source, metadata)
+    names = [
+        entry.name
+        for entry in entries
+        if tables is not None or not bookkeeping(metadata.tables[entry.name])
+    ]
     ordered, cyclic = fk_order(metadata, names)
     plans = []
     for table in ordered:
@@ -172,6 +147,70 @@ def plan(
             )
         )
     return plans
+
+
+def _entries_to_load(source: Source, tables: Iterable[str] | None) -> list[TableEntry]:
+    """The manifest's entries of ``tables`` (all when ``None``), which must be there."""
+    manifest = source.manifest
+    if tables is None:
+        return list(manifest.tables)
+    entries = []
+    for name in tables:
+        entry = manifest.entry(name)
+        if entry is None:
+            raise LoadError(
+                f"{source.directory / MANIFEST}: no table {name!r} in the directory",
+                path=source.directory / MANIFEST,
+            )
+        entries.append(entry)
+    return entries
+
+
+def _check_entry(manifest_path: Path, entry: TableEntry, metadata: sa.MetaData) -> None:
+    """Refuse a table whose name, columns or key ``metadata`` does not have."""
+    table = metadata.tables.get(entry.name)
+    if table is None:
+        raise LoadError(
+            f"{manifest_path}: table {entry.name!r} is not in the metadata; to load the "
+            "others, name them with tables=[...] (--tables) and pass check_schema=False "
+            "(--no-check-schema)",
+            path=manifest_path,
+        )
+    for column in entry.columns:
+        if column not in table.columns:
+            raise LoadError(
+                f"{manifest_path}: column {entry.name}.{column} is not in the metadata",
+                path=manifest_path,
+                column=column,
+            )
+    if entry.key != key_of(table):
+        raise LoadError(
+            f"{manifest_path}: {entry.name} is keyed by {', '.join(entry.key)} "
+            f"in the manifest but by {', '.join(key_of(table))} in the metadata",
+            path=manifest_path,
+        )
+
+
+def _check_fingerprint(source: Source, metadata: sa.MetaData) -> None:
+    """Refuse a directory written from another schema: the fingerprint covers all its tables."""
+    manifest = source.manifest
+    manifest_path = source.directory / MANIFEST
+    absent = [entry.name for entry in manifest.tables if entry.name not in metadata.tables]
+    if absent:
+        raise LoadError(
+            f"{manifest_path}: the data was written from another schema, with tables the "
+            f"metadata lacks ({', '.join(repr(name) for name in absent)}); load the others "
+            "with check_schema=False (--no-check-schema)",
+            path=manifest_path,
+        )
+    current = fingerprint(metadata.tables[entry.name] for entry in manifest.tables)
+    if current != manifest.fingerprint:
+        raise LoadError(
+            f"{manifest_path}: the data was written from another schema (fingerprint "
+            f"{manifest.fingerprint}, metadata {current}); migrate it, or load with "
+            "check_schema=False (--no-check-schema)",
+            path=manifest_path,
+        )
 
 
 @contextmanager
