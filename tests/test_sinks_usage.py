@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 import dbevents
 from dbevents.cli import main
 from dbevents.urls import engine_from_url
-from tests.datamodels import fill, fresh_database, metadata, table_rows
+from tests.datamodels import fill, fresh_database, fresh_engine, metadata, table_rows
 from tests.servers import HOST, PostgresServer, free_port
 
 METADATA = "tests.datamodels:metadata"
@@ -202,6 +202,25 @@ def test_part_of_a_directory_loads_into_a_schema_without_the_rest(
     assert "check_schema=False (--no-check-schema)" in str(checked.value)
     assert loaded == {"tags": len(table_rows(filled)["tags"])}
     assert found == []
+
+
+def test_a_file_cut_inside_a_record_says_it_is_truncated(
+    filled: sa.Engine, tmp_path: Path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    dbevents.dump(filled, metadata, tmp_path / "backup")
+    things = tmp_path / "backup" / "things.jsonl"
+    text = things.read_bytes()
+    things.write_bytes(text[: len(text) - 10])  # a copy that stopped inside the last record
+    records = text.count(b"\n")
+
+    with fresh_engine(request, backend, tmp_path) as target:
+        with pytest.raises(dbevents.LoadError) as caught:
+            dbevents.load(target, metadata, tmp_path / "backup")
+        rows = table_rows(target)
+
+    assert (caught.value.path, caught.value.record) == (things, records)
+    assert str(caught.value).endswith("the file ends inside it, cut short: copy or dump it again")
+    assert not any(rows.values())
 
 
 # --- a large table: progress, and memory that does not grow with the rows -------------------

@@ -355,6 +355,14 @@ class _Pending:
     line: int
 
 
+def _cut(line: str) -> str:
+    """What a broken last line without its newline says: the file was cut short there
+    (a copy or an upload that stopped), not edited."""
+    return (
+        "" if line.endswith("\n") else "; the file ends inside it, cut short: copy or dump it again"
+    )
+
+
 def _read_rows(path: Path, *, decoded: bool, missing_ok: bool) -> Iterator[tuple[int, Row]]:
     try:
         handle = path.open(encoding="utf-8", newline="\n")
@@ -374,7 +382,7 @@ def _read_rows(path: Path, *, decoded: bool, missing_ok: bool) -> Iterator[tuple
                     if not line.strip():
                         continue
                     raise LoadError(
-                        f"{path.name}, record {number}: broken JSON ({error})",
+                        f"{path.name}, record {number}: broken JSON ({error}){_cut(line)}",
                         path=path,
                         record=number,
                     ) from None
