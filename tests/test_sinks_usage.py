@@ -172,6 +172,22 @@ def test_load_refuses_a_database_without_the_tables_before_writing(
     assert rows == 0
 
 
+def test_load_into_a_sqlite_file_that_is_not_there_creates_no_file(
+    filled: sa.Engine, tmp_path: Path
+) -> None:
+    dbevents.dump(filled, metadata, tmp_path / "backup")
+    target = tmp_path / "copy.db"
+
+    result = run(
+        "load", str(tmp_path / "backup"), "--db", f"sqlite:///{target}", "--metadata", METADATA
+    )
+
+    assert_one_error_line(
+        result, f"there is no SQLite database {target}", "create it and its tables first"
+    )
+    assert not target.exists()
+
+
 def test_part_of_a_directory_loads_into_a_schema_without_the_rest(
     filled: sa.Engine, tmp_path: Path, request: pytest.FixtureRequest, backend: str
 ) -> None:

@@ -76,7 +76,7 @@ def _database(db: str | None, metadata: str | None, app: str | None) -> Iterator
         return
     if db is None or metadata is None:
         raise click.UsageError("give --db URL and --metadata module:attr, or --app module:attr")
-    # (load may create a SQLite database; dump and verify refuse a missing one when reading)
+    # (dump, load and verify refuse a missing SQLite file themselves, each saying why)
     engine = sqlite.configure(engine_from_url(db, existing=False))
     try:
         yield engine, resolve_metadata(import_object(metadata))

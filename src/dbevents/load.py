@@ -27,7 +27,7 @@ from .fileformat import MANIFEST, Source, TableEntry, bookkeeping, fingerprint, 
 from .fileformat import resolve_metadata as _resolve_metadata
 from .loadwriter import TableWriter
 from .progress import Progress
-from .urls import engine_from_url, refuse_async
+from .urls import LOADING, engine_from_url, refuse_async, require_sqlite_file
 
 __all__ = ["MODES", "load"]
 
@@ -226,6 +226,8 @@ def _transaction(bind: Bind) -> Iterator[sa.Connection]:
     # (a URL of an asyncio driver is refused with a message, as by dump and verify)
     engine = engine_from_url(bind, existing=False) if isinstance(bind, str) else bind
     try:
+        # connecting would leave an empty file behind the refusal of its missing tables
+        require_sqlite_file(engine.url, LOADING)
         with engine.begin() as conn:
             yield conn
     finally:

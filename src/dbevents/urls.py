@@ -72,14 +72,20 @@ def _driver_advice(url: sa.URL) -> str:
     return "install it, or name a driver that is installed in the URL"
 
 
-def require_sqlite_file(url: sa.URL) -> None:
+#: why a missing SQLite file is refused when reading it
+READING = "check the database URL (reading does not create the database)"
+#: ... and when loading into it, which needs the tables too
+LOADING = (
+    "create it and its tables first (metadata.create_all(engine) or your migrations), "
+    "or check the database URL"
+)
+
+
+def require_sqlite_file(url: sa.URL, advice: str = READING) -> None:
     """Refuse a SQLite database file that does not exist: sqlite3 would create it, empty."""
     database = url.database
     if url.get_backend_name() != "sqlite" or url.query.get("uri"):
         return  # a URI filename says itself whether it may create the file (mode=ro)
     if database in (None, "", ":memory:") or Path(database).exists():
         return
-    raise ConfigurationError(
-        f"there is no SQLite database {Path(database).absolute()}; check the database URL "
-        "(reading does not create the database)"
-    )
+    raise ConfigurationError(f"there is no SQLite database {Path(database).absolute()}; {advice}")
