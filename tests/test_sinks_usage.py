@@ -3,9 +3,11 @@ that are away, a database without the tables, and a large table's progress and m
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import logging
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 import dbevents
+from dbevents.changes import Change, ChangeSet, Op
 from dbevents.cli import main
+from dbevents.ids import new_id
+from dbevents.sinks.redis import RedisStreamSink
 from dbevents.urls import engine_from_url
 from tests.datamodels import fill, fresh_database, fresh_engine, metadata, table_rows
 from tests.servers import HOST, PostgresServer, free_port
@@ -89,6 +94,28 @@ def test_tail_of_a_redis_server_that_is_away_is_one_error_line() -> None:
     result = run("tail", source, "--all", "--no-follow")
 
     assert_one_error_line(result, source, "check the Redis URL and that the server is running")
+
+
+def test_consumers_of_a_group_share_the_change_sets_of_one_row(redis_url: str) -> None:
+    """The documented limit: commit order holds in the stream, not across a group's consumers."""
+    stream = f"dbevents-usage-{uuid.uuid4().hex}"
+    sink = RedisStreamSink(redis_url, stream)
+    for version in range(4):
+        change = Change(Op.UPDATE, "notes", "Note", (1,), {"v": version - 1}, {"v": version})
+        sink.publish(ChangeSet(new_id(), dt.datetime.now(dt.UTC), None, (change,)))
+    client = sink.client
+    client.xgroup_create(stream, "readers", id="0")
+    try:
+        ordered = [fields[b"id"] for _, fields in client.xrange(stream)]
+        first = client.xreadgroup("readers", "a", {stream: ">"}, count=2)
+        second = client.xreadgroup("readers", "b", {stream: ">"}, count=2)
+    finally:
+        client.delete(stream)
+        sink.close()
+
+    got_a = [fields[b"id"] for _, fields in first[0][1]]
+    got_b = [fields[b"id"] for _, fields in second[0][1]]
+    assert ordered == got_a + got_b  # one row's updates, split between two consumers
 
 
 @pytest.fixture
