@@ -6,7 +6,8 @@ the final flush, it inserts the net change set into ``dbevents_outbox`` on the
 session's connection, so the row commits or rolls back with the data.
 :func:`dbevents.relay` then hands the rows to other sinks at least once and
 deletes them.  On PostgreSQL the insert also sends ``NOTIFY``, which wakes the
-relays at once instead of at their next poll.
+relays at once instead of at their next poll (not in a two-phase session, whose
+PREPARE TRANSACTION PostgreSQL refuses after a ``NOTIFY``).
 
 Rows a relay could not deliver after its retries are moved to
 ``dbevents_outbox_dead`` with their error, never dropped.
@@ -182,10 +183,11 @@ class OutboxSink:
             "payload": changeset.to_json().decode(),
             "attempts": 0,
         }
-        # NOTIFY is sent at COMMIT only, never for a rolled-back transaction
-        statement = (
-            self._notifying_insert if connection.dialect.name == "postgresql" else self._insert
-        )
+        # NOTIFY is sent at COMMIT only, never for a rolled-back transaction; PostgreSQL
+        # refuses to PREPARE a transaction that sent one, so a two-phase session's row
+        # waits for the relays' next poll
+        notify = connection.dialect.name == "postgresql" and not session.twophase
+        statement = self._notifying_insert if notify else self._insert
         connection.execute(statement, values, execution_options=_OWN)
         written[self] = changeset.id
 
