@@ -295,3 +295,15 @@ def test_transaction_connections_are_those_the_root_transaction_began(tables: sa
         session.execute(sa.select(1))
         assert _compat.transaction_connections(root) == {connection}
         session.rollback()
+
+
+def test_autocommits_tells_the_engines_and_the_connections_isolation(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        assert not _compat.autocommits(conn)
+        assert _compat.autocommits(conn.execution_options(isolation_level="AUTOCOMMIT"))
+    auto = sa.create_engine(engine.url, isolation_level="AUTOCOMMIT")
+    try:
+        with auto.connect() as conn:
+            assert _compat.autocommits(conn)
+    finally:
+        auto.dispose()

@@ -18,6 +18,7 @@ __all__ = [
     "NO_VALUE",
     "all_mappers",
     "as_without_returning",
+    "autocommits",
     "await_in_greenlet",
     "callers_return_defaults",
     "committed_state",
@@ -130,6 +131,14 @@ def provisioning_connection(session: sa_orm.Session) -> bool:
 
 
 _PROVISIONING: Any = sa_orm.session.SessionTransactionState.PROVISIONING_CONNECTION
+
+
+def autocommits(connection: sa.Connection) -> bool:
+    """Whether ``connection`` is in ``AUTOCOMMIT`` isolation, of its own or its engine's.
+
+    Private: ``Connection._is_autocommit_isolation()``.
+    """
+    return bool(connection._is_autocommit_isolation())
 
 
 def transaction_connections(transaction: sa_orm.SessionTransaction) -> frozenset[sa.Connection]:

@@ -205,7 +205,8 @@ class Events:
 
     def _after_begin(self, session: sa_orm.Session, transaction: Any, connection: Any) -> None:
         warn_unconfigured_sqlite(connection.engine)
-        state_of(session, self)  # the connection layer finds the installed Events through it
+        # (the connection layer finds the installed Events through the state)
+        state_of(session, self).began_on(connection)
         bind_connection(session, connection)
 
     # -- registering -----------------------------------------------------------------------

@@ -21,14 +21,18 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
+import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+from . import sqlite
+from ._compat import autocommits
 from .capture import Buffer
 from .changes import ChangeSet
 from .dispatch.flush import end_flushes
 from .ids import new_id
 from .ordering import deliver_queued, enqueue
 from .registry import vetoes_nothing
+from .warn import warn
 
 if TYPE_CHECKING:
     from .dispatch.flush import FlushState
@@ -50,6 +54,7 @@ class SessionState:
     """What one :class:`Events` tracks for one session."""
 
     __slots__ = (
+        "autocommit",
         "buffers",
         "committing",
         "events",
@@ -74,6 +79,9 @@ class SessionState:
         #: SAVEPOINTs the application began on the session's connection, outermost
         #: first: (name, the session transaction they were begun in, buffer)
         self.savepoints: list[tuple[str, Transaction, Buffer]] = []
+        #: the root transaction writes on a connection in AUTOCOMMIT: each statement is
+        #: durable as it runs, whatever the session does with its transaction
+        self.autocommit = False
 
     def buffer(self, session: sa_orm.Session) -> Buffer:
         """The buffer of the innermost root or SAVEPOINT transaction, begun if need be."""
@@ -125,6 +133,13 @@ class SessionState:
             own = self._innermost(transaction)
             for _, _, buffer in ended:
                 buffer.merge_into(own)
+
+    def began_on(self, connection: sa.Connection) -> None:
+        """The session's transaction began on ``connection``."""
+        # (a configured SQLite engine emits its own BEGIN, in AUTOCOMMIT too: it stays
+        # transactional)
+        if autocommits(connection) and not sqlite.is_configured(connection.engine):
+            self.autocommit = True
 
     # -- transaction events ----------------------------------------------------------------
 
@@ -226,6 +241,9 @@ class SessionState:
         self._end_savepoints_of(transaction, committed=False)  # rolled back (or merged)
         buffer = self.buffers.pop(transaction, None)
         if transaction.parent is None:
+            if buffer and not buffer.committed and self.autocommit:
+                _warn_durable_rollback()
+            self.autocommit = False
             self.prepared = None
             self.committing = False
             self._forget_all_but(session.get_transaction())
@@ -278,6 +296,14 @@ class SessionState:
             # (Change values made when first looked at: the type says what they become)
             changes=cast(Any, buffer.snapshot()),
         )
+
+
+def _warn_durable_rollback() -> None:
+    warn(
+        "the session rolled back a transaction that wrote on a connection in AUTOCOMMIT, "
+        "where every statement is durable at once: its rows stay written, but no change "
+        "set is delivered for them; commit() the session to have them delivered"
+    )
 
 
 def _root_of(transaction: Transaction) -> Transaction:
