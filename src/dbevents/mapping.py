@@ -106,7 +106,7 @@ class TableSpec:
 class TablePart:
     """One table of a mapper: which attribute holds each column."""
 
-    __slots__ = ("columns", "pk", "pk_keys", "pk_names", "spec")
+    __slots__ = ("columns", "left_to_defaults", "pk", "pk_keys", "pk_names", "spec")
 
     def __init__(self, spec: TableSpec, mapper: sa_orm.Mapper[Any]) -> None:
         self.spec = spec
@@ -121,6 +121,14 @@ class TablePart:
         #: the attribute key of each primary key column (None: not mapped)
         self.pk_keys: tuple[str | None, ...] = tuple(key for _, key in self.pk)
         self.pk_names: frozenset[str] = frozenset(spec.pk)
+        #: the columns of the subclasses sharing this table (single-table inheritance) that
+        #: this mapper does not map, with the value an INSERT of its rows leaves in them
+        #: (their default; NO_VALUE when the database or a function computes it)
+        self.left_to_defaults: tuple[tuple[str, Any], ...] = tuple(
+            (column_name(column), _inserted_default(column))
+            for column, (_, key) in zip(spec.table.columns, self.columns, strict=True)
+            if key is None and _mapped_by_another(mapper, spec.table, column)
+        )
 
     def key_of(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
         """The primary key of this table's row among an object's attribute values.
@@ -129,6 +137,27 @@ class TablePart:
         """
         get = cast("Callable[[str | None], Any]", values.get)
         return tuple(map(get, self.pk_keys))
+
+
+def _mapped_by_another(mapper: sa_orm.Mapper[Any], table: sa.Table, column: sa.Column[Any]) -> bool:
+    """Whether a class of ``mapper``'s hierarchy stored in ``table`` maps ``column``."""
+    return any(
+        other.local_table is table and attribute_key(other, column) is not None
+        for other in mapper.base_mapper.self_and_descendants
+    )
+
+
+def _inserted_default(column: sa.Column[Any]) -> Any:
+    """The value an INSERT that does not name ``column`` stores in it; NO_VALUE when the
+    database or a function computes it, known once the row is read back."""
+    from ._compat import NO_VALUE
+
+    default = column.default
+    if column.server_default is not None or (
+        default is not None and not (isinstance(default, sa.ColumnDefault) and default.is_scalar)
+    ):
+        return NO_VALUE
+    return None if default is None else default.arg
 
 
 @final

@@ -17,7 +17,7 @@ from ..capture import Key
 from ..changes import Op
 from ..mapping import MapperSpec, TablePart, attribute_key
 from .flush import FlushState, State, remember, same
-from .oldvalues import select_by_identity
+from .oldvalues import column_label, select_by_identity
 from .rows import NO_FIELDS, record_update
 
 if TYPE_CHECKING:
@@ -50,10 +50,16 @@ def _fill_incomplete(fs: FlushState, session: sa_orm.Session) -> None:
         spec = items[0][0]
         keys = sorted(spec.column_keys)
         idents = [_identity(spec, st) for _, st, _, _ in items]
-        found = select_by_identity(session, mapper, keys, idents)
+        # the columns of a single-table subclass's siblings, which it has no attribute for
+        others = [
+            part.spec.table.c[name] for part in spec.parts for name, _ in part.left_to_defaults
+        ]
+        found = select_by_identity(session, mapper, keys, idents, others)
         for (_, _, part, key), ident in zip(items, idents, strict=True):
             values = found.get(ident, {})
             stored = {name: values.get(attr) for name, attr in part.columns if attr}
+            for name, _ in part.left_to_defaults:
+                stored[name] = values.get(column_label(name))
             buffer.complete(key, stored, NO_VALUE)
 
 

@@ -21,6 +21,7 @@ from .plan import ModelPlan
 from .writelock import take_write_lock
 
 __all__ = [
+    "column_label",
     "load_old_values",
     "select_by_identity",
     "unknown_old_values",
@@ -182,16 +183,28 @@ def unloaded_columns(plan: ModelPlan, state: State) -> list[str]:
     return [key for key in column_keys if key not in values]
 
 
+def column_label(name: str) -> str:
+    """The label :func:`select_by_identity` reads a column without an attribute under (one
+    that no attribute key takes)."""
+    return f"_column_{name}"
+
+
 def select_by_identity(
     session: sa_orm.Session | sa.Connection,
     mapper: sa_orm.Mapper[Any],
     keys: list[str],
     identities: list[Any],
+    unmapped: list[sa.Column[Any]] | None = None,
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Load attribute values of the rows with these identities, keyed by identity."""
+    """Load attribute values of the rows with these identities, keyed by identity.
+
+    :param unmapped: columns of the mapper's table it has no attribute for, read too,
+        each under :func:`column_label` of its name.
+    """
     pk_columns = list(mapper.primary_key)
     pk_attrs = [mapper.get_property_by_column(c).key for c in pk_columns]
     columns = [mapper.attrs[k].expression.label(k) for k in keys]  # type: ignore[attr-defined, unused-ignore]
+    columns += [column.label(column_label(column.name)) for column in unmapped or ()]
     pk_labels = [c.label(f"_pk{i}") for i, c in enumerate(pk_columns)]
     connection = (
         session

@@ -162,6 +162,8 @@ def _on_after_insert(mapper: sa_orm.Mapper[Any], connection: sa.Connection, stat
             buffer = fs.buffer
             for part in spec.parts:
                 row, complete = _row_of(part, values)
+                if part.left_to_defaults:  # a single-table subclass: its siblings' columns
+                    complete = _add_defaults(part, row) and complete
                 pk = tuple([row[name] for name in part.spec.pk])
                 buffer.add(
                     part.spec.name, pk, Op.INSERT, spec.model, None, row if plan.keep_new else None
@@ -377,6 +379,17 @@ def _row_of(part: TablePart, values: dict[str, Any], known_only: bool = False) -
             if not known_only:
                 row[name] = NO_VALUE
     return row, complete
+
+
+def _add_defaults(part: TablePart, row: Row) -> bool:
+    """Put in ``row`` what the INSERT left in the columns of the classes stored in the same
+    table that its mapper does not map; False when some is only known once read back."""
+    complete = True
+    for name, value in part.left_to_defaults:
+        row[name] = value
+        if value is NO_VALUE:
+            complete = False
+    return complete
 
 
 def _plain(value: Any) -> Any:

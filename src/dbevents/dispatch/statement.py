@@ -44,10 +44,15 @@ def do_orm_execute(st: SessionState, orm_state: sa_orm.ORMExecuteState) -> Any:
     if st.events.is_muted or orm_state.execution_options.get("skip_callbacks"):
         return None
     table = getattr(orm_state.statement, "table", None)
-    if not isinstance(table, sa.Table):
-        return None
     mapper = orm_state.bind_mapper
-    model = mapper.class_ if mapper is not None else table_spec(table).mapped_class()
+    if isinstance(table, sa.Table):
+        model = mapper.class_ if mapper is not None else table_spec(table).mapped_class()
+    elif isinstance(table, sa.Join) and mapper is not None:
+        # a class mapped to a join of tables (``__table__ = a.join(b)``), whose bulk UPDATE
+        # by primary key SQLAlchemy runs table by table
+        model = mapper.class_
+    else:
+        return None
     if model is None:
         return None
     callbacks = st.events.registry.table(model)
