@@ -14,6 +14,8 @@ from typing import Any, cast, final
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+from ._compat import NO_VALUE
+
 __all__ = [
     "MapperSpec",
     "TableSpec",
@@ -150,8 +152,6 @@ def _mapped_by_another(mapper: sa_orm.Mapper[Any], table: sa.Table, column: sa.C
 def _inserted_default(column: sa.Column[Any]) -> Any:
     """The value an INSERT that does not name ``column`` stores in it; NO_VALUE when the
     database or a function computes it, known once the row is read back."""
-    from ._compat import NO_VALUE
-
     default = column.default
     if column.server_default is not None or (
         default is not None and not (isinstance(default, sa.ColumnDefault) and default.is_scalar)
