@@ -116,7 +116,7 @@ def _items(row: Any, keys: list[str] | None = None) -> tuple[tuple[str, Any], ..
     return tuple(sorted((k, v) for k, v in row.items() if keys is None or k in keys))
 
 
-@pytest.mark.parametrize("examples", [200])
+@pytest.mark.parametrize("examples", [200, pytest.param(3000, marks=pytest.mark.soak)])
 def test_every_commit_delivers_the_net_difference(engine: sa.Engine, examples: int) -> None:
     PBase.metadata.create_all(engine)
     with engine.begin() as conn:
