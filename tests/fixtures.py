@@ -15,13 +15,28 @@ from uuid import uuid4
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
+from click.testing import CliRunner, Result
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 import dbevents
 import dbevents.testing
+from dbevents.cli import main
 from dbevents.testing import changesets  # noqa: F401 - the public fixture, used by tests
+from tests.datamodels import fill
 from tests.models import Base
 from tests.servers import PostgresServer
+
+
+def run_cli(*args: str) -> Result:
+    """Run the ``dbevents`` command with ``args``; its exceptions propagate."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def filled(engine: sa.Engine) -> sa.Engine:
+    """The test database, with the rows of :func:`tests.datamodels.fill`."""
+    fill(engine)
+    return engine
 
 
 @pytest.fixture

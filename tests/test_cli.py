@@ -16,14 +16,14 @@ import pytest
 import redis
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
-from click.testing import CliRunner, Result
 
 import dbevents
 from dbevents.changes import Change, ChangeSet, Op
-from dbevents.cli import main, make_sink, opened_sinks
+from dbevents.cli import make_sink, opened_sinks
 from dbevents.fileformat import Source
 from dbevents.ids import new_id
 from tests.datamodels import Thing, fill, metadata, table_rows
+from tests.fixtures import run_cli as run
 from tests.models import Company
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,16 +36,6 @@ EVENTS = dbevents.Events()
 @EVENTS.listens_for(Thing, "before_insert")
 def stamp_name(model: type[Thing], fields: dict[str, Any]) -> None:
     fields.setdefault("name", "stamped")
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-@pytest.fixture
-def filled(engine: sa.Engine) -> sa.Engine:
-    fill(engine)
-    return engine
 
 
 def test_dump_load_verify_round_trip(

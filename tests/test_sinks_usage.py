@@ -13,28 +13,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
+from click.testing import Result
 
 import dbevents
 from dbevents.changes import Change, ChangeSet, Op
-from dbevents.cli import main
 from dbevents.ids import new_id
 from dbevents.sinks.redis import RedisStreamSink
 from dbevents.urls import engine_from_url
-from tests.datamodels import fill, fresh_database, fresh_engine, metadata, table_rows
+from tests.datamodels import fresh_database, fresh_engine, metadata, table_rows
+from tests.fixtures import run_cli as run
 from tests.servers import HOST, PostgresServer, free_port
 
 METADATA = "tests.datamodels:metadata"
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-@pytest.fixture
-def filled(engine: sa.Engine) -> sa.Engine:
-    fill(engine)
-    return engine
 
 
 def db_of(engine: sa.Engine) -> str:
