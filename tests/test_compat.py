@@ -173,10 +173,12 @@ def test_type_on_is_the_variant_a_dialect_uses() -> None:
 
 def test_dml_table_is_the_table_each_bulk_statement_writes(tables: sa.Engine) -> None:
     written: list[str] = []
+    entities: list[type[Any] | None] = []
 
     def seen(conn: Any, statement: Any, *args: Any) -> None:
         if isinstance(statement, sa.Insert | sa.Update):
             written.append(_compat.dml_table(statement).name)
+            entities.append(_compat.dml_entity(statement))
 
     sa.event.listen(tables, "before_execute", seen)
     try:
@@ -187,6 +189,8 @@ def test_dml_table_is_the_table_each_bulk_statement_writes(tables: sa.Engine) ->
     finally:
         sa.event.remove(tables, "before_execute", seen)
     assert written == ["animals", "dogs", "animals", "dogs", "dogs"]
+    assert entities == [Dog] * 5
+    assert _compat.dml_entity(sa.update(companies)) is None
 
 
 def test_upsert_clause_and_multi_values() -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "await_in_greenlet",
     "callers_return_defaults",
     "committed_state",
+    "dml_entity",
     "dml_table",
     "dml_values",
     "explicit_returning",
@@ -349,6 +350,18 @@ def dml_table(statement: Any) -> Any:
         if table is not None:
             return table
     return statement.table
+
+
+def dml_entity(statement: Any) -> type[Any] | None:
+    """The mapped class an ORM DML statement names, or None (a Core table's statement).
+
+    Private: ``_annotations["parententity"]`` of the statement's table, which is
+    where ``statement.entity_description`` reads it from, by way of the plugin
+    lookups and the dictionary that make it cost a microsecond on every statement.
+    """
+    annotations = getattr(statement.table, "_annotations", None)
+    entity = getattr(annotations.get("parententity"), "entity", None) if annotations else None
+    return entity if isinstance(entity, type) else None
 
 
 def upsert_clause(statement: Any) -> Any | None:

@@ -297,7 +297,7 @@ def table_spec(table: sa.Table, model: type[Any] | None = None) -> TableSpec:
         one: a subclass stored in the table (single-table or joined inheritance) has its
         rows attributed to it, with its capture level, as on the unit of work.
     """
-    table = getattr(table, "_deannotate", lambda: table)()
+    table = table._deannotate()  # (a plain Table is its own)
     spec = _table_specs.get(table)
     if spec is None:
         spec = _table_specs[table] = TableSpec(table)

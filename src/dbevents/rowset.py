@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, final
 
 import sqlalchemy as sa
@@ -24,7 +24,7 @@ class RowSet(Generic[M]):
     :ivar session: the session the write runs in.
     """
 
-    __slots__ = ("_objects", "_pks", "_where", "model", "session")
+    __slots__ = ("_objects", "_pks", "_where", "_where_of", "model", "session")
 
     def __init__(
         self,
@@ -38,8 +38,20 @@ class RowSet(Generic[M]):
         self.model = model
         self.session = session
         self._where = where
+        self._where_of: Callable[[], sa.ColumnElement[bool]] | None = None
         self._pks = tuple(pks) if pks is not None else None
         self._objects = tuple(objects) if objects is not None else None
+
+    @classmethod
+    def _selecting(
+        cls, model: type[M], session: sa_orm.Session, where_of: Callable[[], sa.ColumnElement[bool]]
+    ) -> RowSet[M]:
+        """The rows a statement's WHERE clause selects, made into a criterion of their own
+        by ``where_of`` if a callback asks: most never do, and it costs as much as a small
+        statement's other work does."""
+        rows = cls(model, session)
+        rows._where_of = where_of
+        return rows
 
     @classmethod
     def _flushed(
@@ -52,7 +64,7 @@ class RowSet(Generic[M]):
         """
         rows = object.__new__(cls)
         rows.model, rows.session = model, session
-        rows._where = None
+        rows._where = rows._where_of = None
         rows._pks = None if pk is None else (pk,)
         rows._objects = (obj,)
         return rows
@@ -75,6 +87,9 @@ class RowSet(Generic[M]):
     def where(self) -> sa.ColumnElement[bool]:
         """A SQL criterion selecting these rows."""
         if self._where is not None:
+            return self._where
+        if self._where_of is not None:
+            self._where = self._where_of()
             return self._where
         columns = sa.inspect(self.model).primary_key
         pks = self.pks or ()

@@ -125,6 +125,8 @@ class SessionState:
 
     def _end_savepoints_of(self, transaction: Transaction, committed: bool) -> None:
         """The session transaction ended: so did the SAVEPOINTs begun in it."""
+        if not self.savepoints:
+            return  # (the usual case, on every transaction event)
         ended = [entry for entry in self.savepoints if entry[1] is transaction]
         if not ended:
             return

@@ -18,7 +18,7 @@ tells of those.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
@@ -33,6 +33,7 @@ from sqlalchemy.sql.expression import (
 
 from .._compat import (
     as_without_returning,
+    dml_entity,
     dml_table,
     provisioning_connection,
     returns_rows_itself,
@@ -107,12 +108,12 @@ def _before_execute(
     table = dml_table(statement)
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
-    entity = statement.entity_description.get("entity")  # an ORM statement's mapped class
-    spec = table_spec(table, entity if isinstance(entity, type) else None)
-    if not spec.link and any(st.flush is not None and st.flush.running for st in states):
+    spec = table_spec(table, dml_entity(statement))
+    if not spec.link and _flushing(states):
         return statement, multiparams, params  # the flush's own rows: mapper events have them
-    if any(isinstance(c, False_) for c in where_criteria(statement)):
-        return statement, multiparams, params  # WHERE false (a veto): no row can change
+    for criterion in where_criteria(statement):
+        if isinstance(criterion, False_):
+            return statement, multiparams, params  # WHERE false (a veto): no row can change
     wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
     if wanted is None:
         return statement, multiparams, params  # nobody needs these rows
@@ -159,9 +160,20 @@ def _follow_savepoint(session: sa_orm.Session, statement: Any) -> None:
             st.savepoint_ended(name, released=isinstance(statement, ReleaseSavepointClause))
 
 
+def _flushing(states: list[SessionState]) -> bool:
+    # (a loop: run on every statement, where a generator costs more)
+    for st in states:  # noqa: SIM110
+        if st.flush is not None and st.flush.running:
+            return True
+    return False
+
+
 def _wanted(states: list[SessionState], spec: TableSpec, insert: bool) -> str | None:
     """What of the rows a statement writes is needed: ``"rows"``, ``"keys"`` or nothing."""
-    levels = {st.events.level_of_table(spec) for st in states}
+    if len(states) == 1:  # (the usual case: one Events on the session, no set to build)
+        levels: Collection[str] = (states[0].events.level_of_table(spec),)
+    else:
+        levels = {st.events.level_of_table(spec) for st in states}
     waiting = collecting()  # statement after_* callbacks are waiting
     if "old+new" in levels or "new" in levels or (insert and waiting):
         return "rows"  # (after_insert receives the rows as stored)

@@ -14,6 +14,7 @@ rows be loaded as objects; models without them never pay for that.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -111,7 +112,7 @@ def _update_or_delete(
     row_after = callbacks.get("after_save" if update else "after_destroy")
     set_before = callbacks.get("before_update" if update else "before_delete")
     params = orm_state.parameters
-    rows = RowSet(model, session, where=selected(statement, params))
+    rows = RowSet._selecting(model, session, partial(selected, statement, params))
     values = SetValues.of(spec, statement, params)
     fields = values.fields
     if veto(set_before, *((rows, fields) if update else (rows,))):
@@ -127,7 +128,7 @@ def _update_or_delete(
             keep_out = RowSet(model, session, objects=vetoed).where
             statement = statement.where(sa.not_(keep_out))
             doomed = [obj for obj in doomed if obj not in vetoed]
-            done = RowSet(model, session, where=selected(statement, params))
+            done = RowSet._selecting(model, session, partial(selected, statement, params))
     set_after = callbacks.get("after_update" if update else "after_delete")
     if not (set_after or row_after):
         return orm_state.invoke_statement(statement=statement)  # nobody asks what was written
