@@ -95,22 +95,27 @@ def _before_execute(
     session, states = _capturing(connection)
     if session is None:
         return statement, multiparams, params
-    if isinstance(statement, _SAVEPOINT_STATEMENTS):
-        _follow_savepoint(session, statement)
-        return statement, multiparams, params
+    if not isinstance(statement, _WRITES):
+        if isinstance(statement, _SAVEPOINT_STATEMENTS):
+            _follow_savepoint(session, statement)
+        elif (
+            states
+            and isinstance(statement, sa.TextClause)
+            and not execution_options.get(SKIP_CAPTURE)
+        ):
+            raw_write(states, statement.text)
+        return statement, multiparams, params  # (a SELECT, the usual case, leaves here)
     if not states or execution_options.get(SKIP_CAPTURE):
-        return statement, multiparams, params
-    if isinstance(statement, sa.TextClause):
-        raw_write(states, statement.text)
-        return statement, multiparams, params
-    if not isinstance(statement, sa.Insert | sa.Update | sa.Delete):
         return statement, multiparams, params
     table = dml_table(statement)
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
-    spec = table_spec(table, dml_entity(statement))
-    if not spec.link and _flushing(states):
+    flushing = _flushing(states)
+    if flushing and not table_spec(table).link:
         return statement, multiparams, params  # the flush's own rows: mapper events have them
+    spec = table_spec(table, dml_entity(statement))
+    if flushing and not spec.link:
+        return statement, multiparams, params  # (a class mapped to a link table)
     for criterion in where_criteria(statement):
         if isinstance(criterion, False_):
             return statement, multiparams, params  # WHERE false (a veto): no row can change
@@ -141,6 +146,7 @@ def _before_execute(
 
 
 _SAVEPOINT_STATEMENTS: Final = (SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)
+_WRITES: Final = (sa.Insert, sa.Update, sa.Delete)
 
 
 def _follow_savepoint(session: sa_orm.Session, statement: Any) -> None:
