@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, final
 
 from .changes import Buffered, Change, Op
 
-__all__ = ["LEVELS", "Buffer", "CaptureLevel"]
+__all__ = ["LEVELS", "Buffer", "CaptureLevel", "same"]
 
 CaptureLevel = Literal["off", "keys", "new", "old+new"]
 LEVELS: Final = ("off", "keys", "new", "old+new")
@@ -259,16 +259,24 @@ def _drop_unchanged(entry: Entry) -> bool:
     old, new = entry.old, entry.new
     if old is None or new is None:
         return True
-    same = [key for key, value in new.items() if key in old and _same(old[key], value)]
-    if not same:
+    unchanged = [key for key, value in new.items() if key in old and same(old[key], value)]
+    if not unchanged:
         return True
-    entry.old = {k: v for k, v in old.items() if k not in same}
-    entry.new = {k: v for k, v in new.items() if k not in same}
+    entry.old = {k: v for k, v in old.items() if k not in unchanged}
+    entry.new = {k: v for k, v in new.items() if k not in unchanged}
     return bool(entry.new)
 
 
-def _same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any) -> bool:
+    """Whether two column values are equal as a row holds them; values that can't tell
+    count as different.
+
+    A NaN (float or Decimal) is the same as a NaN: a row rewritten with it did not
+    change, though NaN equals nothing, and the database, like ``verify``, says so.
+    """
+    if a is b:
+        return True
     try:
-        return bool(a == b)
+        return bool(a == b) or bool(a != a and b != b)  # (only a NaN is unequal to itself)
     except Exception:  # values whose __eq__ fails or is ambiguous: treat as changed
         return False

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 import sqlalchemy.orm as sa_orm
 
 from .._compat import NO_VALUE, flush_candidates, flush_running
-from ..capture import Buffer, Key
+from ..capture import Buffer, Key, same
 from ..changes import Op
 from ..exceptions import ConfigurationError
 from ..mapping import MapperSpec, TablePart, mapper_spec
@@ -271,16 +271,6 @@ def key_value(state: State, key: str) -> Any:
             if name == key:
                 return ident
     return value
-
-
-def same(a: Any, b: Any) -> bool:
-    """Whether two column values are equal; values that can't tell count as different."""
-    if a is b:
-        return True
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
 
 
 # -- after the flush -------------------------------------------------------------------------

@@ -115,14 +115,16 @@ def _paired_diffs(
     rows are values that nothing changes in place.
     """
     diffs: Diffs = []
-    eq = operator.eq
+    eq, ne = operator.eq, operator.ne
     shared: tuple[Any, ...] | None = None
     shared_row: Row = {}
     for key, was, now in rows:
         try:
             if was == now:
                 continue
-            whole = not any(map(eq, was, now))
+            # (a NaN is unequal to itself, and to the NaN it was rewritten with: the row
+            # holding one is compared column by column)
+            whole = not any(map(eq, was, now)) and not any(map(ne, was, was))
         except Exception:  # values whose __eq__ fails or is ambiguous: column by column
             whole = False
         if whole:
@@ -236,7 +238,7 @@ def _diff_values(
         if was is value:
             continue
         try:
-            if was == value:
+            if was == value or (was != was and value != value):  # (NaN over NaN: the same)
                 continue
         except Exception:  # values whose __eq__ fails or is ambiguous: changed
             pass
