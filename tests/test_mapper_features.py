@@ -307,6 +307,13 @@ class Value(VBase):
     doc: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
 
 
+class Ticket(VBase):
+    __tablename__ = "tickets"
+
+    id: Mapped[str] = mapped_column(sa.Uuid(as_uuid=False), primary_key=True)
+    n: Mapped[int]
+
+
 _PARIS = dt.timezone(dt.timedelta(hours=2))
 ROWS: list[dict[str, Any]] = [
     {
@@ -440,3 +447,71 @@ def test_nan_written_over_nan_is_no_change(
             assert [pk for pk, _, _ in got] == [(2,)], write.__name__  # 1.0 became NaN
         else:
             assert got == [], write.__name__
+
+
+# -- limits: values delivered as set ------------------------------------------------------------
+
+
+def test_the_unit_of_work_delivers_values_as_set_where_the_database_stores_another_form(
+    events: dbevents.Events,
+    VSession: Maker,  # noqa: N803
+    engine: sa.Engine,
+    memory: dbevents.MemorySink,
+    tmp_path: Path,
+    backend: str,
+) -> None:
+    events.add_sink(dbevents.MirrorSink(tmp_path / "mirror", metadata=VBase.metadata))
+    much = decimal.Decimal("12345678901234.123456")
+    with VSession() as session:
+        session.add(Value(id=1, doc={1: "a"}, by_name="RED", real=math.nan, exact=much))
+        session.commit()
+
+    [change] = memory.changesets[0].changes
+    stored = _stored(engine)[(1,)]
+    assert change.new is not None
+    assert (change.new["doc"], stored["doc"]) == ({1: "a"}, {"1": "a"})
+    assert ChangeSet.from_json(memory.changesets[0].to_json()).changes[0].new["doc"] == {"1": "a"}  # type: ignore[index]
+    assert (change.new["by_name"], stored["by_name"]) == ("RED", Color.RED)
+    assert math.isnan(change.new["real"]) and change.new["exact"] == much
+    differences = dbevents.verify(engine, VBase.metadata, tmp_path / "mirror")
+    if backend == "sqlite":
+        assert stored["real"] is None and stored["exact"] != much
+        assert [d.columns for d in differences] == [("exact", "real")]
+    else:
+        assert math.isnan(stored["real"]) and stored["exact"] == much
+        assert differences == []
+
+
+def test_a_key_set_in_another_form_than_stored_is_two_rows_to_a_consumer(
+    events: dbevents.Events,
+    VSession: Maker,  # noqa: N803
+    engine: sa.Engine,
+    memory: dbevents.MemorySink,
+    tmp_path: Path,
+) -> None:
+    events.add_sink(dbevents.MirrorSink(tmp_path / "mirror", metadata=VBase.metadata))
+    given = "0000000A-0000-0000-0000-00000000000B"
+    with VSession() as session:
+        session.add(Ticket(id=given, n=1))
+        session.flush()
+        session.execute(sa.update(Ticket).values(n=2))
+        session.commit()
+
+    assert [(c.op.value, c.pk) for c in memory.changesets[0].changes] == [
+        ("insert", (given,)),
+        ("update", (given.lower(),)),
+    ]
+    assert sorted(d.kind for d in dbevents.verify(engine, VBase.metadata, tmp_path / "mirror")) == [
+        "extra",
+        "missing",
+    ]
+    with VSession() as session:  # in the form stored: one row
+        session.add(Ticket(id=str(uuid.UUID(given.replace("B", "C"))), n=1))
+        session.flush()
+        session.execute(sa.update(Ticket).where(Ticket.n == 1).values(n=3))
+        session.commit()
+    [change] = memory.changesets[1].changes
+    assert change.op is dbevents.Op.INSERT and change.new == {
+        "id": given.lower()[:-1] + "c",
+        "n": 3,
+    }
