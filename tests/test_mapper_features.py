@@ -396,6 +396,7 @@ def test_values_of_every_common_type_are_delivered_and_mirrored_as_stored(
             session.execute(sa.update(Value), [{"id": 1, **ROWS[1]}, {"id": 2, **ROWS[0]}])
         session.commit()
 
+    as_committed = _stored(engine)
     stored, held = _stored(engine), memory.rows("vals")
     if backend == "sqlite" and path == "unit of work":  # the value set: see the limits
         for row in (*stored.values(), *held.values()):
@@ -406,6 +407,9 @@ def test_values_of_every_common_type_are_delivered_and_mirrored_as_stored(
     assert dbevents.verify(engine, VBase.metadata, tmp_path / "mirror") == []
     mirror.compact()
     assert dbevents.verify(engine, VBase.metadata, tmp_path / "mirror") == []
+    dbevents.dump(engine, VBase.metadata, tmp_path / "dump")  # and back: the same rows
+    dbevents.load(engine, VBase.metadata, tmp_path / "dump", mode="truncate")
+    assert _stored(engine) == as_committed
 
 
 def test_nan_written_over_nan_is_no_change(
