@@ -79,6 +79,31 @@ def test_post_updated_names_the_rows_and_columns_of_the_second_update(engine: sa
     assert seen == [[(sa.inspect(widget), {Widget.__table__.c.favorite_id})]]
 
 
+def test_mappers_own_rows_tells_an_objects_row_from_a_secondary_row(engine: sa.Engine) -> None:
+    from tests.test_collections_usage import CBase, Mix, Song, Track
+
+    CBase.metadata.create_all(engine)
+    writers = (sa.inspect(Track).base_mapper,)
+    seen: list[tuple[str, bool]] = []
+
+    def record(conn: Any, statement: Any, multiparams: Any, params: Any, options: Any) -> None:
+        if isinstance(statement, sa.Insert) and statement.table.name == "tracks":
+            seen.append((str(params or multiparams), _compat.mappers_own_rows(options, writers)))
+
+    sa.event.listen(engine, "before_execute", record)
+    try:
+        with sa_orm.Session(engine) as session:
+            session.add(Mix(id=1, songs=[Song(id=1, title="a")]))  # the secondary's row
+            session.flush()
+            session.add(Track(mix_id=1, song_id=2))  # an object's own row
+            session.add(Song(id=2, title="b"))
+            session.flush()
+            session.rollback()
+    finally:
+        sa.event.remove(engine, "before_execute", record)
+    assert [own for _, own in seen] == [False, True]
+
+
 def test_explicit_returning_and_where_criteria() -> None:
     table = companies
     plain = sa.update(table).where(table.c.id == 1).where(sa.false())

@@ -29,6 +29,7 @@ __all__ = [
     "flush_candidates",
     "flush_running",
     "in_greenlet",
+    "mappers_own_rows",
     "multi_values",
     "post_updated",
     "prefixes",
@@ -176,6 +177,19 @@ def all_mappers() -> list[sa_orm.Mapper[Any]]:
     from sqlalchemy.orm import mapperlib
 
     return [mapper for reg in mapperlib._all_registries() for mapper in reg.mappers]
+
+
+def mappers_own_rows(
+    execution_options: Mapping[str, Any], mappers: tuple[sa_orm.Mapper[Any], ...]
+) -> bool:
+    """Whether the flush runs a statement for the rows of objects of these (base) mappers,
+    rather than for the rows a relationship writes to its ``secondary`` table.
+
+    Private: the unit of work runs the former with its base mapper's
+    ``Mapper._compiled_cache`` as the ``compiled_cache`` option, the latter with none.
+    """
+    cache = execution_options.get("compiled_cache")
+    return cache is not None and any(cache is mapper._compiled_cache for mapper in mappers)
 
 
 def flush_running(flush_context: Any) -> bool:

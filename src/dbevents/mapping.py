@@ -45,7 +45,17 @@ def column_name(column: Any) -> str:
 class TableSpec:
     """A table's full name, its key columns and its column names, in table order."""
 
-    __slots__ = ("_link", "_model", "columns", "key_columns", "name", "pk", "table", "unique_keys")
+    __slots__ = (
+        "_link",
+        "_model",
+        "_row_writers",
+        "columns",
+        "key_columns",
+        "name",
+        "pk",
+        "table",
+        "unique_keys",
+    )
 
     def __init__(self, table: sa.Table) -> None:
         self.table = table
@@ -68,12 +78,25 @@ class TableSpec:
         self.key_columns = frozenset(name for key in unique for name in key)
         self._model: Any = _MISSING
         self._link = False
+        self._row_writers: tuple[sa_orm.Mapper[Any], ...] = ()
 
     @property
     def link(self) -> bool:
         """Whether this is a many-to-many (``secondary``) table: rows are LINK/UNLINK."""
         self._resolve()
         return self._link
+
+    @property
+    def secondary_of_mapped(self) -> tuple[sa_orm.Mapper[Any], ...]:
+        """For a mapped table that a relationship also writes as its ``secondary`` (an
+        association object with a many-to-many view beside it, not viewonly): the base
+        mappers of the classes mapped to it; else empty.
+
+        The flush writes such a relationship's rows with Core statements: rows no object
+        holds, which no mapper event reports.
+        """
+        self._resolve()
+        return self._row_writers
 
     def mapped_class(self) -> type[Any] | None:
         """The class mapped to this table (the base of an inheritance chain), if any; for
@@ -92,16 +115,19 @@ class TableSpec:
             return
         from ._compat import all_mappers
 
-        owners = []
-        link = False
+        owners: list[sa_orm.Mapper[Any]] = []
+        link = written = False
         for mapper in all_mappers():
             if mapper.local_table is self.table and (
                 mapper.inherits is None or mapper.inherits.local_table is not self.table
             ):
-                owners.append(mapper.class_)
-            link = link or any(rel.secondary is self.table for rel in mapper.relationships)
-        self._model = owners[0] if len(owners) == 1 else None
+                owners.append(mapper)
+            for rel in mapper.relationships:
+                if rel.secondary is self.table:
+                    link, written = True, written or not rel.viewonly
+        self._model = owners[0].class_ if len(owners) == 1 else None
         self._link = link and not owners
+        self._row_writers = tuple(m.base_mapper for m in owners) if written else ()
 
 
 @final

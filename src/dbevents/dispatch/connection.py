@@ -35,6 +35,7 @@ from .._compat import (
     as_without_returning,
     dml_entity,
     dml_table,
+    mappers_own_rows,
     provisioning_connection,
     returns_rows_itself,
     root_engine,
@@ -111,11 +112,11 @@ def _before_execute(
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
     flushing = _flushing(states)
-    if flushing and not table_spec(table).link:
+    if flushing and _objects_rows(table_spec(table), execution_options):
         return statement, multiparams, params  # the flush's own rows: mapper events have them
     spec = table_spec(table, dml_entity(statement))
-    if flushing and not spec.link:
-        return statement, multiparams, params  # (a class mapped to a link table)
+    if flushing and _objects_rows(spec, execution_options):
+        return statement, multiparams, params  # (an ORM statement of a class mapped to it)
     for criterion in where_criteria(statement):
         if isinstance(criterion, False_):
             return statement, multiparams, params  # WHERE false (a veto): no row can change
@@ -172,6 +173,18 @@ def _flushing(states: list[SessionState]) -> bool:
         if st.flush is not None and st.flush.running:
             return True
     return False
+
+
+def _objects_rows(spec: TableSpec, execution_options: Mapping[str, Any]) -> bool:
+    """Whether a statement the flush runs writes rows of objects, which mapper events report."""
+    return not spec.link and not _secondary_rows(spec, execution_options)
+
+
+def _secondary_rows(spec: TableSpec, execution_options: Mapping[str, Any]) -> bool:
+    """Whether the flush writes rows of a mapped table for a relationship that has it as its
+    ``secondary``: rows no object holds, so no mapper event reports them."""
+    writers = spec.secondary_of_mapped
+    return bool(writers) and not mappers_own_rows(execution_options, writers)
 
 
 def _wanted(states: list[SessionState], spec: TableSpec, insert: bool) -> str | None:
