@@ -869,6 +869,41 @@ def test_passive_deletes_on_a_many_to_many(
         session.rollback()
 
 
+def test_a_delete_statement_leaves_many_to_many_rows_to_the_database(
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked, backend: str
+) -> None:
+    with CSession() as session:
+        session.add(Club(id=1, members=[Person(id=1), Person(id=2)]))
+        checked.commit(session)
+        # SQLAlchemy unlinks nothing for a statement: the foreign key's ON DELETE does
+        with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
+            session.execute(sa.delete(Club).where(Club.id == 1))
+        session.commit()
+    cascaded = backend == "postgresql"  # (SQLite enforces foreign keys only when asked)
+    assert [c.table for c in checked.last.changes] == ["clubs"]
+    with CSession() as session:
+        assert len(session.execute(sa.select(club_members)).all()) == (0 if cascaded else 2)
+
+
+def test_a_delete_statement_without_on_delete_unlinks_nothing(
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked, backend: str
+) -> None:
+    with CSession() as session:
+        a, b = Person(id=1), Person(id=2)
+        a.following.append(b)
+        session.add(a)
+        checked.commit(session)
+        delete = sa.delete(Person).where(Person.id == 2)
+        # (told of the club_members rows, which say ON DELETE CASCADE)
+        with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
+            if backend == "postgresql":  # the foreign key of follows refuses
+                with pytest.raises(sa.exc.IntegrityError):
+                    session.execute(delete)
+                return
+            session.execute(delete)  # the row stays, pointing nowhere: nothing was unlinked
+        assert checked.commit(session) == [("delete", "people", (2,))]
+
+
 # -- vetoes and savepoints ---------------------------------------------------------------------
 
 

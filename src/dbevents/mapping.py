@@ -17,6 +17,7 @@ import sqlalchemy.orm as sa_orm
 from ._compat import NO_VALUE
 
 __all__ = [
+    "DATABASE_ACTIONS",
     "MapperSpec",
     "TableSpec",
     "attribute_key",
@@ -375,7 +376,8 @@ def attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> 
         return None
 
 
-_DATABASE_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
+#: the ON DELETE actions by which the database itself changes the rows that refer to a row
+DATABASE_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
 
 
 def _on_delete(rel: sa_orm.RelationshipProperty[Any], mapper: sa_orm.Mapper[Any]) -> str | None:
@@ -384,7 +386,7 @@ def _on_delete(rel: sa_orm.RelationshipProperty[Any], mapper: sa_orm.Mapper[Any]
     for column in rel.remote_side:
         for fk in getattr(column, "foreign_keys", ()):
             action = (fk.ondelete or "").upper()
-            if action in _DATABASE_ACTIONS and fk.column.table in mapper.tables:
+            if action in DATABASE_ACTIONS and fk.column.table in mapper.tables:
                 return action
     return None
 

@@ -45,6 +45,7 @@ from .._compat import (
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
 from .dml import StatementPlan, plan_statement
+from .passivedeletes import tell_rows_a_delete_leaves
 from .results import record_result
 from .stored import SKIP_CAPTURE
 from .uncaptured import raw_write, uncaptured
@@ -120,6 +121,8 @@ def _before_execute(
     for criterion in where_criteria(statement):
         if isinstance(criterion, False_):
             return statement, multiparams, params  # WHERE false (a veto): no row can change
+    if isinstance(statement, sa.Delete):
+        tell_rows_a_delete_leaves(states, spec)
     wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
     if wanted is None:
         return statement, multiparams, params  # nobody needs these rows

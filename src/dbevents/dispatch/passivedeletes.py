@@ -1,8 +1,9 @@
-"""Rows the database changes itself when the flush deletes their parent.
+"""Rows the database changes itself when a row they refer to is deleted.
 
 A relationship with ``passive_deletes`` leaves the rows of a collection it has
-not loaded to its foreign key's ``ON DELETE``: no statement of the flush writes
-them, so dbevents can't capture them.  It says so, as it does of raw SQL.
+not loaded to its foreign key's ``ON DELETE``, and so does every DELETE
+statement (SQLAlchemy loads no relationship for it): no statement writes them,
+so dbevents can't capture them.  It says so, as it does of raw SQL.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
-from ..mapping import table_spec
+from ..mapping import DATABASE_ACTIONS, TableSpec, table_spec
 from .uncaptured import uncaptured
 
 if TYPE_CHECKING:
+    from ..session import SessionState
     from .flush import FlushState, State
 
-__all__ = ["tell_rows_left_to_the_database"]
+__all__ = ["tell_rows_a_delete_leaves", "tell_rows_left_to_the_database"]
 
 
 def tell_rows_left_to_the_database(fs: FlushState, deleted: list[State]) -> None:
@@ -68,3 +70,42 @@ def _watched(fs: FlushState, rel: Any) -> bool:
         )
     plan = fs.plan_of(rel.mapper)
     return plan.capture or plan.writes
+
+
+def tell_rows_a_delete_leaves(states: list[SessionState], spec: TableSpec) -> None:
+    """Say that a DELETE statement on ``spec``'s table leaves the rows that refer to the rows
+    it deletes to their foreign key's ON DELETE, where that changes them and they are watched.
+
+    Told whether or not there are such rows, as for ``passive_deletes``.
+    """
+    for table, action in _referring(spec.table):
+        levels = {st.events.level_of_table(table_spec(table)) for st in states}
+        if levels == {"off"}:
+            continue
+        verb = "deletes" if action == "CASCADE" else "updates"
+        uncaptured(
+            states,
+            f"the database itself {verb} the {table.fullname} rows that refer to the "
+            f"{spec.name} rows this DELETE statement deletes (ON DELETE {action}): they are "
+            f"missing from the change set and get no callbacks; delete or update them first, "
+            f"or delete through the unit of work with a relationship that cascades, to have "
+            f'them captured (Events(raw_sql="ignore") silences this)',
+        )
+
+
+_referring_cache: dict[sa.Table, tuple[tuple[sa.Table, str], ...]] = {}
+
+
+def _referring(table: sa.Table) -> tuple[tuple[sa.Table, str], ...]:
+    """The tables of ``table``'s MetaData whose foreign key to it the database acts on when a
+    row of it is deleted, each with that ON DELETE action; computed once per table."""
+    found = _referring_cache.get(table)
+    if found is None:
+        actions: dict[sa.Table, str] = {}
+        for other in table.metadata.tables.values():
+            for fk in other.foreign_keys:
+                action = (fk.ondelete or "").upper()
+                if action in DATABASE_ACTIONS and fk.references(table):
+                    actions.setdefault(other, action)
+        found = _referring_cache[table] = tuple(actions.items())
+    return found
