@@ -57,8 +57,8 @@ badges = sa.Table(
 )
 
 #: columns of its own that the database fills in
-memberships = sa.Table(
-    "memberships",
+team_members = sa.Table(
+    "team_members",
     CBase.metadata,
     sa.Column("owner_id", sa.ForeignKey("owners.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("team_id", sa.ForeignKey("teams.id"), primary_key=True),
@@ -144,7 +144,7 @@ class Owner(CBase):
     __tablename__ = "owners"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    teams: WriteOnlyMapped[Team] = relationship(secondary=memberships, passive_deletes=True)
+    teams: WriteOnlyMapped[Team] = relationship(secondary=team_members, passive_deletes=True)
     notes: WriteOnlyMapped[Note] = relationship(
         back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
     )
@@ -276,6 +276,25 @@ class Account(CBase):
     id: Mapped[int] = mapped_column(primary_key=True)
     profile_id: Mapped[int | None] = mapped_column(sa.ForeignKey("profiles.id"))
     profile: Mapped[Profile | None] = relationship(cascade="all, delete-orphan", single_parent=True)
+
+
+#: deferred: SQLAlchemy moves these rows after the key they refer to changed
+DEFERRED: dict[str, Any] = {"deferrable": True, "initially": "DEFERRED"}
+labels = sa.Table(
+    "labels",
+    CBase.metadata,
+    sa.Column("code", sa.ForeignKey("codes.code", **DEFERRED), primary_key=True),
+    sa.Column("tag_id", sa.ForeignKey("tags.id"), primary_key=True),
+)
+
+
+class Code(CBase):
+    """A natural key that changes: SQLAlchemy itself moves the rows that refer to it."""
+
+    __tablename__ = "codes"
+
+    code: Mapped[str] = mapped_column(sa.String(10), primary_key=True)
+    tags: Mapped[list[Tag]] = relationship(secondary=labels, passive_updates=False)
 
 
 class Node(CBase):
@@ -538,15 +557,15 @@ def test_core_statements_on_a_secondary_table(
     with CSession() as session:
         session.add_all([Owner(id=1), Team(id=1), Team(id=2)])
         checked.commit(session)
-        session.execute(sa.insert(memberships), [{"owner_id": 1, "team_id": t} for t in (1, 2)])
+        session.execute(sa.insert(team_members), [{"owner_id": 1, "team_id": t} for t in (1, 2)])
         assert checked.commit(session) == [
-            ("link", "memberships", (1, 1)),
-            ("link", "memberships", (1, 2)),
+            ("link", "team_members", (1, 1)),
+            ("link", "team_members", (1, 2)),
         ]
-        session.execute(memberships.delete().where(memberships.c.team_id == 1))
-        assert checked.commit(session) == [("unlink", "memberships", (1, 1))]
-        session.execute(memberships.update().values(rank=9))
-        assert checked.commit(session) == [("update", "memberships", (1, 2))]
+        session.execute(team_members.delete().where(team_members.c.team_id == 1))
+        assert checked.commit(session) == [("unlink", "team_members", (1, 1))]
+        session.execute(team_members.update().values(rank=9))
+        assert checked.commit(session) == [("update", "team_members", (1, 2))]
 
 
 # -- write-only and dynamic collections -------------------------------------------------------
@@ -570,7 +589,7 @@ def test_write_only_many_to_many(
             "rank": 5,
         }
         owner.teams.remove(teams[0])
-        assert checked.commit(session) == [("unlink", "memberships", (1, 1))]
+        assert checked.commit(session) == [("unlink", "team_members", (1, 1))]
         assert checked.last.unlinked[0].old == {
             "owner_id": 1,
             "team_id": 1,
@@ -844,6 +863,68 @@ def test_rows_that_point_at_each_other(
         a.peer = None
         session.delete(b)  # b's key is cleared before it is deleted
         assert checked.commit(session) == [("delete", "nodes", (2,)), ("update", "nodes", (1,))]
+
+
+# -- keys that change -------------------------------------------------------------------------
+
+
+def test_a_changed_key_moves_its_association_rows(
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked
+) -> None:
+    with CSession() as session:
+        code = Code(code="a", tags=[Tag(id=1, code="x"), Tag(id=2, code="y")])
+        session.add(code)
+        checked.commit(session)
+        code.code = "b"  # one UPDATE of the rows of labels, a parameter set for each
+        assert checked.commit(session) == [
+            ("delete", "codes", ("a",)),
+            ("insert", "codes", ("b",)),
+            ("link", "labels", ("b", 1)),
+            ("link", "labels", ("b", 2)),
+            ("unlink", "labels", ("a", 1)),
+            ("unlink", "labels", ("a", 2)),
+        ]
+        code.tags.append(Tag(id=3, code="z"))
+        session.flush()
+        code.code = "c"  # moves a row linked in this transaction: one link, under "c"
+        assert checked.commit(session) == [
+            ("delete", "codes", ("b",)),
+            ("insert", "codes", ("c",)),
+            ("insert", "tags", (3,)),
+            ("link", "labels", ("c", 1)),
+            ("link", "labels", ("c", 2)),
+            ("link", "labels", ("c", 3)),
+            ("unlink", "labels", ("b", 1)),
+            ("unlink", "labels", ("b", 2)),
+        ]
+
+
+def test_an_update_of_several_parameter_sets_that_moves_rows(
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked
+) -> None:
+    old: sa.BindParameter[str] = sa.bindparam("old_code")
+    move = labels.update().where(labels.c.code == old, labels.c.tag_id == sa.bindparam("old"))
+    with CSession() as session:
+        session.add_all([Code(code="a", tags=[Tag(id=1, code="x"), Tag(id=2, code="y")])])
+        session.add(Code(code="b"))
+        checked.commit(session)
+        session.execute(
+            move,
+            [{"code": "b", "old_code": "a", "old": 1}, {"code": "b", "old_code": "a", "old": 2}],
+        )
+        assert checked.commit(session) == [
+            ("link", "labels", ("b", 1)),
+            ("link", "labels", ("b", 2)),
+            ("unlink", "labels", ("a", 1)),
+            ("unlink", "labels", ("a", 2)),
+        ]
+        session.execute(labels.update().where(labels.c.code == "b").values(code="a"))
+        assert len(checked.commit(session)) == 4  # (one parameter set: it returns its rows)
+        # where each row went, parameter sets naming rows by a range can't tell
+        ranged = labels.update().where(labels.c.tag_id >= sa.bindparam("lowest"))
+        with pytest.warns(dbevents.DbEventsWarning, match="moves to new keys in 'labels'"):
+            session.execute(ranged, [{"code": "b", "lowest": 2}, {"code": "b", "lowest": 9}])
+        session.rollback()
 
 
 # -- deleting parents of many-to-many rows --------------------------------------------------------

@@ -29,6 +29,7 @@ from .._compat import (
 )
 from ..changes import Op
 from ..mapping import TableSpec, column_name
+from .moves import moved_keys
 from .returning import (
     Returns,
     changes_keys,
@@ -66,6 +67,7 @@ class StatementPlan:
         "conflicts",
         "keys_only",
         "keys_sent",
+        "moved",
         "old_columns",
         "old_rows",
         "op",
@@ -101,6 +103,7 @@ class StatementPlan:
         conflicts: KeyValues | None = None,
         replaced: dict[tuple[Any, ...], Row] | None = None,
         untold: bool = False,
+        moved: dict[tuple[Any, ...], tuple[Any, ...]] | None = None,
     ) -> None:
         self.statement = statement
         #: only the primary keys of the rows are wanted (and read)
@@ -133,6 +136,9 @@ class StatementPlan:
         self.replaced = replaced
         #: its rows can't be told (it was reported before it ran): nothing is recorded
         self.untold = untold
+        #: an UPDATE that sets key columns and returns no rows: each row's new key, by
+        #: its old one (None: not told)
+        self.moved = moved
         #: when dbevents' RETURNING made the caller's result return rows: whether SQLAlchemy
         #: makes the statement RETURN rows itself (then none are left for the caller either)
         self.bare_returns_rows: bool | None = None
@@ -205,6 +211,7 @@ def plan_statement(
     set_to: tuple[Any, ...] = ()
     rowid: tuple[str, int] | None = None
     keys_sent: list[tuple[Any, ...]] = []
+    moved: dict[tuple[Any, ...], tuple[Any, ...]] | None = None
     if isinstance(statement, sa.Insert):
         op = Op.LINK if spec.link else Op.INSERT
         before = upserted.before if upserted is not None else None
@@ -283,6 +290,8 @@ def plan_statement(
             )
             if op is Op.UPDATE and before and returning and not keys_only and not own:
                 statement = statement.return_defaults(supplemental_cols=columns)
+            elif sets_key and before:  # no RETURNING to tell where its rows went
+                moved = moved_keys(spec, statement, parameters, before)
     plan = StatementPlan(
         statement,
         op,
@@ -301,6 +310,7 @@ def plan_statement(
         keys_sent,
         upserted.keys if upserted is not None else None,
         replaced,
+        moved=moved,
     )
     return statement, parameters, plan
 

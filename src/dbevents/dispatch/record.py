@@ -181,14 +181,16 @@ def record_update(
 
     :param sets_key: the UPDATE sets primary key columns.  A row whose key changed is
         a different row to every consumer keyed by it: its old key is recorded as
-        deleted and its new one as inserted, as on the unit of work.
+        deleted and its new one as inserted, as on the unit of work (an association
+        row as unlinked and linked, so that it nets with its other links).
     """
     record_diffs(session, states, spec, _diff_rows(before, after))
     if sets_key:
         gone = {pk: row for pk, row in before.items() if pk not in after}
         came = [row for pk, row in after.items() if pk not in before]
-        record_rows(session, states, spec, Op.DELETE, gone, None)
-        record_rows(session, states, spec, Op.INSERT, None, came)
+        link = spec.link
+        record_rows(session, states, spec, Op.UNLINK if link else Op.DELETE, gone, None)
+        record_rows(session, states, spec, Op.LINK if link else Op.INSERT, None, came)
 
 
 def record_diffs(

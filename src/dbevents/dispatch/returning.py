@@ -34,6 +34,7 @@ __all__ = [
     "sends_value",
     "set_columns",
     "set_literals",
+    "set_target_key",
     "update_from_locked",
     "updated_columns",
 ]
@@ -94,7 +95,7 @@ def set_columns(
 
 def _column_names(names: Mapping[str, str], targets: Sequence[Any]) -> set[str] | None:
     """The names of the columns of SET targets; None when one is not a column of the table."""
-    keys = [_column_key(target) for target in targets]
+    keys = [set_target_key(target) for target in targets]
     if any(key not in names for key in keys):
         return None
     return {names[key] for key in keys}
@@ -147,7 +148,7 @@ def set_literals(
     columns = {column.key: column for column in table.columns}
     values: dict[str, Any] = {}
     for key, value in pairs:
-        column = columns.get(_column_key(key))
+        column = columns.get(set_target_key(key))
         if (
             column is None
             or not isinstance(value, sa.BindParameter)
@@ -184,12 +185,12 @@ def sends_value(
 ) -> bool:
     """Whether an INSERT sends a value (None included) for ``column``: in its ``values()``
     or in any parameter set."""
-    if any(_column_key(key) == column.key for key, _ in dml_values(statement) or ()):
+    if any(set_target_key(key) == column.key for key, _ in dml_values(statement) or ()):
         return True
     return any(map(operator.contains, parameters, repeat(column.key)))  # no frame per row
 
 
-def _column_key(key: Any) -> Any:
+def set_target_key(key: Any) -> Any:
     """A SET target's column key: from a string, a column, or an ORM attribute."""
     if isinstance(key, str):
         return key
