@@ -920,6 +920,19 @@ def test_an_update_of_several_parameter_sets_that_moves_rows(
         ]
         session.execute(labels.update().where(labels.c.code == "b").values(code="a"))
         assert len(checked.commit(session)) == 4  # (one parameter set: it returns its rows)
+        songs: sa.Table = Song.__table__  # type: ignore[assignment]
+        session.add_all([Song(id=1, title="a"), Song(id=2, title="b")])
+        checked.commit(session)
+        session.execute(  # a mapped table's rows: a new key is a delete and an insert
+            songs.update().where(songs.c.id == sa.bindparam("old")),
+            [{"id": 11, "old": 1}, {"id": 12, "old": 2}],
+        )
+        assert checked.commit(session) == [
+            ("delete", "songs", (1,)),
+            ("delete", "songs", (2,)),
+            ("insert", "songs", (11,)),
+            ("insert", "songs", (12,)),
+        ]
         # where each row went, parameter sets naming rows by a range can't tell
         ranged = labels.update().where(labels.c.tag_id >= sa.bindparam("lowest"))
         with pytest.warns(dbevents.DbEventsWarning, match="moves to new keys in 'labels'"):

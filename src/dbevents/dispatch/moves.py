@@ -63,7 +63,7 @@ def moved_keys(
                     for name in spec.pk
                 ]
             )
-    return moved
+    return moved if len(moved) == len(before) else None  # (a row no parameter set names)
 
 
 def _key_literals(spec: TableSpec, statement: Any) -> dict[str, Any] | None:
