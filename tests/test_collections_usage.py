@@ -964,8 +964,11 @@ def test_passive_deletes_on_a_many_to_many(
 
 
 def test_a_delete_statement_leaves_many_to_many_rows_to_the_database(
-    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked, backend: str
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked, engine: sa.Engine
 ) -> None:
+    if engine.dialect.name == "sqlite":  # (SQLite enforces foreign keys only when asked)
+        sa.event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys=ON"))
+        engine.dispose()
     with CSession() as session:
         session.add(Club(id=1, members=[Person(id=1), Person(id=2)]))
         checked.commit(session)
@@ -973,10 +976,24 @@ def test_a_delete_statement_leaves_many_to_many_rows_to_the_database(
         with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
             session.execute(sa.delete(Club).where(Club.id == 1))
         session.commit()
-    cascaded = backend == "postgresql"  # (SQLite enforces foreign keys only when asked)
     assert [c.table for c in checked.last.changes] == ["clubs"]
     with CSession() as session:
-        assert len(session.execute(sa.select(club_members)).all()) == (0 if cascaded else 2)
+        assert session.execute(sa.select(club_members)).all() == []
+
+
+def test_a_delete_statement_on_sqlite_without_foreign_keys_is_not_reported(
+    CSession: sa_orm.sessionmaker[sa_orm.Session], checked: Checked, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("SQLite's: the other databases always act on their foreign keys")
+    with CSession() as session:
+        session.add(Club(id=1, members=[Person(id=1), Person(id=2)]))
+        checked.commit(session)
+        session.execute(sa.delete(Club).where(Club.id == 1))  # (warnings are errors here)
+        # nothing cascades: the change set holds what changed, and nobody is told otherwise
+        assert checked.commit(session) == [("delete", "clubs", (1,))]
+    with CSession() as session:
+        assert len(session.execute(sa.select(club_members)).all()) == 2
 
 
 def test_a_delete_statement_without_on_delete_unlinks_nothing(
@@ -988,13 +1005,14 @@ def test_a_delete_statement_without_on_delete_unlinks_nothing(
         session.add(a)
         checked.commit(session)
         delete = sa.delete(Person).where(Person.id == 2)
-        # (told of the club_members rows, which say ON DELETE CASCADE)
-        with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
-            if backend == "postgresql":  # the foreign key of follows refuses
+        if backend == "postgresql":  # the foreign key of follows refuses
+            # (told of the club_members rows, which say ON DELETE CASCADE)
+            with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
                 with pytest.raises(sa.exc.IntegrityError):
                     session.execute(delete)
-                return
-            session.execute(delete)  # the row stays, pointing nowhere: nothing was unlinked
+            return
+        # SQLite, its foreign keys not enforced: the row stays, pointing nowhere
+        session.execute(delete)
         assert checked.commit(session) == [("delete", "people", (2,))]
 
 

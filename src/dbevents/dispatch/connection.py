@@ -122,7 +122,7 @@ def _before_execute(
         if isinstance(criterion, False_):
             return statement, multiparams, params  # WHERE false (a veto): no row can change
     if isinstance(statement, sa.Delete):
-        tell_rows_a_delete_leaves(states, spec)
+        tell_rows_a_delete_leaves(connection, states, spec)
     wanted = _wanted(states, spec, isinstance(statement, sa.Insert))
     if wanted is None:
         return statement, multiparams, params  # nobody needs these rows

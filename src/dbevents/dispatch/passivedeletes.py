@@ -14,6 +14,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 from ..mapping import DATABASE_ACTIONS, TableSpec, table_spec
+from .stored import SKIP_CAPTURE
 from .uncaptured import uncaptured
 
 if TYPE_CHECKING:
@@ -72,13 +73,18 @@ def _watched(fs: FlushState, rel: Any) -> bool:
     return plan.capture or plan.writes
 
 
-def tell_rows_a_delete_leaves(states: list[SessionState], spec: TableSpec) -> None:
+def tell_rows_a_delete_leaves(
+    connection: sa.Connection, states: list[SessionState], spec: TableSpec
+) -> None:
     """Say that a DELETE statement on ``spec``'s table leaves the rows that refer to the rows
     it deletes to their foreign key's ON DELETE, where that changes them and they are watched.
 
     Told whether or not there are such rows, as for ``passive_deletes``.
     """
-    for table, action in _referring(spec.table):
+    referring = _referring(spec.table)
+    if not referring or not _enforces_foreign_keys(connection):
+        return
+    for table, action in referring:
         levels = {st.events.level_of_table(table_spec(table)) for st in states}
         if levels == {"off"}:
             continue
@@ -91,6 +97,27 @@ def tell_rows_a_delete_leaves(states: list[SessionState], spec: TableSpec) -> No
             f"or delete through the unit of work with a relationship that cascades, to have "
             f'them captured (Events(raw_sql="ignore") silences this)',
         )
+
+
+_FOREIGN_KEYS_ON = "dbevents.foreign_keys"
+
+
+def _enforces_foreign_keys(connection: sa.Connection) -> bool:
+    """Whether the database acts on foreign keys: SQLite does only with ``PRAGMA
+    foreign_keys=ON``, which most applications never set (their ON DELETE does nothing).
+
+    Asked once per DB-API connection (its ``info``), where a ``connect`` listener sets it.
+    """
+    if connection.dialect.name != "sqlite":
+        return True
+    info = connection.info
+    enforced = info.get(_FOREIGN_KEYS_ON)
+    if enforced is None:
+        pragma = connection.exec_driver_sql(
+            "PRAGMA foreign_keys", execution_options={SKIP_CAPTURE: True}
+        )
+        enforced = info[_FOREIGN_KEYS_ON] = bool(pragma.scalar())
+    return bool(enforced)
 
 
 _referring_cache: dict[sa.Table, tuple[tuple[sa.Table, str], ...]] = {}
