@@ -1007,9 +1007,11 @@ def test_a_delete_statement_without_on_delete_unlinks_nothing(
         delete = sa.delete(Person).where(Person.id == 2)
         if backend == "postgresql":  # the foreign key of follows refuses
             # (told of the club_members rows, which say ON DELETE CASCADE)
-            with pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"):
-                with pytest.raises(sa.exc.IntegrityError):
-                    session.execute(delete)
+            with (
+                pytest.warns(dbevents.DbEventsWarning, match="club_members rows that refer"),
+                pytest.raises(sa.exc.IntegrityError),
+            ):
+                session.execute(delete)
             return
         # SQLite, its foreign keys not enforced: the row stays, pointing nowhere
         session.execute(delete)
