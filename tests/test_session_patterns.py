@@ -151,6 +151,8 @@ def test_children_loaded_before_a_passive_delete_are_captured_without_a_word(
 
 
 def test_a_passive_delete_under_raw_sql_raise_writes_nothing(engine: sa.Engine) -> None:
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))
     events = dbevents.Events(raw_sql="raise")
     maker = next(installed(events, engine, PBase.metadata))
     _two_folders(maker)
