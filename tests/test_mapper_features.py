@@ -25,7 +25,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 import dbevents
 from dbevents import ChangeSet
-from tests.fixtures import Diff, delivered, snapshot, table_diff
+from tests.fixtures import Diff, delivered, installed, snapshot, table_diff
 
 
 class Color(enum.Enum):
@@ -86,10 +86,7 @@ Maker = sa_orm.sessionmaker[sa_orm.Session]
 
 @pytest.fixture
 def Session(events: dbevents.Events, engine: sa.Engine) -> Iterator[Maker]:  # noqa: N802
-    MBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
-    yield maker
-    events.uninstall(maker)
+    yield from installed(events, engine, MBase.metadata)
 
 
 def committed(
@@ -355,10 +352,7 @@ ROWS: list[dict[str, Any]] = [
 
 @pytest.fixture
 def VSession(events: dbevents.Events, engine: sa.Engine) -> Iterator[Maker]:  # noqa: N802
-    VBase.metadata.create_all(engine)
-    maker = events.install(sa_orm.sessionmaker(engine))
-    yield maker
-    events.uninstall(maker)
+    yield from installed(events, engine, VBase.metadata)
 
 
 def _stored(engine: sa.Engine) -> dict[tuple[Any, ...], dict[str, Any]]:
