@@ -40,11 +40,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
+import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
 try:
@@ -62,6 +63,7 @@ from .changes import ChangeSet
 from .delivery import Sink, TransactionalSink, _call, raise_failures
 from .events import Events
 from .exceptions import ConfigurationError, DbEventsError
+from .fileformat import Manifest, Source, bookkeeping, fingerprint
 
 __all__ = ["DBEvents"]
 
@@ -348,8 +350,17 @@ def _dumpdata(directory: Path, tables: str | None) -> None:
     from .dump import dump
 
     db = _db()
+    wanted = _split(tables)
     with _reported():
-        manifest = dump(db.engine, db.metadata, directory, tables=_split(tables))
+        if len(db.metadatas) == 1:
+            manifest = dump(db.engine, db.metadata, directory, tables=wanted)
+        else:  # one directory for all the app's databases, as its mirror keeps them
+            binds = _binds(db, wanted)
+            parts = [dump(engine, meta, directory, tables=names) for engine, meta, names in binds]
+            entries = tuple(entry for part in parts for entry in part.tables)
+            all_tables = [meta.tables[name] for _, meta, names in binds for name in names]
+            manifest = Manifest("dump", entries, fingerprint(all_tables))
+            manifest.write(directory)
     rows = sum(entry.rows or 0 for entry in manifest.tables)
     click.echo(f"dumped {rows} rows of {len(manifest.tables)} tables to {directory}")
 
@@ -370,10 +381,20 @@ def _loaddata(directory: Path, truncate: bool, upsert: bool, tables: str | None)
         "truncate" if truncate else "upsert" if upsert else "insert"
     )
     state = _state(None)
+    db = state.db
     with _reported(), state.ext.events.muted():
-        counts = load(
-            state.db.engine, state.db.metadata, directory, mode=mode, tables=_split(tables)
-        )
+        if len(db.metadatas) == 1:
+            counts = load(db.engine, db.metadata, directory, mode=mode, tables=_split(tables))
+        else:  # every database or none: each commits only once all have loaded
+            binds = _binds(db, _split(tables), directory)
+            _check_schema(directory, db)
+            counts = {}
+            with ExitStack() as stack:
+                for engine, meta, names in binds:
+                    conn = stack.enter_context(engine.begin())
+                    counts.update(
+                        load(conn, meta, directory, mode=mode, tables=names, check_schema=False)
+                    )
     click.echo(f"loaded {sum(counts.values())} rows into {len(counts)} tables from {directory}")
 
 
@@ -392,7 +413,16 @@ def _verify(directory: Path, tables: str | None) -> None:
 
     db = _db()
     with _reported():
-        differences = verify(db.engine, db.metadata, directory, tables=_split(tables))
+        if len(db.metadatas) == 1:
+            differences = verify(db.engine, db.metadata, directory, tables=_split(tables))
+        else:
+            binds = _binds(db, _split(tables), directory)
+            _check_schema(directory, db)
+            differences = [
+                difference
+                for engine, meta, names in binds
+                for difference in verify(engine, meta, directory, tables=names, check_schema=False)
+            ]
     for difference in differences:
         click.echo(str(difference))
     if differences:
@@ -431,6 +461,47 @@ def _relay(once: bool, table_name: str | None, schema: str | None) -> None:
     with _reported():
         count = relay(state.db.engine, sinks, once=once, table_name=table_name, schema=schema)
     click.echo(f"relayed {count} change sets")
+
+
+def _binds(
+    db: SQLAlchemy, tables: list[str] | None, directory: Path | None = None
+) -> list[tuple[sa.Engine, sa.MetaData, list[str]]]:
+    """The app's databases (``SQLALCHEMY_BINDS``) and which of ``tables`` each holds.
+
+    By default the tables are all of the app's, or all of ``directory``'s; a name that no
+    database holds goes to the default one, which refuses it with its usual message.
+    """
+    if tables is None and directory is not None:
+        tables = [
+            entry.name
+            for entry in Manifest.read(directory).tables
+            if not any(bookkeeping(m.tables[entry.name]) for m in _holding(db, entry.name))
+        ]
+    binds = []
+    for key, meta in db.metadatas.items():
+        names = list(meta.tables) if tables is None else [n for n in tables if n in meta.tables]
+        if key is None:
+            names += [n for n in tables or () if not _holding(db, n)]
+        if names:
+            binds.append((db.engines[key], meta, names))
+    return binds
+
+
+def _holding(db: SQLAlchemy, name: str) -> list[sa.MetaData]:
+    return [meta for meta in db.metadatas.values() if name in meta.tables]
+
+
+def _check_schema(directory: Path, db: SQLAlchemy) -> None:
+    """Refuse a directory written from another schema: its fingerprint covers every database."""
+    from .load import check_fingerprint
+
+    if Manifest.read(directory).fingerprint is None:  # a mirror of tables of several registries
+        return
+    combined = sa.MetaData()
+    for meta in db.metadatas.values():
+        for table in meta.tables.values():
+            table.to_metadata(combined)
+    check_fingerprint(Source(directory), combined)
 
 
 def _outboxes_of(state: _AppState) -> set[tuple[str, str | None]]:

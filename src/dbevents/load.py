@@ -120,7 +120,7 @@ def plan(
     for entry in entries:
         _check_entry(manifest_path, entry, metadata)
     if check_schema and manifest.fingerprint is not None:
-        _check_fingerprint(source, metadata)
+        check_fingerprint(source, metadata)
     names = [
         entry.name
         for entry in entries
@@ -191,7 +191,7 @@ def _check_entry(manifest_path: Path, entry: TableEntry, metadata: sa.MetaData) 
         )
 
 
-def _check_fingerprint(source: Source, metadata: sa.MetaData) -> None:
+def check_fingerprint(source: Source, metadata: sa.MetaData) -> None:
     """Refuse a directory written from another schema: the fingerprint covers all its tables."""
     manifest = source.manifest
     manifest_path = source.directory / MANIFEST
