@@ -42,7 +42,9 @@ def tell_rows_left_to_the_database(fs: FlushState, deleted: list[State]) -> None
                 continue
             connection = fs.session.connection(bind_arguments={"mapper": state.mapper})
             if not _enforces_foreign_keys(connection):
-                return  # (SQLite not acting on ON DELETE: the rows stay, as the change set says)
+                # (SQLite not acting on ON DELETE: the rows stay, as the change set says; a
+                # relationship of a model on another bind may still be told of)
+                continue
             told.add(rel)
             owner = f"{state.class_.__name__}.{rel.key}"
             secondary = rel.secondary

@@ -240,7 +240,8 @@ def _diff_values(
         if was is value:
             continue
         try:
-            if was == value or (was != was and value != value):  # (NaN over NaN: the same)
+            # (capture.same, inlined: NaN over NaN is the same)
+            if was == value or (was != was and value != value):
                 continue
         except Exception:  # values whose __eq__ fails or is ambiguous: changed
             pass
