@@ -51,7 +51,7 @@ class Buffer:
     order.
     """
 
-    __slots__ = ("committed", "frozen", "models", "news", "olds", "ops", "version")
+    __slots__ = ("committed", "models", "news", "olds", "ops", "version")
 
     def __init__(self) -> None:
         #: the net operation of each row, in the order rows were first changed
@@ -59,8 +59,6 @@ class Buffer:
         self.models: dict[Key, type[Any] | None] = {}
         self.olds: dict[Key, Row | None] = {}
         self.news: dict[Key, Row | None] = {}
-        #: rows already frozen into a Change (for before_commit), until they change again
-        self.frozen: dict[Key, Change] = {}
         #: set when SQLAlchemy reports this transaction committed (or released)
         self.committed = False
         #: bumped on every change, so a change set built early can be checked
@@ -89,8 +87,6 @@ class Buffer:
             self.olds[key] = old
             self.news[key] = new
             return
-        if self.frozen:
-            self.frozen.pop(key, None)
         entry = Entry(first, self.models[key], self.olds[key], self.news[key])
         if _merge(entry, op, old, new):
             ops[key], self.olds[key], self.news[key] = entry.op, entry.old, entry.new
@@ -148,8 +144,6 @@ class Buffer:
         if not new:
             return  # netted away, or deleted since
         self.version += 1
-        if self.frozen:
-            self.frozen.pop(key, None)
         new = {name: stored.get(name) if value is unknown else value for name, value in new.items()}
         entry = Entry(self.ops[key], self.models[key], self.olds[key], new)
         if entry.op is not Op.UPDATE or _drop_unchanged(entry):
@@ -165,32 +159,22 @@ class Buffer:
 
     def changes(self) -> tuple[Change, ...]:
         """Freeze the net result into :class:`Change` values."""
-        frozen, models, olds, news = self.frozen, self.models, self.olds, self.news
-        if not frozen:
-            return Buffered(self.ops, models, olds, news).changes()
-        return tuple(
-            [
-                frozen.get(key) or _change(key, op, models[key], olds[key], news[key])
-                for key, op in self.ops.items()
-            ]
-        )
+        return Buffered(self.ops, self.models, self.olds, self.news).changes()
 
-    def snapshot(self) -> tuple[Change, ...] | Buffered:
+    def snapshot(self) -> Buffered:
         """The net result, for a change set: the rows to make its :class:`Change` values of
-        when first looked at (a copy: this buffer may change on), or the values made at
-        once if some are frozen already, so that everyone is given the same ones."""
-        if self.frozen:
-            return self.changes()
+        when first looked at (a copy: this buffer may change on)."""
         return Buffered(dict(self.ops), dict(self.models), dict(self.olds), dict(self.news))
 
     def change(self, key: Key) -> Change:
-        """Freeze the net change of one row (kept until the row changes again)."""
-        change = self.frozen.get(key)
-        if change is None:
-            change = self.frozen[key] = _change(
-                key, self.ops[key], self.models[key], self.olds[key], self.news[key]
-            )
-        return change
+        """The net change of one row as it stands, for a callback.
+
+        Made anew on each call and kept by nobody: a commit of many rows whose
+        ``before_commit`` callbacks each got a Change kept until delivery would
+        hold one object per row that lives through several collections, and
+        enough of those make the garbage collector run a full collection.
+        """
+        return _change(key, self.ops[key], self.models[key], self.olds[key], self.news[key])
 
 
 _new_tuple = tuple.__new__

@@ -14,7 +14,7 @@ from . import codec, mapping
 from .change import ALL_FIELDS, Change, Fields, Op, change_dict
 
 # Op and Change live in .change; they are imported from here as well
-__all__ = ["Buffered", "Change", "ChangeSet", "Op", "passed_on", "stored_fields"]
+__all__ = ["Buffered", "Change", "ChangeSet", "Op", "each_change", "passed_on", "stored_fields"]
 
 _T = TypeVar("_T")
 
@@ -33,6 +33,19 @@ def stored_fields(changeset: ChangeSet) -> Iterator[Fields]:
     if type(changes) is Buffered:
         return changes.fields()
     return cast(Iterator[Fields], map(tuple.__getitem__, changeset.changes, repeat(ALL_FIELDS)))
+
+
+def each_change(changeset: ChangeSet) -> Iterator[Change]:
+    """Each change of ``changeset``, for callbacks that look at one change at a time.
+
+    Where nobody looked at the change set's ``changes`` yet, each is made as it is
+    handed out and kept by nobody: kept for the whole delivery, a big commit's
+    changes would live through enough collections to set off a full one.
+    """
+    changes = changeset.__dict__.get("changes")
+    if type(changes) is Buffered:
+        return map(_new_change, changes.fields())
+    return iter(changeset.changes)
 
 
 _Key = tuple[Any, ...]  # (table, *primary key)

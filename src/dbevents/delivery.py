@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ._compat import await_in_greenlet, in_greenlet
 from .callbacks import check_arguments, qualname
-from .changes import ChangeSet
+from .changes import ChangeSet, each_change
 from .exceptions import ConfigurationError
 from .registry import vetoes_nothing
 
@@ -77,7 +77,7 @@ def deliver_one(
         if model is not None and (callbacks := registry.table(model).get("after_commit"))
     }
     if callbacks_of:  # (else the change set's Change values need not be made here)
-        for change, model in zip(changeset.changes, models, strict=True):
+        for change, model in zip(each_change(changeset), models, strict=True):
             for fn, op in callbacks_of.get(model, ()) if model is not None else ():
                 if op is None:
                     _call(events, fn, changeset, errors, model, change.op, change)
