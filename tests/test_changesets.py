@@ -789,6 +789,41 @@ def test_a_change_set_holds_plain_names_the_garbage_collector_does_not_track(
     assert not any(map(gc.is_tracked, memory.rows("companies")))
 
 
+def test_commit_callbacks_get_changes_that_nobody_keeps(
+    Session: Any, events: dbevents.Events, memory: dbevents.MemorySink
+) -> None:
+    # a Change is an object the collector tracks: one per row kept from before_commit to
+    # the end of delivery makes a big commit bring on a full collection
+    alive: list[int] = []
+
+    def live_changes() -> int:
+        gc.collect()  # (what earlier tests left in reference cycles)
+        return sum(type(obj) is Change for obj in gc.get_objects())
+
+    @events.listens_for(Company, "before_commit")
+    def before(cls: type[Company], op: Op, change: Change) -> None:
+        if op is Op.UPDATE and change.pk == (ids[-1],):
+            alive.append(live_changes())
+
+    @events.listens_for(Company, "after_commit")
+    def after(cls: type[Company], op: Op, change: Change) -> None:
+        if op is Op.UPDATE:
+            assert dict(change.new or {}) == {"rating": 7}
+            if change.pk == (ids[-1],):
+                alive.append(live_changes())
+
+    with Session() as session:
+        companies = [Company(name=f"c{i}") for i in range(200)]
+        session.add_all(companies)
+        session.commit()
+        ids = [company.id for company in companies]
+        for company in companies:
+            company.rating = 7
+        session.commit()
+    assert len(alive) == 2 and max(alive) < 10, alive
+    assert len(memory.changesets[-1].changes) == 200  # and the change set still makes them
+
+
 class KeyedBase(sa_orm.DeclarativeBase): ...
 
 
