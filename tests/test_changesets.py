@@ -800,9 +800,7 @@ def test_commit_callbacks_get_changes_that_nobody_keeps(
 
     def live_changes() -> int:
         gc.collect()  # (what earlier tests left in reference cycles)
-        return sum(
-            type(obj) is Change and obj[5] == {"rating": rating} for obj in gc.get_objects()
-        )
+        return sum(type(obj) is Change and obj[5] == {"rating": rating} for obj in gc.get_objects())
 
     @events.listens_for(Company, "before_commit")
     def before(cls: type[Company], op: Op, change: Change) -> None:
