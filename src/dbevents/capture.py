@@ -174,25 +174,22 @@ class Buffer:
         hold one object per row that lives through several collections, and
         enough of those make the garbage collector run a full collection.
         """
-        return _change(key, self.ops[key], self.models[key], self.olds[key], self.news[key])
+        model = self.models[key]
+        # through tuple.__new__: Change's own __new__ costs a Python call per row
+        return _new_tuple(
+            Change,
+            (
+                self.ops[key],
+                key[0],
+                None if model is None else model.__name__,
+                key[1:],
+                self.olds[key],
+                self.news[key],
+            ),
+        )
 
 
 _new_tuple = tuple.__new__
-
-
-def _change(key: Key, op: Op, model: type[Any] | None, old: Row | None, new: Row | None) -> Change:
-    # Change(...) through tuple.__new__: its generated __new__ costs a Python call per row
-    return _new_tuple(
-        Change,
-        (
-            op,
-            key[0],
-            None if model is None else model.__name__,
-            key[1:],
-            old,
-            new,
-        ),
-    )
 
 
 def _merge(entry: Entry, op: Op, old: Row | None, new: Row | None) -> bool:
