@@ -376,7 +376,8 @@ def attribute_key(mapper: sa_orm.Mapper[Any], column: sa.ColumnElement[Any]) -> 
         return None
 
 
-#: the ON DELETE actions by which the database itself changes the rows that refer to a row
+#: the ON DELETE / ON UPDATE actions by which the database itself changes the rows that refer
+#: to a row
 DATABASE_ACTIONS = ("CASCADE", "SET NULL", "SET DEFAULT")
 
 

@@ -45,8 +45,9 @@ from .._compat import (
 from ..mapping import TableSpec, table_spec
 from ..session import STATE_KEY
 from .dml import StatementPlan, plan_statement
-from .passivedeletes import tell_rows_a_delete_leaves
+from .passivedeletes import tell_rows_a_delete_leaves, tell_rows_a_key_change_leaves
 from .results import record_result
+from .returning import set_columns
 from .stored import SKIP_CAPTURE
 from .uncaptured import raw_write, uncaptured
 from .written import collecting
@@ -113,6 +114,15 @@ def _before_execute(
     if not isinstance(table, sa.Table):
         return statement, multiparams, params
     flushing = _flushing(states)
+    if isinstance(statement, sa.Update):  # the flush's own too: the rows others refer to
+        parameters = multiparams or [params]
+        tell_rows_a_key_change_leaves(
+            connection,
+            states,
+            table_spec(table),
+            lambda: _set_by(table, statement, parameters),
+            flushing=flushing,
+        )
     if flushing and _objects_rows(table_spec(table), execution_options):
         return statement, multiparams, params  # the flush's own rows: mapper events have them
     spec = table_spec(table, dml_entity(statement))
@@ -147,6 +157,14 @@ def _before_execute(
     if multiparams:
         multiparams = parameters  # a bulk INSERT's may come with keys drawn for its rows
     return statement, multiparams, params
+
+
+def _set_by(table: sa.Table, statement: Any, parameters: list[dict[str, Any]]) -> set[str] | None:
+    """The names of the columns an UPDATE SETs (None: can't be told); none when a veto
+    made its WHERE clause false."""
+    if any(isinstance(criterion, False_) for criterion in where_criteria(statement)):
+        return set()
+    return set_columns(table, statement, parameters)
 
 
 _SAVEPOINT_STATEMENTS: Final = (SavepointClause, ReleaseSavepointClause, RollbackToSavepointClause)

@@ -1,18 +1,23 @@
-"""Rows the database changes itself when a row they refer to is deleted.
+"""Rows the database changes itself when a row they refer to is deleted or changes key.
 
 A relationship with ``passive_deletes`` leaves the rows of a collection it has
 not loaded to its foreign key's ``ON DELETE``, and so does every DELETE
-statement (SQLAlchemy loads no relationship for it): no statement writes them,
+statement (SQLAlchemy loads no relationship for it).  An UPDATE that changes a
+column other rows refer to leaves them to the foreign key's ``ON UPDATE``, from
+a statement as from the unit of work (whose relationships leave it to the
+database by default, ``passive_updates=True``).  No statement writes those rows,
 so dbevents can't capture them.  It says so, as it does of raw SQL.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 import sqlalchemy.orm as sa_orm
 
+from .._compat import all_mappers
 from ..mapping import DATABASE_ACTIONS, TableSpec, table_spec
 from .stored import SKIP_CAPTURE
 from .uncaptured import uncaptured
@@ -21,7 +26,11 @@ if TYPE_CHECKING:
     from ..session import SessionState
     from .flush import FlushState, State
 
-__all__ = ["tell_rows_a_delete_leaves", "tell_rows_left_to_the_database"]
+__all__ = [
+    "tell_rows_a_delete_leaves",
+    "tell_rows_a_key_change_leaves",
+    "tell_rows_left_to_the_database",
+]
 
 
 def tell_rows_left_to_the_database(fs: FlushState, deleted: list[State]) -> None:
@@ -86,13 +95,7 @@ def tell_rows_a_delete_leaves(
 
     Told whether or not there are such rows, as for ``passive_deletes``.
     """
-    referring = _referring(spec.table)
-    if not referring or not _enforces_foreign_keys(connection):
-        return
-    for table, action in referring:
-        levels = {st.events.level_of_table(table_spec(table)) for st in states}
-        if levels == {"off"}:
-            continue
+    for table, action, _ in _acting(connection, states, spec.table, "ondelete"):
         verb = "deletes" if action == "CASCADE" else "updates"
         uncaptured(
             states,
@@ -102,6 +105,83 @@ def tell_rows_a_delete_leaves(
             f"or delete through the unit of work with a relationship that cascades, to have "
             f'them captured (Events(raw_sql="ignore") silences this)',
         )
+
+
+def tell_rows_a_key_change_leaves(
+    connection: sa.Connection,
+    states: list[SessionState],
+    spec: TableSpec,
+    changed: Callable[[], set[str] | None],
+    *,
+    flushing: bool,
+) -> None:
+    """Say that an UPDATE on ``spec``'s table that SETs columns other rows refer to leaves
+    those rows to their foreign key's ON UPDATE, where that changes them and they are
+    watched.
+
+    ``changed`` gives the names of the columns the UPDATE SETs (None: can't be told),
+    asked only when some foreign key to the table acts ON UPDATE.  Told whether or
+    not the values change, and whether or not there are such rows, once per statement.
+    A flush updates the rows of a relationship with ``passive_updates=False`` itself:
+    those are captured, and not told of.
+    """
+    acting = _acting(connection, states, spec.table, "onupdate")
+    if not acting:
+        return
+    columns = changed()
+    updated_by_flush = _updated_by_the_flush(spec.table) if flushing else frozenset()
+    for table, action, referred in acting:
+        if (columns is not None and columns.isdisjoint(referred)) or table in updated_by_flush:
+            continue
+        uncaptured(
+            states,
+            f"the database itself updates the {table.fullname} rows that refer to the "
+            f"{spec.name} rows this UPDATE gives a new {', '.join(sorted(referred))} "
+            f"(ON UPDATE {action}): they are missing from the change set and get no "
+            f"callbacks; update them yourself (on the unit of work: passive_updates=False on "
+            f"the relationship) to have them captured "
+            f'(Events(raw_sql="ignore") silences this)',
+        )
+
+
+_updated_by_the_flush_cache: dict[sa.Table, frozenset[sa.FromClause]] = {}
+# a relationship configured later may change them: found again then
+sa.event.listen(sa_orm.Mapper, "after_configured", _updated_by_the_flush_cache.clear)
+
+
+def _updated_by_the_flush(table: sa.Table) -> frozenset[sa.FromClause]:
+    """The tables whose rows the flush itself captures when a key of ``table``'s changes:
+    those of the relationships of the classes mapped to it with ``passive_updates=False``,
+    which it updates, and the other tables of those classes (joined inheritance), whose
+    rows it records under the new key whoever moved them."""
+    found = _updated_by_the_flush_cache.get(table)
+    if found is None:
+        mappers = [mapper for mapper in all_mappers() if table in mapper.tables]
+        found = _updated_by_the_flush_cache[table] = frozenset(
+            [own for mapper in mappers for own in mapper.tables]
+            + [
+                rel.secondary if rel.secondary is not None else rel.target
+                for mapper in mappers
+                for rel in mapper.relationships
+                if not rel.passive_updates and not rel.viewonly
+            ]
+        )
+    return found
+
+
+def _acting(
+    connection: sa.Connection, states: list[SessionState], table: sa.Table, event: str
+) -> list[tuple[sa.Table, str, frozenset[str]]]:
+    """The watched tables whose foreign key to ``table`` the database acts on for ``event``
+    (``"ondelete"`` or ``"onupdate"``), each with its action and the columns it refers to."""
+    referring = _referring(table, event)
+    if not referring or not _enforces_foreign_keys(connection):
+        return []
+    return [
+        (other, action, referred)
+        for other, action, referred in referring
+        if {st.events.level_of_table(table_spec(other)) for st in states} != {"off"}
+    ]
 
 
 _FOREIGN_KEYS_ON = "dbevents.foreign_keys"
@@ -125,19 +205,22 @@ def _enforces_foreign_keys(connection: sa.Connection) -> bool:
     return bool(enforced)
 
 
-_referring_cache: dict[sa.Table, tuple[tuple[sa.Table, str], ...]] = {}
+_referring_cache: dict[tuple[sa.Table, str], tuple[tuple[sa.Table, str, frozenset[str]], ...]] = {}
 
 
-def _referring(table: sa.Table) -> tuple[tuple[sa.Table, str], ...]:
+def _referring(table: sa.Table, event: str) -> tuple[tuple[sa.Table, str, frozenset[str]], ...]:
     """The tables of ``table``'s MetaData whose foreign key to it the database acts on when a
-    row of it is deleted, each with that ON DELETE action; computed once per table."""
-    found = _referring_cache.get(table)
+    row of it is deleted (``"ondelete"``) or its key changes (``"onupdate"``), each with that
+    action and the names of the columns of ``table`` it refers to; computed once per table."""
+    found = _referring_cache.get((table, event))
     if found is None:
-        actions: dict[sa.Table, str] = {}
+        actions: dict[sa.Table, tuple[str, set[str]]] = {}
         for other in table.metadata.tables.values():
             for fk in other.foreign_keys:
-                action = (fk.ondelete or "").upper()
+                action = (getattr(fk, event) or "").upper()
                 if action in DATABASE_ACTIONS and fk.references(table):
-                    actions.setdefault(other, action)
-        found = _referring_cache[table] = tuple(actions.items())
+                    actions.setdefault(other, (action, set()))[1].add(fk.column.name)
+        found = _referring_cache[(table, event)] = tuple(
+            (other, action, frozenset(referred)) for other, (action, referred) in actions.items()
+        )
     return found
